@@ -1,0 +1,6 @@
+"""lmviz: look inside a language model. The backend of the dashboard; usable from a notebook:
+
+    from lmviz import models, trace
+    lm = models.load("smollm2-135m")
+    t = trace.trace(lm, "This weekend I plan to")   # t.hidden: (layer+1, pos, d_model)
+"""

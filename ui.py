@@ -1,0 +1,112 @@
+"""Streamlit glue shared by the pages: the sidebar, the current model and text, errors, URLs.
+
+Pages call `ui.current_model()` and `ui.current_text()`; both stop the page
+with a clear message (never a traceback) when something is wrong, and leave
+what the user typed where it was.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import streamlit as st
+
+from lmviz import models
+from lmviz.errors import LmvizError
+
+DEFAULT_TEXT = "This weekend I plan to"
+OTHER_MODEL = "Other (type a name or folder)…"
+MAX_CHARS = int(os.environ.get("LMVIZ_MAX_CHARS", "20000"))
+
+
+def init_from_url(key: str, default, cast=str) -> None:
+    """Give widget `key` its first value from the URL (?key=...), else `default`."""
+    if key in st.session_state:
+        return
+    raw = st.query_params.get(key)
+    try:
+        st.session_state[key] = cast(raw) if raw is not None else default
+    except (TypeError, ValueError):
+        st.session_state[key] = default
+
+
+def sync_to_url(*keys: str) -> None:
+    """Write the current values of these widgets into the URL, so the view can be shared."""
+    for key in keys:
+        if key in st.session_state:
+            st.query_params[key] = str(st.session_state[key])
+
+
+def sidebar() -> None:
+    """Model picker and text box, shared by every page (they live in the entry script)."""
+    init_from_url("text", DEFAULT_TEXT)
+    url_model = st.query_params.get("model")
+    if "model_choice" not in st.session_state:
+        if url_model and url_model not in models.EMBEDDED:
+            st.session_state.model_choice, st.session_state.model_other = OTHER_MODEL, url_model
+        else:
+            st.session_state.model_choice = url_model or models.DEFAULT_MODEL
+    with st.sidebar:
+        st.title("🔬 lmviz")
+        st.selectbox(
+            "Model", list(models.EMBEDDED) + [OTHER_MODEL], key="model_choice",
+            help="Embedded models work offline. Other names load from a local folder or, where the "
+            "network allows, the Hugging Face hub (safetensors only, no remote code).",
+        )
+        if st.session_state.model_choice == OTHER_MODEL:
+            st.text_input("Model name or folder", key="model_other", placeholder="e.g. ./my-gpt2")
+        st.text_area("Text", key="text", height=140, max_chars=MAX_CHARS)
+    st.query_params["model"] = model_name()
+    st.query_params["text"] = st.session_state.text
+
+
+def model_name() -> str:
+    choice = st.session_state.get("model_choice", models.DEFAULT_MODEL)
+    if choice == OTHER_MODEL:
+        return (st.session_state.get("model_other") or "").strip()
+    return choice
+
+
+def current_model(kinds: tuple[str, ...] = models.KINDS) -> models.LoadedModel:
+    """The sidebar's model, loaded once per process; progress is shown while it loads."""
+    name = model_name()
+    if not name:
+        st.info("Type a model name or folder in the sidebar.")
+        st.stop()
+    try:
+        if name in models.loaded_names():
+            lm = models.load(name)
+        else:
+            with st.status(f"Loading {name} …", expanded=True) as status:
+                lm = models.load(name, progress=status.write)
+                status.update(label=f"Loaded {name}", state="complete", expanded=False)
+    except LmvizError as error:
+        st.error(str(error), icon="🚫")
+        st.stop()
+    if lm.kind not in kinds:
+        st.warning(
+            f"{lm.name} is a {lm.kind} model; this page needs a {' or '.join(kinds)} model. "
+            f"Pick another one in the sidebar (e.g. {models.DEFAULT_MODEL}).", icon="⚠️",
+        )
+        st.stop()
+    return lm
+
+
+def current_text() -> str:
+    """The sidebar's text; stops the page with a hint when it is empty."""
+    text = st.session_state.get("text", "")
+    if not text.strip():
+        st.info("Type a text in the sidebar to analyse it.")
+        st.stop()
+    return text
+
+
+@contextmanager
+def user_errors():
+    """Show an LmvizError raised inside the block as a message and stop the page."""
+    try:
+        yield
+    except LmvizError as error:
+        st.error(str(error), icon="🚫")
+        st.stop()

@@ -1,0 +1,39 @@
+"""Result -> plotly Figure, one module per analysis (plots/lens.py, plots/sampling.py, …).
+
+Figures are built here, not in the pages, so a notebook gets the same pictures.
+Shared conventions live in this file: a projector-friendly font size, colours
+for kept / removed / finished, and `safe_label`, which every token string must
+pass through before it becomes plotly text (plotly renders a subset of HTML,
+so a token such as "<b>" or "<|im_start|>" would otherwise be eaten).
+"""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+FONT_SIZE = 16  # readable on a projector from the back of a room
+KEPT = "#3b5bdb"
+REMOVED = "#ced4da"
+FINISHED = "#2f9e44"
+HIGHLIGHT = "#e8590c"
+
+
+def safe_label(token: str) -> str:
+    """A token string made safe for plotly text and hover labels (HTML-escaped)."""
+    return html.escape(token, quote=False)
+
+
+def style(figure: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
+    """Apply the shared look: large fonts, white background, tight margins."""
+    figure.update_layout(
+        title=title,
+        font=dict(size=FONT_SIZE),
+        template="plotly_white",
+        margin=dict(l=10, r=10, t=60 if title else 20, b=10),
+        hoverlabel=dict(font_size=FONT_SIZE),
+    )
+    if height:
+        figure.update_layout(height=height)
+    return figure

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test bench models-extra clean
+.PHONY: run test bench demo clean
 
 $(STAMP): requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
+
+# A public demo server: error details hidden, no uploads, shorter texts, local folders only under ./models.
+demo: $(STAMP)
+	mkdir -p models
+	LMVIZ_DEMO=1 LMVIZ_MODELS_DIR=$(CURDIR)/models LMVIZ_MAX_CHARS=4000 LMVIZ_MAX_TOKENS=512 \
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --client.showErrorDetails none \
+	  --server.maxUploadSize 1 --server.enableXsrfProtection true --client.toolbarMode viewer

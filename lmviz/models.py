@@ -261,6 +261,8 @@ def _user_model_location(name: str) -> str:
         root = os.environ.get("LMVIZ_MODELS_DIR")
         if root and not path.resolve().is_relative_to(Path(root).resolve()):
             raise LmvizError(f"Local models must be under {root} on this server.")
+        if not root and demo_mode():
+            raise LmvizError("This demo server does not load models from local folders.")
         return str(path)
     if not _hub_reachable():
         raise LmvizError(
@@ -269,6 +271,11 @@ def _user_model_location(name: str) -> str:
             "save it with save_pretrained and give its folder."
         )
     return name
+
+
+def demo_mode() -> bool:
+    """True on a public demo server ($LMVIZ_DEMO=1): no local folders outside $LMVIZ_MODELS_DIR."""
+    return os.environ.get("LMVIZ_DEMO", "0").lower() in ("1", "true", "yes")
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:

@@ -16,7 +16,7 @@ columns = st.columns(5)
 columns[0].metric("Layers", facts["layers"])
 columns[1].metric("Width (d_model)", facts["d_model"])
 columns[2].metric("Vocabulary", f"{facts['vocabulary']:,}")
-columns[3].metric("Parameters", f"{facts['parameters']:,}")
+columns[3].metric("Parameters", f"{facts['parameters'] / 1e6:,.1f} M", help=f"{facts['parameters']:,} (tied weights counted once)")
 columns[4].metric("Tied embeddings", "yes" if lm.tied else "no")
 st.caption(
     f"{facts['architecture']} · {lm.kind} model · context {lm.context_length:,} tokens. "

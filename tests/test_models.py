@@ -110,3 +110,21 @@ def test_local_paths_confined_to_models_dir(monkeypatch, tmp_path, tiny_dirs):
     monkeypatch.setenv("LMVIZ_MODELS_DIR", str(tmp_path))
     with pytest.raises(LmvizError, match="must be under"):
         models._user_model_location(tiny_dirs["gpt2"])
+
+
+def test_demo_mode_refuses_local_folders(monkeypatch, tiny_dirs):
+    monkeypatch.setenv("LMVIZ_DEMO", "1")
+    monkeypatch.delenv("LMVIZ_MODELS_DIR", raising=False)
+    with pytest.raises(LmvizError, match="demo server"):
+        models._user_model_location(tiny_dirs["gpt2"])
+
+
+def test_remote_code_is_never_trusted(tmp_path):
+    """A config that asks for custom code is refused, not executed."""
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "evil-arch", "architectures": ["EvilForCausalLM"],'
+        ' "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"}}'
+    )
+    (tmp_path / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(LmvizError):
+        models.load(str(tmp_path))

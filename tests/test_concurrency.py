@@ -1,0 +1,53 @@
+"""Many sessions at once: the shared model and trace caches give the same answers as one thread."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from lmviz import models
+from lmviz import trace as tracing
+
+TEXTS = [
+    "The capital of France is", "This weekend I plan to", "Once upon a time", "héllo wörld 東京 😀",
+    "A language model predicts", "Perplexity is the exponential", "\n\tTabs and newlines", "Paris, London",
+]
+
+
+def test_concurrent_loads_load_once(tiny_dirs, monkeypatch):
+    calls = []
+    real = models._load_uncached
+    monkeypatch.setattr(models, "_load_uncached", lambda name, progress: calls.append(name) or real(name, progress))
+    name = tiny_dirs["llama"] + "/"  # a fresh cache key for the same folder
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: models.load(name), range(16)))
+    assert len(calls) == 1 and all(lm is loaded[0] for lm in loaded)
+
+
+def test_model_cache_is_bounded(tiny_dirs, monkeypatch):
+    monkeypatch.setenv("LMVIZ_MAX_MODELS", "1")
+    models.load(tiny_dirs["gpt2"])
+    models.load(tiny_dirs["bert"])
+    assert models.loaded_names() == [tiny_dirs["bert"]]
+
+
+def test_embedded_traces_from_many_threads(smollm):
+    """The real tokenizer and model shared by 8 threads: no 'Already borrowed', identical numbers."""
+    expected = {text: tracing.run_trace(smollm, text) for text in TEXTS}
+    cache = tracing.TraceCache(max_bytes=2**30)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda text: (text, cache.get(smollm, text)), TEXTS * 4))
+    for text, got in results:
+        assert got.input_ids.tolist() == expected[text].input_ids.tolist()
+        assert got.tokens == expected[text].tokens
+        assert torch.allclose(got.logits, expected[text].logits, atol=1e-5)
+    assert cache.misses == len(TEXTS)
+
+
+def test_encode_and_batch_from_many_threads(smollm):
+    single = [tracing.encode(smollm, text) for text in TEXTS]
+    with ThreadPoolExecutor(8) as pool:
+        many = list(pool.map(lambda text: tracing.encode(smollm, text), TEXTS * 8))
+        batches = list(pool.map(lambda text: tracing.encode_batch(smollm, ["Hi", text]).input_ids, TEXTS * 4))
+    assert many == single * 8
+    for text, batch in zip(TEXTS * 4, batches):
+        assert batch[1][-len(tracing.encode(smollm, text)):] == tracing.encode(smollm, text)

@@ -8,6 +8,6 @@ import ui  # noqa: E402  (set_page_config must come first)
 
 ui.sidebar()
 PAGES = [
-    st.Page("pages/home.py", title="Model & tokens", icon="🏠", default=True),
+    st.Page("views/home.py", title="Model & tokens", icon="🏠", default=True),
 ]
 st.navigation(PAGES).run()

@@ -31,6 +31,40 @@ def init_from_url(key: str, default, cast=str) -> None:
         st.session_state[key] = default
 
 
+def init_settings(settings: dict) -> None:
+    """init_from_url for every `key: (default, parser)` of a page's settings table."""
+    for key, (default, parse) in settings.items():
+        init_from_url(key, default, parse)
+
+
+def in_range(cast, low, high):
+    """A URL value parser that rejects values outside a widget's range (the default is used then)."""
+
+    def parse(raw):
+        value = cast(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def one_of(choices):
+    """A URL value parser that accepts only the given choices."""
+
+    def parse(raw):
+        if raw not in choices:
+            raise ValueError(raw)
+        return raw
+
+    return parse
+
+
+def flag(raw: str) -> bool:
+    """A URL value parser for booleans ("true"/"1"/"yes")."""
+    return raw.lower() in ("true", "1", "yes")
+
+
 def sync_to_url(*keys: str) -> None:
     """Write the current values of these widgets into the URL, so the view can be shared."""
     for key in keys:
@@ -103,10 +137,12 @@ def current_text() -> str:
 
 
 @contextmanager
-def user_errors():
-    """Show an LmvizError raised inside the block as a message and stop the page."""
+def user_errors(stop: bool = True):
+    """Show an LmvizError raised inside the block as a message; then stop the page, or with
+    stop=False go on with the next section."""
     try:
         yield
     except LmvizError as error:
         st.error(str(error), icon="🚫")
-        st.stop()
+        if stop:
+            st.stop()

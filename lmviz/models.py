@@ -179,6 +179,7 @@ def load(name: str = DEFAULT_MODEL, progress: Progress | None = None) -> LoadedM
     with _models_lock:
         if name in _models:
             _models.move_to_end(name)
+            _drop_least_recent()
             return _models[name]
         name_lock = _loading_locks.setdefault(name, threading.Lock())
     with name_lock:
@@ -188,9 +189,14 @@ def load(name: str = DEFAULT_MODEL, progress: Progress | None = None) -> LoadedM
         loaded = _load_uncached(name, progress or (lambda message: None))
         with _models_lock:
             _models[name] = loaded
-            while len(_models) > max_models():
-                _models.popitem(last=False)
+            _drop_least_recent()
         return loaded
+
+
+def _drop_least_recent() -> None:
+    """Keep at most max_models() models (call with _models_lock held)."""
+    while len(_models) > max_models():
+        _models.popitem(last=False)
 
 
 def loaded_names() -> list[str]:

@@ -1,6 +1,6 @@
 """AppTest of the home page: model facts, token table, batch view, bad input."""
 
-from tests.pages import app
+from tests.views import app
 
 
 def test_home_shows_embedded_model_tokens(smollm):

@@ -1,0 +1,663 @@
+"""The logit lens: what every layer would predict if it were the last one.
+
+A causal LM turns its last hidden state into next-token scores with its head:
+the final norm, then the unembedding (a d_model -> vocab matrix), then, for
+Gemma-2/3, soft-capping. The logit lens sends every layer's hidden state
+through that same head, so each layer gets its own next-token distribution:
+
+    lens[i] = softcap(unembed(final_norm(hidden[i])))     for i = 0 .. L-1
+    lens[L] = the model's own logits                        (hidden[L] is already normed)
+
+Layer 0 is the embedding output, layer L the model's output. The final norm is
+recomputed for every vector (its scale depends on the vector), and applied
+exactly once everywhere: transformers' last hidden state already has it.
+
+With `normalize=False` ("raw", as seed 004 does it) the norm is skipped:
+`lm_head(hidden_states[i])` for every i, the last row included (computed from
+hidden[L], which is already normed, so it still equals the model's logits).
+
+The full lens is (L+1) x pos x vocab numbers: 3 GB for 512 tokens of a 30-layer
+model with a 49k vocabulary. `run_logit_lens` never holds it. It walks over
+blocks of (positions x all layers) and, inside a block, over slices of the
+vocabulary small enough to stay in the CPU cache; each tile of logits is
+folded at once into running statistics (top-k, an online log-sum-exp,
+entropy, KL, ranks) and then overwritten by the next tile.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from lmviz.errors import LmvizError
+from lmviz.models import LoadedModel
+from lmviz.tokens import token_text, visible
+from lmviz.trace import Trace
+
+MAX_K = 100
+MAX_WATCHED = 20
+
+# Statistics a heatmap can be coloured by: key -> (label, lower is better?)
+STATISTICS: dict[str, tuple[str, bool]] = {
+    "top1_prob": ("top-1 probability", False),
+    "entropy": ("entropy (nats)", True),
+    "kl_to_final": ("KL(final ‖ layer) (nats)", True),
+    "next_token_prob": ("probability of the actual next token", False),
+    "next_token_nll": ("cross-entropy of the actual next token (nats)", True),
+    "next_token_rank": ("rank of the actual next token (0 = top-1)", True),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class LensResult:
+    """What every layer predicts at every position, reduced to statistics.
+
+    Dimensions: layer = 0 .. L (0 = embeddings, L = the model's output, so
+    layer+1 rows), pos = input positions, k = the top-k kept. The prediction
+    at position p is about the token at p+1, so next-token figures are NaN
+    (rank -1) at the last position. Probabilities are softmax over the full
+    vocabulary in float32; entropies, KL and cross-entropies are in nats.
+    """
+
+    model_name: str
+    text: str
+    tokens: tuple[str, ...]  # (pos,) display strings of the input tokens
+    input_ids: torch.Tensor  # (pos,) int64
+    top_ids: torch.Tensor  # (layer+1, pos, k) int64, most likely first
+    top_probs: torch.Tensor  # (layer+1, pos, k) float32
+    entropy: torch.Tensor  # (layer+1, pos) float32, H(layer) = -sum p log p
+    kl_to_final: torch.Tensor  # (layer+1, pos) float32, KL(final ‖ layer) = sum p_final log(p_final / p_layer)
+    next_token_nll: torch.Tensor  # (layer+1, pos) float32, -log p_layer(actual next token); NaN at the last pos
+    next_token_rank: torch.Tensor  # (layer+1, pos) int64, tokens scored strictly higher; -1 at the last pos
+    watched_ids: tuple[int, ...]  # (n_watched,)
+    watched_probs: torch.Tensor  # (layer+1, pos, n_watched) float32
+    watched_ranks: torch.Tensor  # (layer+1, pos, n_watched) int64
+    normalized: bool  # True: final norm applied at every layer; False: raw (seed 004)
+    max_final_error: float  # max |head(hidden[L]) - model logits|: ~0 when the head is found right
+    pieces: Mapping[int, str]  # exact text of every id in top_ids and watched_ids
+    truncated_from: int | None = None  # token count of the text before truncation, if it was cut
+
+    # ------------------------------------------------------------ shapes
+
+    @property
+    def n_layers(self) -> int:
+        """L: the rows are layers 0 .. L."""
+        return int(self.top_ids.shape[0]) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.top_ids.shape[1])
+
+    @property
+    def k(self) -> int:
+        return int(self.top_ids.shape[2])
+
+    def layer_label(self, layer: int) -> str:
+        """'0 (embeddings)', '12', '30 (output)'."""
+        layer = layer % (self.n_layers + 1)
+        if layer == 0:
+            return "0 (embeddings)"
+        if layer == self.n_layers:
+            return f"{layer} (output)"
+        return str(layer)
+
+    def token(self, token_id: int, show_whitespace: bool = True) -> str:
+        """The text of a token in this result: visible whitespace by default, else the exact piece."""
+        piece = self.pieces[int(token_id)]
+        return visible(piece) if show_whitespace else piece
+
+    # ------------------------------------------------------------ derived statistics
+
+    @property
+    def next_token_prob(self) -> torch.Tensor:
+        """(layer+1, pos) probability of the actual next token (NaN at the last position)."""
+        return torch.exp(-self.next_token_nll)
+
+    def statistic(self, key: str) -> torch.Tensor:
+        """(layer+1, pos) float32 values of one of STATISTICS (NaN where undefined)."""
+        if key == "top1_prob":
+            return self.top_probs[..., 0]
+        if key == "entropy":
+            return self.entropy
+        if key == "kl_to_final":
+            return self.kl_to_final
+        if key == "next_token_prob":
+            return self.next_token_prob
+        if key == "next_token_nll":
+            return self.next_token_nll
+        if key == "next_token_rank":
+            rank = self.next_token_rank.float()
+            return torch.where(self.next_token_rank < 0, torch.nan, rank)
+        raise LmvizError(f"Unknown statistic '{key}'. Choose one of: {', '.join(STATISTICS)}.")
+
+    # ------------------------------------------------------------ tables
+
+    def to_frame(self, layer: int | None = None, position: int | None = None,
+                 values: str = "token", show_whitespace: bool = True):
+        """The seed-style top-k table as a pandas DataFrame.
+
+        layer=i (default: the last layer): rows = rank 0..k-1, columns = positions,
+        like seed 004's `pd.DataFrame([[decode(x) for x in y] for y in topk]).T`.
+        position=p: rows = layers 0..L, columns = rank, what one position looks like
+        as it goes up the model. values: "token" (the text), "prob", "id", or
+        "token+prob" ("·visit 0.231").
+        """
+        import pandas as pd
+
+        if values not in ("token", "prob", "id", "token+prob"):
+            raise LmvizError("values must be one of: token, prob, id, token+prob.")
+        if layer is not None and position is not None:
+            raise LmvizError("Give a layer or a position, not both.")
+        if position is not None:
+            position = self._check_position(position)
+            ids, probs = self.top_ids[:, position], self.top_probs[:, position]  # (layer+1, k)
+            cells = self._cells(ids, probs, values, show_whitespace)
+            frame = pd.DataFrame(cells, index=pd.Index(range(self.n_layers + 1), name="layer"))
+            frame.columns.name = "rank"
+            return frame
+        layer = self._check_layer(-1 if layer is None else layer)
+        ids, probs = self.top_ids[layer], self.top_probs[layer]  # (pos, k)
+        cells = self._cells(ids, probs, values, show_whitespace)
+        frame = pd.DataFrame(cells).T  # (k, pos): rows = rank, columns = position
+        frame.index.name, frame.columns.name = "rank", "position"
+        return frame
+
+    def to_long_frame(self):
+        """Every (layer, position, rank) as one row, with that cell's statistics: for CSV export."""
+        import pandas as pd
+
+        n_layers, n_pos, k = self.top_ids.shape
+        layer = torch.arange(n_layers).view(-1, 1, 1).expand(n_layers, n_pos, k).reshape(-1)
+        pos = torch.arange(n_pos).view(1, -1, 1).expand(n_layers, n_pos, k).reshape(-1)
+        cell = lambda t: t.unsqueeze(-1).expand(n_layers, n_pos, k).reshape(-1).numpy()  # noqa: E731
+        ids = self.top_ids.reshape(-1).tolist()
+        next_ids = self.input_ids[1:].tolist() + [None]
+        frame = pd.DataFrame({
+            "layer": layer.numpy(),
+            "position": pos.numpy(),
+            "input_token": [self.tokens[p] for p in pos.tolist()],
+            "next_token": [None if next_ids[p] is None else self.tokens[p + 1] for p in pos.tolist()],
+            "rank": torch.arange(k).repeat(n_layers * n_pos).numpy(),
+            "token_id": ids,
+            "token": [visible(self.pieces[i]) for i in ids],
+            "prob": self.top_probs.reshape(-1).numpy(),
+            "entropy": cell(self.entropy),
+            "kl_to_final": cell(self.kl_to_final),
+            "next_token_nll": cell(self.next_token_nll),
+            "next_token_rank": cell(self.next_token_rank),
+        })
+        frame["normalized"] = self.normalized
+        return frame
+
+    def watched_frame(self, position: int):
+        """(layer+1) rows: probability and rank of each watched token at one position."""
+        import pandas as pd
+
+        position = self._check_position(position)
+        rows = []
+        for j, token_id in enumerate(self.watched_ids):
+            for layer in range(self.n_layers + 1):
+                rows.append({
+                    "layer": layer,
+                    "token": visible(self.pieces[token_id]),
+                    "token_id": token_id,
+                    "prob": float(self.watched_probs[layer, position, j]),
+                    "rank": int(self.watched_ranks[layer, position, j]),
+                })
+        return pd.DataFrame(rows, columns=["layer", "token", "token_id", "prob", "rank"])
+
+    def _cells(self, ids: torch.Tensor, probs: torch.Tensor, values: str, show_whitespace: bool) -> list[list]:
+        if values == "id":
+            return ids.tolist()
+        if values == "prob":
+            return probs.tolist()
+        names = [[self.token(i, show_whitespace) for i in row] for row in ids.tolist()]
+        if values == "token":
+            return names
+        return [[f"{name} {p:.3f}" for name, p in zip(row, prow)] for row, prow in zip(names, probs.tolist())]
+
+    def _check_layer(self, layer: int) -> int:
+        if not -(self.n_layers + 1) <= layer <= self.n_layers:
+            raise LmvizError(f"Layer {layer} does not exist: this model has layers 0 to {self.n_layers}.")
+        return layer % (self.n_layers + 1)
+
+    def _check_position(self, position: int) -> int:
+        if not -self.n_tokens <= position < self.n_tokens:
+            raise LmvizError(f"Position {position} does not exist: the text has positions 0 to {self.n_tokens - 1}.")
+        return position % self.n_tokens
+
+
+# ---------------------------------------------------------------- which layers to show
+
+
+def layer_rows(n_layers: int, stride: int) -> list[int]:
+    """Layers 0, stride, 2*stride, … and always the last one, L (the model's output)."""
+    if stride < 1:
+        raise LmvizError("The layer stride must be at least 1.")
+    rows = list(range(0, n_layers + 1, stride))
+    if rows[-1] != n_layers:
+        rows.append(n_layers)
+    return rows
+
+
+# ---------------------------------------------------------------- watched tokens
+
+
+def parse_watched(spec: str, leading_space: bool = True) -> list[str]:
+    """Split a comma-separated list of tokens to watch into exact token texts.
+
+    Each entry is stripped; with leading_space=True a space is put in front
+    (the form a word takes inside a sentence, " Paris"). A leading `·` stands
+    for a space, as the page shows tokens, and turns the automatic space off.
+    """
+    pieces = []
+    for entry in spec.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        if entry.startswith("·"):
+            entry = " " + entry[1:]
+        elif leading_space:
+            entry = " " + entry
+        pieces.append(entry.replace("\\n", "\n"))
+    return pieces
+
+
+def resolve_watched(lm: LoadedModel, pieces: Sequence[str]) -> tuple[int, ...]:
+    """Token ids of texts that must each be exactly one token; else say how they tokenize."""
+    if len(pieces) > MAX_WATCHED:
+        raise LmvizError(f"Watch at most {MAX_WATCHED} tokens at once.")
+    ids = []
+    with lm.lock:
+        for piece in pieces:
+            encoded = lm.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if len(encoded) != 1:
+                parts = " + ".join(f"'{visible(token_text(lm.tokenizer, i))}'" for i in encoded) or "nothing"
+                raise LmvizError(
+                    f"'{visible(piece)}' is not a single token for {lm.name}: it tokenizes as {parts}. "
+                    "Watch one of those pieces instead."
+                )
+            ids.append(int(encoded[0]))
+    return tuple(dict.fromkeys(ids))  # drop repeats, keep order
+
+
+# ---------------------------------------------------------------- the computation
+
+
+class _Head:
+    """The model's head split into pieces the tiled loop can use.
+
+    For an nn.Linear unembedding (nearly every causal LM) tiles are
+    `hidden @ weight[v0:v1].T + bias[v0:v1]`, then soft-capping, exactly what
+    `LoadedModel.logits_from_hidden` computes, one vocabulary slice at a time.
+    Any other head module is called whole (one tile = the full vocabulary).
+    """
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self.softcap = lm.logit_softcap
+        unembed = lm.unembed
+        self.linear = isinstance(unembed, nn.Linear)
+        self.weight = unembed.weight.detach() if self.linear else None  # (vocab, d_head)
+        self.bias = unembed.bias.detach() if self.linear and unembed.bias is not None else None
+
+    def _cap(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.softcap:  # the same operations, in the same order, as logits_from_hidden
+            return torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def full(self, rows: torch.Tensor) -> torch.Tensor:
+        """(rows, vocab) logits of rows (rows, d_head), as LoadedModel.logits_from_hidden(normalize=False)."""
+        if not self.linear:
+            with self.lm.lock:
+                return self._cap(self.lm.unembed(rows).float())
+        return self._cap(torch.nn.functional.linear(rows, self.weight, self.bias))
+
+    def tile(self, rows: torch.Tensor, v0: int, v1: int, out: torch.Tensor) -> torch.Tensor:
+        """(rows, v1-v0) logits of rows (rows, d_head) for the vocabulary slice v0:v1."""
+        if not self.linear:
+            with self.lm.lock:
+                logits = self.lm.unembed(rows).float()
+            out.copy_(self._cap(logits)[:, v0:v1])
+            return out
+        weight = self.weight[v0:v1]
+        if self.bias is None:
+            torch.matmul(rows, weight.T, out=out)
+        else:
+            torch.addmm(self.bias[v0:v1], rows, weight.T, out=out)
+        if self.softcap:
+            out.div_(self.softcap).tanh_().mul_(self.softcap)
+        return out
+
+    def at(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor | None:
+        """(rows, n) logits of the given token ids, per row (ids: (rows, n)); None for a non-linear head."""
+        if not self.linear:
+            return None
+        logits = torch.einsum("rd,rnd->rn", rows, self.weight[ids])
+        if self.bias is not None:
+            logits = logits + self.bias[ids]
+        return self._cap(logits)
+
+
+class _Running:
+    """Statistics of rows of logits, folded in one vocabulary tile at a time.
+
+    Per row it keeps the top-k so far, the running max m, s = sum exp(z - m),
+    t = sum exp(z - m) (z - m) (so that entropy = log s - t / s), u = sum
+    p_final z (so that KL(final ‖ row) = logsumexp - u - H(final)), and for
+    every target token (the actual next token, the watched ones) how many
+    logits beat its logit and the logit itself.
+    """
+
+    def __init__(self, n_rows: int, k: int, targets: torch.Tensor, thresholds: torch.Tensor, track_u: bool = True):
+        self.k = k
+        self.track_u = track_u  # False: the caller computes u another way
+        self.targets = targets  # (rows, n_targets) token ids
+        self.thresholds = thresholds  # (rows, n_targets) their logits, computed outside the tiles
+        self.top_values = torch.empty(n_rows, 0)  # (rows, <=k)
+        self.top_ids = torch.empty(n_rows, 0, dtype=torch.long)
+        self.m = torch.full((n_rows,), -math.inf)
+        self.s = torch.zeros(n_rows)
+        self.t = torch.zeros(n_rows)
+        self.u = torch.zeros(n_rows)  # (rows,)
+        self.beaten_by = torch.zeros_like(targets)  # (rows, n_targets) logits strictly above the threshold
+        self.target_logits = torch.full(targets.shape, math.nan)  # (rows, n_targets), as found in the tiles
+        self.self_above = torch.zeros(targets.shape, dtype=torch.bool)
+
+    def update(self, tile: torch.Tensor, v0: int, work: torch.Tensor, p_final: torch.Tensor | None) -> None:
+        """Fold in tile (rows, w) = logits of tokens v0 .. v0+w, rows = (layer, pos) layer-major.
+        p_final (pos, w): the final distribution on this slice, for u (None when u is not tracked).
+
+        Overwrites `tile`; `work` is a (rows, w) float buffer. Every pass below writes into one of
+        the two buffers and sums it: on a CPU that beats the fused-looking alternatives (bool
+        masks summed as int64, batched matmul dot products).
+        """
+        n_rows, width = tile.shape
+        # top-k: this tile's best, merged with the best so far
+        values, ids = torch.topk(tile, min(self.k, width), dim=-1)
+        ids += v0
+        if self.top_values.shape[1]:
+            values = torch.cat([self.top_values, values], dim=1)
+            ids = torch.cat([self.top_ids, ids], dim=1)
+            values, order = torch.topk(values, min(self.k, values.shape[1]), dim=-1)
+            ids = ids.gather(1, order)
+        self.top_values, self.top_ids = values, ids
+        # targets: count the logits above each one, and pick up its own logit when it is in this tile
+        local = self.targets - v0  # (rows, n_targets)
+        inside = (local >= 0) & (local < width)
+        found = tile.gather(1, local.clamp(0, width - 1))
+        self.target_logits = torch.where(inside, found, self.target_logits)
+        self.self_above |= inside & (found > self.thresholds)
+        for j in range(self.targets.shape[1]):
+            torch.gt(tile, self.thresholds[:, j : j + 1], out=work)  # 1.0 where a logit beats the target
+            self.beaten_by[:, j] += work.sum(-1).long()  # exact: whole numbers far below 2**24
+        if self.track_u:  # u += sum_v p_final[pos, v] z[row, v]
+            n_pos = p_final.shape[0]
+            grouped = (n_rows // n_pos, n_pos, width)
+            torch.mul(tile.view(grouped), p_final.unsqueeze(0), out=work.view(grouped))
+            self.u += work.sum(-1)
+        # online log-sum-exp and entropy
+        new_m = torch.maximum(self.m, values[:, 0])
+        shift = self.m - new_m  # -inf on the first tile, where s = t = 0
+        scale = torch.exp(shift)
+        tile.sub_(new_m.unsqueeze(1))  # z - m
+        torch.exp(tile, out=work)  # exp(z - m)
+        s_tile = work.sum(-1)
+        t_tile = tile.mul_(work).sum(-1)  # exp(z - m) (z - m)
+        first = self.s == 0
+        self.t = torch.where(first, t_tile, (self.t + shift * self.s) * scale + t_tile)
+        self.s = torch.where(first, s_tile, self.s * scale + s_tile)
+        self.m = new_m
+
+    def logsumexp(self) -> torch.Tensor:
+        return self.m + torch.log(self.s)
+
+    def entropy(self) -> torch.Tensor:
+        return torch.log(self.s) - self.t / self.s
+
+    def ranks(self) -> torch.Tensor:
+        """(rows, n_targets): tokens with a strictly higher logit than the target."""
+        return self.beaten_by - self.self_above.long()
+
+
+def _check_inputs(lm: LoadedModel, trace: Trace, k: int, watched_ids: Sequence[int]) -> tuple[int, ...]:
+    if lm.kind != "causal" or lm.unembed is None:
+        raise LmvizError(
+            f"{lm.name} is a {lm.kind} model; the logit lens reads next-token predictions, "
+            "so it needs a causal language model."
+        )
+    if trace.model_name != lm.name or trace.logits.shape[-1] != lm.vocab_size or trace.n_layers != lm.n_layers:
+        raise LmvizError("This trace was made with another model: trace the text with this one first.")
+    if not 1 <= k <= min(MAX_K, lm.vocab_size):
+        raise LmvizError(f"k must be between 1 and {min(MAX_K, lm.vocab_size)}.")
+    watched = tuple(int(i) for i in watched_ids)
+    if len(watched) > MAX_WATCHED:
+        raise LmvizError(f"Watch at most {MAX_WATCHED} tokens at once.")
+    for token_id in watched:
+        if not 0 <= token_id < lm.vocab_size:
+            raise LmvizError(f"Token id {token_id} is outside the vocabulary (0 to {lm.vocab_size - 1}).")
+    return watched
+
+
+def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """(layer*pos, d): hidden states (layer, pos, d) of layers 0..L-1, through the final norm when
+    normalizing (recomputed for every vector), flattened layer-major."""
+    if normalize:
+        if lm.final_norm is None:
+            raise LmvizError(f"lmviz found no final norm for {lm.name}, so it can't run a normalized lens.")
+        with lm.lock:
+            normed = lm.final_norm(hidden)
+        if normed.shape[-1] != hidden.shape[-1]:
+            raise LmvizError(f"{lm.name}'s final norm changes the width; the lens does not support this head.")
+        hidden = normed
+    return hidden.reshape(-1, hidden.shape[-1]).contiguous()
+
+
+@torch.inference_mode()
+def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
+                   watched_ids: Sequence[int] = (), *, rows_per_block: int = 1024,
+                   vocab_block: int = 2048) -> LensResult:
+    """The logit lens of a trace, computed now (see `logit_lens` for the cached version).
+
+    k: top tokens kept per (layer, position). normalize: apply the final norm
+    to layers 0..L-1 (False: raw, seed 004). watched_ids: token ids whose
+    probability and rank are recorded everywhere. rows_per_block and
+    vocab_block size the tiles: two buffers of about rows_per_block x
+    vocab_block floats (8 MB each by default, so both stay in a 32 MB L3 cache)
+    are live, whatever the text length; measured best on a 2-core CPU.
+
+    Inside a block of positions the rows are layer-major: (layer, pos). Rows of
+    layers 0..L-1 come from the tiled matrix product; the rows of layer L are
+    the model's own logits (normalized) or the head applied to hidden[L] (raw).
+    """
+    watched = _check_inputs(lm, trace, k, watched_ids)
+    head = _Head(lm)
+    if head.linear and head.weight.shape[1] != trace.hidden.shape[-1]:
+        raise LmvizError(f"{lm.name}'s unembedding expects {head.weight.shape[1]}-wide vectors but its hidden "
+                         f"states are {trace.hidden.shape[-1]} wide; the lens does not support this head.")
+    n_layers = trace.n_layers  # L: rows 0..L
+    n_pos, vocab = trace.n_tokens, trace.logits.shape[-1]
+    # the actual next token at every position (a placeholder at the last one, masked at the end)
+    next_ids = torch.zeros(n_pos, dtype=torch.long)
+    next_ids[:-1] = trace.input_ids[1:]
+    watched_t = torch.tensor(watched, dtype=torch.long)
+    targets_per_pos = torch.cat([next_ids.unsqueeze(1), watched_t.expand(n_pos, len(watched))], dim=1)  # (pos, 1+w)
+    # sum_v p_final z_v is linear in the hidden state when the head is: h . (W^T p_final) + b . p_final
+    linear_u = head.linear and not head.softcap
+
+    out_values = torch.empty(n_layers + 1, n_pos, k)
+    out_ids = torch.empty(n_layers + 1, n_pos, k, dtype=torch.long)
+    out_lse = torch.empty(n_layers + 1, n_pos)
+    out_entropy = torch.empty(n_layers + 1, n_pos)
+    out_kl = torch.empty(n_layers + 1, n_pos, dtype=torch.float64)
+    out_target_logits = torch.empty(n_layers + 1, n_pos, 1 + len(watched))
+    out_ranks = torch.empty(n_layers + 1, n_pos, 1 + len(watched), dtype=torch.long)
+    max_error = 0.0
+
+    if head.linear:
+        width = min(vocab_block, vocab)
+        block_pos = max(1, rows_per_block // (n_layers + 1))
+    else:  # the head runs whole: keep each block's full-vocabulary tile near 16 MB
+        width = vocab
+        block_pos = max(1, (2**22 // vocab) // (n_layers + 1))
+    for p0 in range(0, n_pos, block_pos):
+        p1 = min(n_pos, p0 + block_pos)
+        n_block = p1 - p0
+        n_lens = n_layers * n_block  # rows from the matrix product
+        n_rows = n_lens + n_block
+        rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize)  # (layer*pos, d)
+        final = trace.logits[p0:p1]  # (pos, vocab) the model's own logits
+        # the sanity figure: the head applied to hidden[L] (already normed) against the model's logits
+        head_last = head.full(trace.hidden[n_layers, p0:p1])  # (pos, vocab)
+        max_error = max(max_error, float((head_last - final).abs().max()))
+        last_rows = final if normalize else head_last  # (pos, vocab): the rows of layer L
+        del head_last
+        # the final distribution in float64: a shared rounding error in its log-sum-exp would scale
+        # every p_final by the same 1 + 1e-5 and shift sum p_final z, hence KL, by 1e-5 x the logits
+        final_logp = torch.log_softmax(final.double(), dim=-1)  # (pos, vocab)
+        final_entropy = -(final_logp.exp() * final_logp).sum(-1)  # (pos,)
+        p_final = final_logp.exp().float()
+        p_final_mass = p_final.double().sum(-1)  # 1 up to float32 rounding
+        del final_logp
+        block_targets = targets_per_pos[p0:p1]  # (pos, 1+w)
+        targets = block_targets.repeat(n_layers + 1, 1)  # (rows, 1+w), layer-major like the rows
+        thresholds = torch.empty(targets.shape)
+        if head.linear:  # non-linear heads: read from the (whole-vocabulary) tile below
+            thresholds[:n_lens] = head.at(rows, targets[:n_lens])
+        thresholds[n_lens:] = last_rows.gather(1, block_targets)
+        running = _Running(n_rows, k, targets, thresholds, track_u=not linear_u)
+        if linear_u:
+            w_bar = p_final @ head.weight  # (pos, d): W^T p_final
+            bias_term = p_final @ head.bias if head.bias is not None else torch.zeros(n_block)
+            u_lens = torch.linalg.vecdot(rows.view(n_layers, n_block, -1), w_bar) + bias_term  # (layer, pos)
+            u_last = (p_final.double() * last_rows.double()).sum(-1)  # (pos,)
+            running.u = torch.cat([u_lens.reshape(-1).double(), u_last])
+        buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for v0 in range(0, vocab, width):
+            v1 = min(vocab, v0 + width)
+            if v1 - v0 not in buffers:
+                buffers[v1 - v0] = (torch.empty(n_rows, v1 - v0), torch.empty(n_rows, v1 - v0))
+            tile, work = buffers[v1 - v0]
+            head.tile(rows, v0, v1, out=tile[:n_lens])
+            tile[n_lens:] = last_rows[:, v0:v1]
+            if not head.linear:
+                thresholds[:n_lens] = tile[:n_lens].gather(1, targets[:n_lens])
+            running.update(tile, v0, work, None if linear_u else p_final[:, v0:v1])
+        lse = running.logsumexp()
+        shape = (n_layers + 1, n_block)
+        out_values[:, p0:p1] = running.top_values.view(*shape, k)
+        out_ids[:, p0:p1] = running.top_ids.view(*shape, k)
+        out_lse[:, p0:p1] = lse.view(shape)
+        out_entropy[:, p0:p1] = running.entropy().view(shape)
+        # KL(final ‖ row) = sum p_final (log p_final - z + lse) = -H(final) - u + mass * lse
+        kl = p_final_mass * lse.double().view(shape) - running.u.double().view(shape) - final_entropy
+        out_kl[:, p0:p1] = kl
+        out_target_logits[:, p0:p1] = running.target_logits.view(*shape, -1)
+        out_ranks[:, p0:p1] = running.ranks().view(*shape, -1)
+
+    kl_to_final = out_kl.clamp_min(0).float()
+    if normalize:
+        kl_to_final[n_layers] = 0.0  # the same distribution, exactly
+    log_probs = out_target_logits - out_lse.unsqueeze(-1)  # (layer+1, pos, 1+w)
+    nll = -log_probs[..., 0]
+    nll[:, -1] = math.nan
+    rank = out_ranks[..., 0].clone()
+    rank[:, -1] = -1
+    top_probs = torch.exp(out_values - out_lse.unsqueeze(-1))
+    pieces = token_pieces(lm, torch.unique(out_ids).tolist() + list(watched))
+    return LensResult(
+        model_name=lm.name,
+        text=trace.text,
+        tokens=trace.tokens,
+        input_ids=trace.input_ids,
+        top_ids=out_ids,
+        top_probs=top_probs,
+        entropy=out_entropy.clamp_min(0),
+        kl_to_final=kl_to_final,
+        next_token_nll=nll,
+        next_token_rank=rank,
+        watched_ids=watched,
+        watched_probs=log_probs[..., 1:].exp().contiguous(),
+        watched_ranks=out_ranks[..., 1:].contiguous(),
+        normalized=normalize,
+        max_final_error=max_error,
+        pieces=pieces,
+        truncated_from=trace.truncated_from,
+    )
+
+
+# ---------------------------------------------------------------- token texts, remembered per model
+
+_pieces_memo: "weakref.WeakKeyDictionary[LoadedModel, dict[int, str]]" = weakref.WeakKeyDictionary()
+_pieces_lock = threading.Lock()
+
+
+def token_pieces(lm: LoadedModel, ids: Sequence[int]) -> dict[int, str]:
+    """{id: exact token text} for these ids; decoded once per model and remembered."""
+    with _pieces_lock:
+        memo = _pieces_memo.setdefault(lm, {})
+    missing = [i for i in dict.fromkeys(int(i) for i in ids) if i not in memo]
+    if missing:
+        with lm.lock:
+            found = {i: token_text(lm.tokenizer, i) for i in missing}
+        memo.update(found)
+    return {int(i): memo[int(i)] for i in ids}
+
+
+# ---------------------------------------------------------------- the cache
+
+
+class LensCache:
+    """Recent lens results (small: statistics only), one computation per key even under threads."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[Trace, LensResult]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+
+    def get(self, lm: LoadedModel, trace: Trace, k: int, normalize: bool, watched: tuple[int, ...]) -> LensResult:
+        key = (id(lm.model), id(trace), k, bool(normalize), watched)  # the entry keeps the trace alive
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key][1]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._entries:
+                    return self._entries[key][1]
+            try:
+                result = run_logit_lens(lm, trace, k, normalize, watched)
+            finally:
+                with self._lock:
+                    self._key_locks.pop(key, None)
+            with self._lock:
+                self._entries[key] = (trace, result)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            return result
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+LENSES = LensCache(max_entries=16)
+
+
+def logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
+               watched_ids: Sequence[int] = ()) -> LensResult:
+    """The logit lens of `trace` under `lm` (see run_logit_lens), cached per (trace, k, mode, watched)."""
+    watched = _check_inputs(lm, trace, k, watched_ids)
+    return LENSES.get(lm, trace, int(k), bool(normalize), watched)

@@ -1,0 +1,278 @@
+"""The logit lens against an independent computation written here with plain transformers and torch.
+
+The reference below loads each model again with transformers, runs it with
+output_hidden_states=True, builds the FULL (layer+1, pos, vocab) logits the
+slow way (the final norm by its attribute name per architecture, lm_head,
+Gemma's soft-capping from the config) and computes every statistic in float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from lmviz import cli, lens, models
+from lmviz import trace as tracing
+from lmviz.errors import LmvizError
+
+TEXT = "The capital of France is Paris, and the capital of England is"
+
+FINAL_NORM = {  # written out per architecture, independently of lmviz.models.FINAL_NORM_PATHS
+    "gpt2": lambda m: m.transformer.ln_f,
+    "llama": lambda m: m.model.norm,
+    "gemma3_text": lambda m: m.model.norm,
+    "gpt_neox": lambda m: m.gpt_neox.final_layer_norm,
+}
+
+
+@torch.no_grad()
+def reference(model, input_ids: torch.Tensor, normalize: bool, watched=(), k: int = 10) -> dict:
+    """Every lens statistic, from full logits, in float64."""
+    out = model(input_ids[None], output_hidden_states=True)
+    hidden = out.hidden_states  # tuple of L+1 tensors (1, pos, d); the last one already normed
+    norm = FINAL_NORM[model.config.model_type](model)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def head(h):
+        logits = model.lm_head(h) if hasattr(model, "lm_head") else model.embed_out(h)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    rows = [head(norm(h) if normalize else h) for h in hidden[:-1]]
+    rows.append(out.logits if normalize else head(hidden[-1]))
+    logits = torch.cat(rows).double()  # (layer+1, pos, vocab)
+    logp = torch.log_softmax(logits, dim=-1)
+    final = torch.log_softmax(out.logits[0].double(), dim=-1)  # (pos, vocab)
+    next_ids = input_ids[1:]
+    target = logits[:, :-1].gather(-1, next_ids.view(1, -1, 1).expand(logits.shape[0], -1, 1))  # (layer+1, pos-1, 1)
+    gap = 1e-5 * logits.abs().amax(-1, keepdim=True)[:, :-1]  # logits closer than rounding count as ties
+    watched = list(watched)
+    w_logits = logits[..., watched]  # (layer+1, pos, w)
+    w_gap = 1e-5 * logits.abs().amax(-1, keepdim=True)
+    top = torch.topk(logits, k, dim=-1)
+    return {
+        "logits": logits,
+        "top_ids": top.indices,
+        "top_probs": logp.gather(-1, top.indices).exp(),
+        "entropy": -(logp.exp() * logp).sum(-1),
+        "kl": (final.exp() * (final - logp)).sum(-1),
+        "nll": -logp[:, :-1].gather(-1, next_ids.view(1, -1, 1).expand(logp.shape[0], -1, 1))[..., 0],
+        "rank_low": (logits[:, :-1] > target + gap).sum(-1),
+        "rank_high": (logits[:, :-1] > target - gap).sum(-1),
+        "watched_probs": logp[..., watched].exp(),
+        "watched_rank_low": (logits.unsqueeze(-2) > (w_logits + w_gap).unsqueeze(-1)).sum(-1),
+        "watched_rank_high": (logits.unsqueeze(-2) > (w_logits - w_gap).unsqueeze(-1)).sum(-1),
+    }
+
+
+def assert_matches(result: lens.LensResult, ref: dict) -> None:
+    n = ref["logits"].shape[0]
+    assert result.top_ids.shape == ref["top_ids"].shape and result.n_layers == n - 1
+    # top-k: same tokens in the same order, unless two logits are within rounding of each other
+    top_logits = ref["logits"].gather(-1, result.top_ids)
+    assert torch.allclose(top_logits, ref["logits"].gather(-1, ref["top_ids"]), rtol=1e-5, atol=1e-5)
+    assert (result.top_ids == ref["top_ids"]).float().mean() > 0.99
+    torch.testing.assert_close(result.top_probs.double(), ref["top_probs"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.entropy.double(), ref["entropy"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(result.kl_to_final.double(), ref["kl"].clamp_min(0), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(result.next_token_nll[:, :-1].double(), ref["nll"], rtol=1e-4, atol=1e-4)
+    assert torch.isnan(result.next_token_nll[:, -1]).all() and (result.next_token_rank[:, -1] == -1).all()
+    rank = result.next_token_rank[:, :-1]
+    assert ((ref["rank_low"] <= rank) & (rank <= ref["rank_high"])).all()
+    torch.testing.assert_close(result.watched_probs.double(), ref["watched_probs"], rtol=1e-4, atol=1e-7)
+    assert ((ref["watched_rank_low"] <= result.watched_ranks) & (result.watched_ranks <= ref["watched_rank_high"])).all()
+    assert result.max_final_error < 1e-4
+
+
+def reference_model(directory: str):
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3", "neox"])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("tiles", [{}, {"rows_per_block": 8, "vocab_block": 50}])
+def test_tiny_models_match_reference(arch, normalize, tiles, request, tiny_dirs, tiny_lens_dirs):
+    lm = request.getfixturevalue(f"tiny_{arch}")
+    directory = {**tiny_dirs, **tiny_lens_dirs}[arch]
+    t = tracing.trace(lm, TEXT)
+    watched = lens.resolve_watched(lm, [" Paris", " capital", "is"])
+    result = lens.run_logit_lens(lm, t, k=7, normalize=normalize, watched_ids=watched, **tiles)
+    assert result.normalized is normalize and result.k == 7
+    ref = reference(reference_model(directory), t.input_ids, normalize, watched, k=7)
+    assert_matches(result, ref)
+
+
+@torch.no_grad()
+def test_gemma_soft_capping_is_applied(tiny_gemma3):
+    t = tracing.trace(tiny_gemma3, TEXT)
+    assert tiny_gemma3.logit_softcap == 0.5
+    assert t.logits.abs().max() < 0.5  # the model's logits are capped …
+    result = lens.run_logit_lens(tiny_gemma3, t, k=3)
+    h = tiny_gemma3.model.model.norm(t.hidden[0])
+    uncapped = torch.log_softmax(h @ tiny_gemma3.model.lm_head.weight.T, -1)
+    # … and so is the lens at layer 0: without the cap its probabilities would differ
+    assert (result.top_probs[0] - uncapped.gather(-1, result.top_ids[0]).exp()).abs().max() > 1e-3
+
+
+def test_last_row_is_the_models_own_output(tiny_llama):
+    t = tracing.trace(tiny_llama, TEXT)
+    result = lens.run_logit_lens(tiny_llama, t, k=5)
+    final = torch.log_softmax(t.logits.double(), -1)
+    assert torch.equal(result.top_ids[-1], t.logits.topk(5, -1).indices)
+    assert (result.kl_to_final[-1] == 0).all()
+    torch.testing.assert_close(result.entropy[-1].double(), -(final.exp() * final).sum(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_norm_applied_exactly_once(tiny_neox):
+    """Normalizing the already-normed last hidden state again gives different logits: the lens must not."""
+    t = tracing.trace(tiny_neox, TEXT)
+    twice = tiny_neox.logits_from_hidden(t.hidden[-1], normalize=True)
+    assert (twice - t.logits).abs().max() > 1e-2
+    result = lens.run_logit_lens(tiny_neox, t, k=3)
+    assert torch.equal(result.top_ids[-1], t.logits.topk(3, -1).indices)
+
+
+def test_non_linear_head_goes_through_the_module(tiny_dirs, tiny_llama):
+    """A head that is not a plain nn.Linear is called whole; the numbers are the same."""
+    wrapped = dataclasses.replace(tiny_llama, unembed=nn.Sequential(tiny_llama.unembed))
+    t = tracing.trace(tiny_llama, TEXT)
+    watched = lens.resolve_watched(tiny_llama, [" Paris"])
+    for normalize in (True, False):
+        result = lens.run_logit_lens(wrapped, t, k=4, normalize=normalize, watched_ids=watched)
+        assert_matches(result, reference(reference_model(tiny_dirs["llama"]), t.input_ids, normalize, watched, k=4))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_embedded_model_matches_reference(smollm, normalize):
+    """SmolLM2 (30 layers, 49k vocabulary), through its own transformers modules."""
+    t = tracing.trace(smollm, "This weekend I plan to")
+    watched = lens.resolve_watched(smollm, [" visit", " go"])
+    result = lens.run_logit_lens(smollm, t, k=10, normalize=normalize, watched_ids=watched)
+    model = smollm.model  # LlamaForCausalLM: reference() reaches model.model.norm and model.lm_head itself
+    assert_matches(result, reference(model, t.input_ids, normalize, watched))
+    assert result.token(result.top_ids[-1, -1, 0]) == "·visit"
+    assert result.to_frame().iloc[0].tolist()[-1] == "·visit"
+
+
+def test_raw_mode_reproduces_seed_004_tables(smollm):
+    """Seed 004: pd.DataFrame([[tokenizer.decode(x) for x in y] for y in lm_head(hs[i]).topk(k=10).indices[0]]).T"""
+    tokenizer, model = smollm.tokenizer, smollm.model
+    input_ids = tokenizer("This weekend I plan to", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden_states = model(input_ids, output_hidden_states=True).hidden_states
+    result = lens.run_logit_lens(smollm, tracing.trace(smollm, "This weekend I plan to"), k=10, normalize=False)
+    for layer in (0, 15, -1):
+        with torch.no_grad():
+            logits = model.lm_head(hidden_states[layer])
+        seed_ids = pd.DataFrame([[int(x) for x in y] for y in logits.topk(k=10).indices[0]]).T
+        seed_text = pd.DataFrame([[tokenizer.decode(x) for x in y] for y in logits.topk(k=10).indices[0]]).T
+        ours_ids = result.to_frame(layer=layer, values="id")
+        ours_text = result.to_frame(layer=layer, show_whitespace=False)
+        assert ours_ids.values.tolist() == seed_ids.values.tolist()
+        assert ours_text.shape == seed_text.shape == (10, 5)
+        readable = seed_text.map(lambda s: "\ufffd" not in s).values  # decode() loses partial UTF-8 bytes; we keep them
+        assert (ours_text.values[readable] == seed_text.values[readable]).all()
+
+
+def test_frames(tiny_gpt2):
+    t = tracing.trace(tiny_gpt2, TEXT)
+    result = lens.run_logit_lens(tiny_gpt2, t, k=4)
+    by_layer = result.to_frame(layer=1)
+    assert by_layer.shape == (4, t.n_tokens) and by_layer.index.name == "rank"
+    assert by_layer.iloc[0, 2] == result.token(result.top_ids[1, 2, 0])
+    by_pos = result.to_frame(position=3, values="prob")
+    assert by_pos.shape == (3, 4) and by_pos.index.name == "layer"
+    assert torch.equal(torch.tensor(by_pos.values.tolist()), result.top_probs[:, 3])
+    both = result.to_frame(position=-1, values="token+prob")
+    assert both.iloc[2, 0].endswith(f"{float(result.top_probs[2, -1, 0]):.3f}")
+    long = result.to_long_frame()
+    assert len(long) == 3 * t.n_tokens * 4
+    row = long[(long.layer == 2) & (long.position == 1) & (long["rank"] == 0)].iloc[0]
+    assert row.token_id == result.top_ids[2, 1, 0] and row.next_token == t.tokens[2]
+    with pytest.raises(LmvizError, match="layers 0 to 2"):
+        result.to_frame(layer=3)
+    with pytest.raises(LmvizError, match="positions 0 to"):
+        result.to_frame(position=99)
+
+
+def test_layer_rows_keep_the_last_layer():
+    assert lens.layer_rows(30, 4) == [0, 4, 8, 12, 16, 20, 24, 28, 30]
+    assert lens.layer_rows(30, 5) == [0, 5, 10, 15, 20, 25, 30]
+    assert lens.layer_rows(2, 1) == [0, 1, 2]
+    with pytest.raises(LmvizError):
+        lens.layer_rows(30, 0)
+
+
+def test_watched_tokens(tiny_gpt2):
+    assert lens.parse_watched(" Paris, London,, ·is") == [" Paris", " London", " is"]
+    assert lens.parse_watched("Paris, ·is", leading_space=False) == ["Paris", " is"]
+    ids = lens.resolve_watched(tiny_gpt2, [" Paris", " capital", " Paris"])
+    assert [tiny_gpt2.tokenizer.decode([i]) for i in ids] == [" Paris", " capital"]  # repeats dropped
+    with pytest.raises(LmvizError, match=r"'·London' is not a single token .* tokenizes as '·Lon' \+ 'don'"):
+        lens.resolve_watched(tiny_gpt2, [" London"])
+    t = tracing.trace(tiny_gpt2, TEXT)
+    with pytest.raises(LmvizError, match="outside the vocabulary"):
+        lens.run_logit_lens(tiny_gpt2, t, watched_ids=[10**6])
+
+
+def test_bad_inputs(tiny_gpt2, tiny_llama, tiny_bert, tiny_lens_dirs):
+    t = tracing.trace(tiny_gpt2, TEXT)
+    for k in (0, 101):
+        with pytest.raises(LmvizError, match="k must be"):
+            lens.logit_lens(tiny_gpt2, t, k=k)
+    with pytest.raises(LmvizError, match="another model"):
+        lens.logit_lens(tiny_llama, t)
+    with pytest.raises(LmvizError, match="causal"):
+        lens.logit_lens(tiny_bert, tracing.trace(tiny_bert, TEXT))
+    with pytest.raises(LmvizError, match="final norm"):
+        models.load(tiny_lens_dirs["stablelm"])
+
+
+def test_single_token_and_truncated_text(tiny_gpt2):
+    one = lens.run_logit_lens(tiny_gpt2, tracing.trace(tiny_gpt2, "is"), k=3)
+    assert one.n_tokens == 1 and torch.isnan(one.next_token_nll).all() and (one.next_token_rank == -1).all()
+    long = tracing.trace(tiny_gpt2, "Paris is nice. " * 80, truncate=True)
+    result = lens.run_logit_lens(tiny_gpt2, long, k=3)
+    assert result.n_tokens == 128 and result.truncated_from > 128
+
+
+def test_cache_returns_the_same_result(tiny_gpt2, monkeypatch):
+    t = tracing.trace(tiny_gpt2, "cache the lens")
+    first = lens.logit_lens(tiny_gpt2, t, k=3)
+    monkeypatch.setattr(lens, "run_logit_lens", lambda *a, **k: pytest.fail("recomputed"))
+    assert lens.logit_lens(tiny_gpt2, t, k=3) is first
+
+
+def test_cli_lens_json(tiny_dirs, capsys):
+    code = cli.main(["lens", TEXT, "--model", tiny_dirs["llama"], "--k", "3", "--raw", "--watch", "Paris", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    model = reference_model(tiny_dirs["llama"])
+    ids = torch.tensor(out["input_ids"])
+    ref = reference(model, ids, normalize=False, k=3)
+    assert out["normalized"] is False and len(out["tokens"]) == len(ids)
+    assert torch.tensor(out["top_ids"]).shape == (4, len(ids), 3)
+    assert out["top_ids"] == ref["top_ids"].tolist()
+    torch.testing.assert_close(torch.tensor(out["top_probs"]).double(), ref["top_probs"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(out["entropy"]).double(), ref["entropy"], rtol=1e-4, atol=1e-4)
+    assert out["next_token_nll"][0][-1] is None and out["watched"]["tokens"] == [" Paris"]
+    assert math.isfinite(out["max_final_error"])
+
+
+def test_cli_lens_table_and_errors(tiny_dirs, capsys):
+    assert cli.main(["lens", "Paris is", "--model", tiny_dirs["gpt2"], "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "layer" in out and "(output)" in out
+    assert cli.main(["lens", "  ", "--model", tiny_dirs["gpt2"]]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert cli.main(["lens", "Paris", "--model", tiny_dirs["gpt2"], "--watch", "Paris London"]) == 2
+    assert "not a single token" in capsys.readouterr().err
+    assert cli.main(["lens", "Paris " * 300, "--model", tiny_dirs["gpt2"], "--k", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "truncated" in captured.err and json.loads(captured.out)["truncated_from"] > 128

@@ -1,0 +1,176 @@
+"""Logit lens: what every layer would predict as the next token, if it were the last layer."""
+
+import streamlit as st
+
+import ui
+from lmviz import lens, trace
+from lmviz.errors import LmvizError
+from lmviz.plots import lens as plots
+
+st.title("Logit lens")
+st.caption(
+    "Each layer's hidden state is sent through the model's own head — final norm, then unembedding — as if it "
+    "were the last layer. Layer 0 is the token embeddings, the top row the model's real output. Read a column "
+    "bottom-up to watch the prediction for the next token form."
+)
+lm = ui.current_model(kinds=("causal",))
+text = ui.current_text()
+
+STAT_KEYS = list(lens.STATISTICS)
+
+
+def pair(raw: str) -> tuple[int, int]:
+    low, high = (int(part) for part in raw.strip("()[] ").split(","))
+    return (low, high)
+
+
+SETTINGS = {  # key: (default, URL parser)
+    "lens_stat": ("top1_prob", ui.one_of(STAT_KEYS)),
+    "lens_normalized": (True, ui.flag),
+    "lens_k": (10, ui.in_range(int, 1, 20)),
+    "lens_stride": (1, ui.in_range(int, 1, 64)),
+    "lens_table": ("by layer", ui.one_of(["by layer", "by position"])),
+    "lens_values": ("token", ui.one_of(["token", "token+prob", "prob", "id"])),
+    "lens_watch": ("visit, go", str),
+    "lens_space": (True, ui.flag),
+    "lens_watch_value": ("prob", ui.one_of(["prob", "rank"])),
+}
+ui.init_settings(SETTINGS)
+
+controls = st.columns([2, 2, 1])
+controls[0].selectbox("Colour by", STAT_KEYS, format_func=lambda key: lens.STATISTICS[key][0], key="lens_stat")
+controls[1].toggle("Normalized (final norm at every layer)", key="lens_normalized",
+                   help="Off = raw: lm_head(hidden_states[i]) with no norm, exactly seed 004's tables.")
+controls[2].number_input("top-k", min_value=1, max_value=20, step=1, key="lens_k")
+normalized = st.session_state.lens_normalized
+if normalized:
+    st.caption(
+        "**Normalized:** every layer goes through the model's final norm, then the unembedding, like the last "
+        "layer does (the norm is recomputed for each vector, and applied once: the last hidden state already has it)."
+    )
+else:
+    st.caption(
+        "**Raw** (seed 004): the unembedding applied to the un-normalized hidden states. Early and middle rows "
+        "look odd because the residual stream has a different scale there and a few very large dimensions: with "
+        "tied weights the embeddings row mostly echoes the input token itself, and middle rows often put nearly "
+        "all the mass on the same strange tokens. The top row is the same in both modes."
+    )
+
+with ui.user_errors(), st.spinner("Running the model …"):
+    t = trace.trace(lm, text, truncate=True)
+if t.truncated_from:
+    st.warning(f"The text is {t.truncated_from:,} tokens long; only the first {t.n_tokens:,} are shown "
+               f"(the most {lm.name} takes at once here).", icon="✂️")
+if t.n_tokens == 1:
+    st.info("The text is a single token: each layer still predicts what comes after it, but there is no actual "
+            "next token to score. Type a longer text to see ranks and cross-entropies.", icon="ℹ️")
+
+# watched tokens: a bad entry is reported here and the rest of the page still runs
+watch_columns = st.columns([3, 1])
+watch_columns[0].text_input("Watch tokens (comma-separated)", key="lens_watch",
+                            help="Each must be a single token of this model, e.g. ' Paris, London'. "
+                            "A leading · means a space.")
+watch_columns[1].checkbox("Add a leading space", key="lens_space",
+                          help="Words inside a sentence start with a space: ' Paris', not 'Paris'.")
+watched: tuple[int, ...] = ()
+try:
+    watched = lens.resolve_watched(lm, lens.parse_watched(st.session_state.lens_watch, st.session_state.lens_space))
+except LmvizError as error:
+    st.error(str(error), icon="🚫")
+
+with ui.user_errors(), st.spinner("Projecting every layer onto the vocabulary …"):
+    result = lens.logit_lens(lm, t, k=int(st.session_state.lens_k), normalize=normalized, watched_ids=watched)
+
+n_pos, n_layers = result.n_tokens, result.n_layers
+facts = st.columns(4)
+facts[0].metric("Layers (+ embeddings)", f"{n_layers} + 1")
+facts[1].metric("Tokens", f"{n_pos:,}")
+facts[2].metric("Output's top-1 after the last token", result.token(result.top_ids[-1, -1, 0]))
+facts[3].metric("max |lens(last) − model logits|", f"{result.max_final_error:.1e}",
+                help="The lens's head applied to the last hidden state, against the model's own logits: "
+                "~0 means lmviz found the model's real head (unembedding and soft-capping).")
+
+# ------------------------------------------------------------------ heatmap
+st.subheader("Every layer's guess")
+MAX_COLUMNS = 60
+window_default = (max(0, n_pos - 24), n_pos - 1)
+ui.init_from_url("lens_window", window_default, pair)
+low, high = st.session_state.lens_window
+low, high = min(max(0, low), n_pos - 1), min(max(0, high), n_pos - 1)
+st.session_state.lens_window = (min(low, high), max(low, high))
+window_columns = st.columns([3, 1])
+if n_pos > 1:
+    window_columns[0].slider("Positions shown", 0, n_pos - 1, key="lens_window")
+window_columns[1].number_input("Layer stride (the output layer is always kept)", min_value=1, max_value=64, step=1,
+                               key="lens_stride")
+low, high = st.session_state.lens_window
+if high - low + 1 > MAX_COLUMNS:
+    st.caption(f"Showing the last {MAX_COLUMNS} positions of the window, so that cells stay readable.")
+    low = high - MAX_COLUMNS + 1
+positions = list(range(low, high + 1))
+layers = lens.layer_rows(n_layers, int(st.session_state.lens_stride))
+st.plotly_chart(plots.heatmap(result, st.session_state.lens_stat, positions, layers), width="stretch")
+st.caption("Cell text: that layer's most likely next token (**bold** when it is the actual next token). "
+           "Hover a cell for its top tokens.")
+
+# ------------------------------------------------------------------ seed-style table
+st.subheader("Top-k table")
+table_columns = st.columns([1, 2, 1])
+table_columns[0].radio("Table", ["by layer", "by position"], key="lens_table", horizontal=True)
+table_columns[2].selectbox("Cells", ["token", "token+prob", "prob", "id"], key="lens_values")
+values = st.session_state.lens_values
+if st.session_state.lens_table == "by layer":
+    ui.init_from_url("lens_layer", n_layers, ui.in_range(int, 0, n_layers))
+    if not 0 <= st.session_state.lens_layer <= n_layers:
+        st.session_state.lens_layer = n_layers
+    table_columns[1].selectbox("Layer", list(range(n_layers + 1)), format_func=result.layer_label, key="lens_layer")
+    frame = result.to_frame(layer=st.session_state.lens_layer, values=values)[positions]
+    frame.columns = [f"{p} {result.tokens[p]}" for p in positions]
+    caption = (f"Rows: rank 0 … {result.k - 1}; columns: the positions shown above — like seed 004's "
+               "`pd.DataFrame(...).T`.")
+    name = f"lens_layer{st.session_state.lens_layer}.csv"
+else:
+    ui.init_from_url("lens_pos", n_pos - 1, ui.in_range(int, 0, n_pos - 1))
+    if not 0 <= st.session_state.lens_pos < n_pos:
+        st.session_state.lens_pos = n_pos - 1
+    table_columns[1].selectbox("Position", list(range(n_pos)), key="lens_pos",
+                               format_func=lambda p: f"{p} {result.tokens[p]}")
+    frame = result.to_frame(position=st.session_state.lens_pos, values=values)
+    frame.index = [result.layer_label(layer) for layer in frame.index]
+    caption = "Rows: layers, embeddings first; columns: rank. Read down to see the guess settle."
+    name = f"lens_position{st.session_state.lens_pos}.csv"
+st.dataframe(frame, width="stretch", height=min(560, 38 + 35 * len(frame)))
+st.caption(caption)
+downloads = st.columns(2)
+downloads[0].download_button("Download this table (CSV)", frame.to_csv().encode("utf-8"), file_name=name,
+                             mime="text/csv", on_click="ignore")
+downloads[1].download_button(
+    "Download every layer × position × rank (CSV)", lambda: result.to_long_frame().to_csv(index=False).encode("utf-8"),
+    file_name="logit_lens.csv", mime="text/csv", on_click="ignore",
+)
+
+# ------------------------------------------------------------------ watched tokens
+st.subheader("Watched tokens")
+if not result.watched_ids:
+    st.caption("Type tokens to watch above (e.g. ' Paris, London') to follow their probability and rank "
+               "through the layers.")
+else:
+    ui.init_from_url("lens_watch_pos", n_pos - 1, ui.in_range(int, 0, n_pos - 1))
+    if not 0 <= st.session_state.lens_watch_pos < n_pos:
+        st.session_state.lens_watch_pos = n_pos - 1
+    watch_controls = st.columns([2, 1])
+    watch_controls[0].selectbox("After position", list(range(n_pos)), key="lens_watch_pos",
+                                format_func=lambda p: f"{p} {result.tokens[p]}")
+    watch_controls[1].radio("Show", ["prob", "rank"], key="lens_watch_value", horizontal=True,
+                            format_func=lambda v: "probability" if v == "prob" else "rank")
+    position = st.session_state.lens_watch_pos
+    st.plotly_chart(plots.trajectories(result, position, st.session_state.lens_watch_value), width="stretch")
+    watched_frame = result.watched_frame(position)
+    wide = watched_frame.pivot(index="layer", columns="token", values=st.session_state.lens_watch_value)
+    wide.index = [result.layer_label(layer) for layer in wide.index]
+    with st.expander("As a table"):
+        st.dataframe(wide, width="stretch")
+        st.download_button("Download (CSV)", watched_frame.to_csv(index=False).encode("utf-8"),
+                           file_name=f"lens_watched_position{position}.csv", mime="text/csv", on_click="ignore")
+
+ui.sync_to_url(*SETTINGS, "lens_window", "lens_layer", "lens_pos", "lens_watch_pos")

@@ -1,0 +1,772 @@
+"""Logits -> probabilities -> the next token: temperature, top-k, top-p, min-p, typical-p, sampling.
+
+A language model gives one logit per vocabulary token. Decoding turns them
+into a choice in a fixed order, the order `model.generate()` uses:
+
+1. repetition penalty (optional): the logit of every token already in the
+   text is divided by the penalty when positive, multiplied when negative;
+2. temperature T: logits / T. Dividing by one positive number never changes
+   which token is ahead of which (the ordering), only how far apart they are:
+   T < 1 sharpens the softmax, T > 1 flattens it. T = 0 is greedy decoding
+   (always the argmax); nothing is divided by 0;
+3. the filters, each on what the previous one left: top-k (keep the k best),
+   top-p (the smallest set whose probability reaches p), min-p (drop tokens
+   below min_p x the top probability), typical-p (keep tokens whose surprise
+   is close to the entropy);
+4. softmax over what is left (float32, the full vocabulary, no top-50
+   shortcut), then one draw with `torch.multinomial`.
+
+Every step uses transformers' own logits processors, so the numbers here are
+the numbers `generate` works with. Results:
+
+- `Distribution`: one position's next-token distribution before and after
+  each stage, which filter removed each token, entropy, effective vocabulary;
+- `ToyTable`: softmax with temperature on a short hand-typed logit vector (the
+  lecture's [1, -4, 2, 4, 3]) and the shift-invariance of softmax;
+- `Sweep`: entropy and top-token probability as functions of T;
+- `Generation`: step-by-step greedy or seeded sampling, each step's
+  distribution kept; equal to `generate(do_sample=...)` token for token.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import torch
+from transformers import (
+    LogitsProcessor,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+from lmviz.errors import LmvizError
+from lmviz.models import LoadedModel
+from lmviz.tokens import display_token, token_text
+
+# What removed a token, as stored in Distribution.removed_by (0 = still in the running).
+STAGES = ("kept", "top-k", "top-p", "min-p", "typical-p", "greedy")
+KEPT, TOP_K, TOP_P, MIN_P, TYPICAL_P, GREEDY = range(len(STAGES))
+
+MIN_TEMPERATURE = 1e-4  # below this, logits / T overflow float32; T = 0 (greedy) is the limit anyway
+MASS = 0.9  # effective vocabulary: how many tokens hold this much of the probability
+MAX_STEPS = 200  # most tokens one step-by-step generation produces
+
+
+# ------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How the next token is chosen. Each field's neutral value switches it off.
+
+    Unlike `generate()`, which applies top_k=50 when it is not given, nothing
+    here is on unless set: the default is plain sampling from the model.
+    Invalid values raise LmvizError when the settings are made.
+    """
+
+    temperature: float = 1.0  # 0 = greedy (argmax, no sampling); otherwise logits / T
+    top_k: int | None = None  # None = off; keep the k most probable tokens
+    top_p: float = 1.0  # 1 = off; keep the smallest set whose probability reaches top_p
+    min_p: float = 0.0  # 0 = off; drop tokens below min_p x the top token's probability
+    typical_p: float = 1.0  # 1 = off; keep the most "typical" tokens up to this mass
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the text
+
+    def __post_init__(self):
+        t = _number(self.temperature, "Temperature")
+        if t < 0:
+            raise LmvizError(f"Temperature must be 0 (greedy) or positive, not {t:g}.")
+        if 0 < t < MIN_TEMPERATURE:
+            raise LmvizError(
+                f"Temperature {t:g} is too close to 0 for float32 arithmetic; use at least {MIN_TEMPERATURE:g}, "
+                "or 0 for greedy decoding (its limit)."
+            )
+        object.__setattr__(self, "temperature", t)
+        if self.top_k is not None:
+            k = _number(self.top_k, "top-k")
+            if k != int(k) or k <= 0:
+                raise LmvizError(
+                    f"top-k must be a whole number of at least 1, not {k:g}; leave it out to keep every token."
+                )
+            object.__setattr__(self, "top_k", int(k))
+        p = _number(self.top_p, "top-p")
+        if not 0 < p <= 1:
+            raise LmvizError(f"top-p must be in (0, 1] (1 = off), not {p:g}.")
+        object.__setattr__(self, "top_p", p)
+        m = _number(self.min_p, "min-p")
+        if not 0 <= m <= 1:
+            raise LmvizError(f"min-p must be in [0, 1] (0 = off), not {m:g}.")
+        object.__setattr__(self, "min_p", m)
+        typical = _number(self.typical_p, "typical-p")
+        if not 0 < typical <= 1:
+            raise LmvizError(f"typical-p must be in (0, 1] (1 = off), not {typical:g}.")
+        object.__setattr__(self, "typical_p", typical)
+        penalty = _number(self.repetition_penalty, "Repetition penalty")
+        if penalty <= 0:
+            raise LmvizError(f"The repetition penalty must be positive (1 = off), not {penalty:g}.")
+        object.__setattr__(self, "repetition_penalty", penalty)
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0: always take the most probable token (generate(do_sample=False))."""
+        return self.temperature == 0
+
+    def for_vocabulary(self, vocab_size: int) -> tuple[SamplingSettings, tuple[str, ...]]:
+        """These settings with top-k clamped to the vocabulary, and a note saying so when it was."""
+        if self.top_k is not None and self.top_k > vocab_size:
+            note = (f"top-k {self.top_k:,} is more than the {vocab_size:,} tokens of the vocabulary: "
+                    f"using {vocab_size:,}, which keeps every token.")
+            return replace(self, top_k=vocab_size), (note,)
+        return self, ()
+
+    def describe(self) -> str:
+        """A short label, e.g. 'T=0.7 · top-k 50 · top-p 0.9'."""
+        if self.greedy:
+            parts = ["greedy (T=0)"]
+        else:
+            parts = [f"T={self.temperature:g}"]
+            if self.top_k is not None:
+                parts.append(f"top-k {self.top_k}")
+            if self.top_p < 1:
+                parts.append(f"top-p {self.top_p:g}")
+            if self.min_p > 0:
+                parts.append(f"min-p {self.min_p:g}")
+            if self.typical_p < 1:
+                parts.append(f"typical-p {self.typical_p:g}")
+        if self.repetition_penalty != 1:
+            parts.append(f"repetition penalty {self.repetition_penalty:g}")
+        return " · ".join(parts)
+
+    def generate_kwargs(self) -> dict:
+        """The `model.generate(...)` arguments that decode exactly like these settings.
+
+        top_k is always passed when sampling (0 = off), because generate()
+        otherwise falls back to its default top_k=50.
+        """
+        if self.greedy:
+            kwargs: dict = {"do_sample": False}
+        else:
+            kwargs = dict(do_sample=True, temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p,
+                          min_p=self.min_p or None, typical_p=self.typical_p)
+        kwargs["repetition_penalty"] = self.repetition_penalty
+        return kwargs
+
+    def processors(self, input_ids: torch.Tensor | None = None) -> list[tuple[int, LogitsProcessor]]:
+        """transformers' logits processors for these settings, in generate()'s order.
+
+        Each comes with the STAGES code of what it removes (KEPT for those
+        that only rescale: repetition penalty, temperature). Greedy settings
+        get only the repetition penalty, as generate(do_sample=False) does.
+        """
+        stages: list[tuple[int, LogitsProcessor]] = []
+        if self.repetition_penalty != 1.0 and input_ids is not None:
+            stages.append((KEPT, RepetitionPenaltyLogitsProcessor(float(self.repetition_penalty))))
+        if self.greedy:
+            return stages
+        if self.temperature != 1.0:
+            stages.append((KEPT, TemperatureLogitsWarper(float(self.temperature))))
+        if self.top_k is not None:
+            stages.append((TOP_K, TopKLogitsWarper(top_k=int(self.top_k), min_tokens_to_keep=1)))
+        if self.top_p < 1.0:
+            stages.append((TOP_P, TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1)))
+        if self.min_p > 0:
+            stages.append((MIN_P, MinPLogitsWarper(min_p=self.min_p, min_tokens_to_keep=1)))
+        if self.typical_p < 1.0:
+            stages.append((TYPICAL_P, TypicalLogitsWarper(mass=self.typical_p, min_tokens_to_keep=1)))
+        return stages
+
+
+def _number(value, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LmvizError(f"{name} must be a number, not {value!r}.") from None
+    if not math.isfinite(number):
+        raise LmvizError(f"{name} must be a finite number, not {value!r}.")
+    return number
+
+
+# -------------------------------------------------------------- distribution
+
+
+@dataclass(frozen=True, eq=False)
+class Distribution:
+    """One position's next-token distribution, stage by stage. Tensors are CPU, read-only.
+
+    Rows are tokens, most probable first (rank 1 = the top token after the
+    repetition penalty; temperature never changes this order). A full
+    distribution has one row per vocabulary entry; `top(n)` keeps the first n
+    rows. The summaries (entropy, effective vocabulary, kept count) always
+    describe the full vocabulary.
+
+    model_probs is the model's own distribution (T = 1, nothing removed);
+    tempered_probs is after the repetition penalty and temperature, before the
+    filters; probs is what a token is finally drawn from: zero where a filter
+    removed the token, the rest renormalized to sum to 1. With T = 0 (greedy)
+    tempered_probs and probs put all the mass on the argmax.
+    """
+
+    settings: SamplingSettings
+    vocab_size: int
+    token_ids: torch.Tensor  # (row,) int64 vocabulary ids
+    rank: torch.Tensor  # (row,) int64, 1 = most probable
+    logits: torch.Tensor  # (row,) the model's raw logits
+    scores: torch.Tensor  # (row,) after every processor (what generate samples from); -inf where removed
+    model_probs: torch.Tensor  # (row,) softmax(logits): T = 1, no filter
+    model_logprobs: torch.Tensor  # (row,) log_softmax(logits)
+    tempered_probs: torch.Tensor  # (row,) after repetition penalty and temperature, before the filters
+    probs: torch.Tensor  # (row,) final: 0 where removed, the rest sums to 1
+    logprobs: torch.Tensor  # (row,) log(probs): -inf where removed
+    removed_by: torch.Tensor  # (row,) int8 index into STAGES; 0 = kept
+    model_entropy: float  # nats, of model_probs over the full vocabulary
+    entropy: float  # nats, of probs over the full vocabulary
+    model_effective_vocab: int  # fewest tokens holding MASS of model_probs
+    effective_vocab: int  # fewest tokens holding MASS of probs
+    n_kept: int  # tokens that can still be drawn
+    notes: tuple[str, ...] = ()  # what the user should know (greedy, clamped top-k …)
+
+    @property
+    def greedy(self) -> bool:
+        return self.settings.greedy
+
+    @property
+    def top_id(self) -> int:
+        """The token greedy decoding picks."""
+        return int(self.token_ids[0])
+
+    def __len__(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    def top(self, n: int, include: tuple[int, ...] | list[int] = ()) -> Distribution:
+        """The first n rows, plus the rows of the vocabulary ids in `include` (kept in rank order)."""
+        rows = torch.zeros(len(self), dtype=torch.bool)
+        rows[: max(0, int(n))] = True
+        if include:
+            rows |= torch.isin(self.token_ids, torch.as_tensor(list(include), dtype=torch.int64))
+        index = rows.nonzero().squeeze(1)
+        subset = {name: getattr(self, name)[index] for name in _ROW_FIELDS}
+        return replace(self, **subset)
+
+    def row_of(self, token_id: int) -> int:
+        """Row index of a vocabulary id (raises LmvizError if this distribution does not hold it)."""
+        hits = (self.token_ids == int(token_id)).nonzero()
+        if hits.numel() == 0:
+            raise LmvizError(f"Token id {token_id} is not among the {len(self)} rows kept.")
+        return int(hits[0, 0])
+
+    def status(self) -> list[str]:
+        """'kept' or 'removed by top-p' etc., per row."""
+        return ["kept" if code == KEPT else f"removed by {STAGES[code]}" for code in self.removed_by.tolist()]
+
+
+_ROW_FIELDS = ("token_ids", "rank", "logits", "scores", "model_probs", "model_logprobs", "tempered_probs",
+               "probs", "logprobs", "removed_by")
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats over the last dimension (0 log 0 = 0)."""
+    return torch.special.entr(probs.double()).sum(-1)
+
+
+def effective_vocabulary(probs: torch.Tensor, mass: float = MASS) -> int:
+    """The fewest tokens whose probabilities add up to at least `mass`."""
+    ordered = torch.sort(probs.double().flatten(), descending=True).values
+    cumulative = ordered.cumsum(0)
+    return int(min(int(torch.searchsorted(cumulative, mass * float(cumulative[-1]))) + 1, ordered.numel()))
+
+
+def check_logits(logits: torch.Tensor, what: str = "The logits") -> torch.Tensor:
+    """A 1-D floating tensor without NaN or inf, or LmvizError."""
+    logits = torch.as_tensor(logits)
+    if logits.ndim != 1 or logits.numel() == 0:
+        raise LmvizError(f"{what} must be one non-empty vector of numbers.")
+    if not logits.is_floating_point():
+        logits = logits.double()
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).nonzero()[0, 0].item()
+        raise LmvizError(f"{what} contain {logits[bad].item()} at position {bad}: every logit must be a finite number.")
+    return logits
+
+
+def distribution(
+    logits: torch.Tensor,
+    settings: SamplingSettings = SamplingSettings(),
+    input_ids: torch.Tensor | list[int] | None = None,
+) -> Distribution:
+    """Apply `settings` to one position's logits (vocab,), stage by stage, and record everything.
+
+    input_ids (pos,) are the tokens so far; the repetition penalty uses them.
+    Softmax runs in the logits' dtype (float32 for a model, float64 for a
+    hand-typed toy vector) over the full vocabulary.
+    """
+    logits = check_logits(logits)
+    vocab = logits.shape[0]
+    settings, notes = settings.for_vocabulary(vocab)
+    ids = None if input_ids is None else torch.as_tensor(input_ids, dtype=torch.int64).reshape(1, -1)
+    scores = logits.unsqueeze(0).clone()  # (1, vocab): processors work on batches; never touch the caller's tensor
+    removed_by = torch.zeros(vocab, dtype=torch.int8)
+    tempered = None
+    for code, processor in settings.processors(ids):
+        if code != KEPT and tempered is None:
+            tempered = scores  # the filters start here
+        scores = processor(ids if ids is not None else torch.zeros((1, 0), dtype=torch.int64), scores)
+        newly_removed = torch.isneginf(scores[0]) & (removed_by == KEPT)
+        removed_by[newly_removed] = code
+    if tempered is None:
+        tempered = scores
+    final_probs = torch.softmax(scores, -1)[0]  # as generate() does it: softmax over (batch, vocab)
+    scores, tempered = scores[0], tempered[0]
+
+    order = torch.sort(tempered, descending=True, stable=True).indices  # rank order; T > 0 keeps it
+    if settings.greedy:
+        # generate(do_sample=False) takes torch.argmax: the first of equal maxima.
+        winner = int(torch.argmax(scores))
+        order = torch.cat([torch.tensor([winner]), order[order != winner]])
+        one_hot = torch.zeros_like(scores)
+        one_hot[winner] = 1
+        removed_by[:] = GREEDY
+        removed_by[winner] = KEPT
+        tempered_probs = probs = one_hot
+        logprobs = torch.where(one_hot > 0, 0.0, -math.inf).to(scores.dtype)
+        notes = ("Temperature 0 is greedy decoding: the most probable token is always chosen, nothing is "
+                 "drawn, and top-k / top-p / min-p / typical-p play no part (generate(do_sample=False) "
+                 "ignores them too).",) + notes
+    else:
+        tempered_probs = torch.softmax(tempered, -1)
+        probs = final_probs
+        logprobs = torch.log_softmax(scores, -1)
+    model_logprobs = torch.log_softmax(logits, -1)
+    model_probs = model_logprobs.exp()
+    rank = torch.empty(vocab, dtype=torch.int64)
+    rank[order] = torch.arange(1, vocab + 1)
+    return Distribution(
+        settings=settings,
+        vocab_size=vocab,
+        token_ids=order,
+        rank=rank[order],
+        logits=logits[order],
+        scores=scores[order],
+        model_probs=model_probs[order],
+        model_logprobs=model_logprobs[order],
+        tempered_probs=tempered_probs[order],
+        probs=probs[order],
+        logprobs=logprobs[order],
+        removed_by=removed_by[order],
+        model_entropy=float(entropy(model_probs)),
+        entropy=float(entropy(probs)),
+        model_effective_vocab=effective_vocabulary(model_probs),
+        effective_vocab=effective_vocabulary(probs),
+        n_kept=int((removed_by == KEPT).sum()),
+        notes=notes,
+    )
+
+
+def _require_causal(lm: LoadedModel) -> None:
+    if lm.kind != "causal":
+        raise LmvizError(f"{lm.name} is a {lm.kind} model; next-token sampling needs a causal language model.")
+
+
+def next_token(lm: LoadedModel, text: str, settings: SamplingSettings = SamplingSettings()) -> Distribution:
+    """The distribution of the token that follows `text` (from the cached trace of the text)."""
+    from lmviz import trace as tracing
+
+    _require_causal(lm)
+    traced = tracing.trace(lm, text)
+    return distribution(traced.logits[-1], settings, traced.input_ids)
+
+
+def label_tokens(lm: LoadedModel, token_ids) -> list[str]:
+    """Display strings ('·' for a space) for these vocabulary ids."""
+    with lm.lock:
+        return [display_token(lm.tokenizer, int(token_id)) for token_id in token_ids]
+
+
+def table(dist: Distribution, labels: list[str] | None = None):
+    """The rows of a distribution as a pandas DataFrame (labels: display strings, one per row)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "rank": dist.rank.tolist(),
+        "id": dist.token_ids.tolist(),
+        "logit": dist.logits.tolist(),
+        "p (model, T=1)": dist.model_probs.tolist(),
+        "log p (model)": dist.model_logprobs.tolist(),
+        "p after T": dist.tempered_probs.tolist(),
+        "p final": dist.probs.tolist(),
+        "log p final": dist.logprobs.tolist(),
+        "status": dist.status(),
+    })
+    if labels is not None:
+        frame.insert(1, "token", labels)
+    return frame
+
+
+# ------------------------------------------------------------------ toy mode
+
+LECTURE_LOGITS = (1.0, -4.0, 2.0, 4.0, 3.0)  # seed 003's example vector
+LECTURE_TEMPERATURES = (1.0, 0.3, 10.0)  # the rows of its table
+
+
+def parse_numbers(text: str, what: str = "logits") -> list[float]:
+    """'1, -4, 2, 4, 3' (commas, spaces or semicolons; brackets allowed) -> [1.0, -4.0, 2.0, 4.0, 3.0]."""
+    cleaned = (text or "").strip().strip("[]()").strip()
+    if not cleaned:
+        raise LmvizError(f"Type the {what} as numbers separated by commas, e.g. 1, -4, 2, 4, 3.")
+    values = []
+    for piece in re.split(r"[,;\s]+", cleaned):
+        if not piece:
+            continue
+        try:
+            value = float(piece)
+        except ValueError:
+            raise LmvizError(f"'{piece}' is not a number. Type the {what} as numbers separated by commas, "
+                             "e.g. 1, -4, 2, 4, 3.") from None
+        if not math.isfinite(value):
+            raise LmvizError(f"The {what} must be finite numbers; '{piece}' is not.")
+        values.append(value)
+    if not values:
+        raise LmvizError(f"Type the {what} as numbers separated by commas, e.g. 1, -4, 2, 4, 3.")
+    return values
+
+
+@dataclass(frozen=True, eq=False)
+class ToyTable:
+    """Softmax with temperature, sigma_T(x)_i = exp(x_i / T) / sum_j exp(x_j / T), on a short vector.
+
+    Computed in float64 with transformers' TemperatureLogitsWarper (T = 0:
+    greedy, all mass on the largest logit). The shifted rows add the same
+    constant to every logit: softmax only sees differences between logits, so
+    they equal the unshifted rows.
+    """
+
+    logits: torch.Tensor  # (token,) float64, as typed
+    temperatures: tuple[float, ...]  # (temp,)
+    probs: torch.Tensor  # (temp, token) sigma_T(x)
+    shift: float  # the constant added to every logit
+    shifted_probs: torch.Tensor  # (temp, token) sigma_T(x + shift)
+
+    @property
+    def max_shift_change(self) -> float:
+        """Largest |sigma_T(x + shift) - sigma_T(x)|: rounding error only (about 1e-16)."""
+        return float((self.shifted_probs - self.probs).abs().max())
+
+
+def toy_softmax(logits, temperatures=LECTURE_TEMPERATURES, shift: float = 0.0) -> ToyTable:
+    """sigma_T of a hand-typed logit vector for each temperature (the lecture's table by default)."""
+    x = check_logits(torch.as_tensor(list(logits), dtype=torch.float64), "The logits")
+    shift = _number(shift, "The shift")
+    if not torch.isfinite(x + shift).all():
+        raise LmvizError("Logits plus the shift overflow: use a smaller shift.")
+    temps = tuple(SamplingSettings(temperature=t).temperature for t in temperatures)
+    if not temps:
+        raise LmvizError("Give at least one temperature.")
+    rows, shifted = [], []
+    for t in temps:
+        settings = SamplingSettings(temperature=t)
+        rows.append(distribution(x, settings))
+        shifted.append(distribution(x + shift, settings))
+
+    def in_input_order(dist: Distribution) -> torch.Tensor:
+        probs = torch.empty_like(dist.probs)
+        probs[dist.token_ids] = dist.probs
+        return probs
+
+    return ToyTable(
+        logits=x,
+        temperatures=temps,
+        probs=torch.stack([in_input_order(d) for d in rows]),
+        shift=shift,
+        shifted_probs=torch.stack([in_input_order(d) for d in shifted]),
+    )
+
+
+def lecture_number(value: float, digits: int = 4) -> str:
+    """A probability written the way seed 003's table writes it: 0.03205 -> '.0321', 1 -> '1.0000'."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("0.") else text
+
+
+def toy_frame(toy: ToyTable, shifted: bool = False):
+    """The lecture's table as a DataFrame of strings: a row x (or x + shift), then one row per
+    temperature, σ_T(x) written like the slides (.0321); one column per logit."""
+    import pandas as pd
+
+    x = toy.logits + toy.shift if shifted else toy.logits
+    probs = toy.shifted_probs if shifted else toy.probs
+    columns = [str(i + 1) for i in range(x.numel())]
+    rows = {("x + c" if shifted else "x"): [f"{v:g}" for v in x.tolist()]}
+    for t, row in zip(toy.temperatures, probs.tolist()):
+        name = f"σ_{t:g}(x + c)" if shifted else f"σ_{t:g}(x)"
+        rows[name + (" greedy" if t == 0 else "")] = [lecture_number(v) for v in row]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def probs_in_input_order(dist: Distribution) -> torch.Tensor:
+    """A full distribution's final probabilities indexed by vocabulary id (vocab,)."""
+    if len(dist) != dist.vocab_size:
+        raise LmvizError("This distribution was cut to its top rows; use the full one.")
+    probs = torch.empty_like(dist.probs)
+    probs[dist.token_ids] = dist.probs
+    return probs
+
+
+# --------------------------------------------------------------------- sweep
+
+
+@dataclass(frozen=True, eq=False)
+class Sweep:
+    """How temperature alone reshapes one position's distribution (no filters, no penalty).
+
+    Entropy grows with T from 0 (greedy: one token) towards log(vocab)
+    (uniform); the top token's probability falls from 1 towards 1 / vocab.
+    The ranking never changes, so the top token is the same at every T.
+    """
+
+    temperatures: torch.Tensor  # (temp,) float64, increasing
+    entropy: torch.Tensor  # (temp,) nats
+    top_prob: torch.Tensor  # (temp,) probability of the most probable token
+    effective_vocab: torch.Tensor  # (temp,) int64, fewest tokens holding MASS
+    vocab_size: int
+
+    @property
+    def max_entropy(self) -> float:
+        """log(vocab): the entropy of the uniform distribution, the T -> infinity limit."""
+        return math.log(self.vocab_size)
+
+
+def temperatures(low: float = 0.05, high: float = 10.0, points: int = 50) -> torch.Tensor:
+    """`points` log-spaced temperatures from low to high (float64)."""
+    low, high = _number(low, "The lowest temperature"), _number(high, "The highest temperature")
+    if not MIN_TEMPERATURE <= low < high:
+        raise LmvizError(
+            f"The sweep needs {MIN_TEMPERATURE:g} <= lowest < highest temperature, not {low:g} .. {high:g}."
+        )
+    if not 2 <= int(points) <= 1000:
+        raise LmvizError("A sweep has between 2 and 1000 points.")
+    return torch.logspace(math.log10(low), math.log10(high), int(points), dtype=torch.float64)
+
+
+def temperature_sweep(logits: torch.Tensor, temps: torch.Tensor | None = None) -> Sweep:
+    """Entropy, top probability and effective vocabulary of softmax(logits / T) for each T.
+
+    One batched pass over the full vocabulary: (temp, vocab) in float32.
+    Since dividing by T > 0 keeps the order, the logits are sorted once and
+    the effective vocabulary is a cumulative sum along that one order.
+    """
+    logits = check_logits(logits).float()
+    temps = temperatures() if temps is None else torch.as_tensor(temps, dtype=torch.float64)
+    if temps.ndim != 1 or temps.numel() == 0 or not bool((temps >= MIN_TEMPERATURE).all()):
+        raise LmvizError(f"Sweep temperatures must be at least {MIN_TEMPERATURE:g}.")
+    ordered = torch.sort(logits, descending=True).values  # (vocab,)
+    with torch.inference_mode():
+        # z = (logit - top logit) / T <= 0, so exp(z) cannot overflow and the top token's term is exp(0) = 1.
+        z = (ordered - ordered[0]).unsqueeze(0) / temps.float().unsqueeze(1)  # (temp, vocab)
+        e = torch.exp(z)  # (temp, vocab), unnormalized probabilities
+        total = e.sum(-1)  # (temp,) the softmax denominator
+        # H = -sum p log p with p = e / total, log p = z - log total:  H = log total - sum(e z) / total
+        ent = total.log() - torch.linalg.vecdot(e, z) / total
+        top = 1.0 / total  # p of the top token = exp(0) / total
+        cumulative = e.cumsum(-1)  # (temp, vocab), nondecreasing along each row
+        # fewest tokens holding MASS: the first index whose cumulative sum reaches MASS x total, plus one
+        effective = torch.searchsorted(cumulative, (MASS * total).unsqueeze(1)).squeeze(1) + 1
+        effective = effective.clamp(max=logits.numel())
+    return Sweep(temperatures=temps, entropy=ent.double(), top_prob=top.double(),
+                 effective_vocab=effective.long(), vocab_size=logits.numel())
+
+
+# -------------------------------------------------------- step-by-step generation
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One generated token and the distribution it was chosen from."""
+
+    index: int  # 0 = the first generated token
+    token_id: int
+    text: str  # the exact piece of text
+    token: str  # the piece made visible ('·' for a space)
+    prob: float  # its probability in the final distribution (1.0 when greedy)
+    model_prob: float  # its probability under the model alone (T = 1, no filter)
+    rank: int  # 1 = it was the most probable token
+    distribution: Distribution  # top rows of that step's distribution, the chosen token included
+
+
+@dataclass(frozen=True, eq=False)
+class Generation:
+    """A prompt continued one token at a time, each step's distribution kept.
+
+    Greedy settings (T = 0) take the argmax; otherwise each token is drawn
+    with torch.multinomial from a private torch.Generator seeded with `seed`,
+    exactly as generate() draws after torch.manual_seed(seed). The same seed
+    and settings give the same tokens, here and in generate().
+    """
+
+    model_name: str
+    prompt: str
+    prompt_ids: tuple[int, ...]  # (pos,)
+    settings: SamplingSettings
+    seed: int | None  # None when greedy
+    steps: tuple[Step, ...]
+    completion: str  # the generated tokens decoded together
+    finished: bool  # an end-of-sequence token was generated
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Generated ids only."""
+        return [step.token_id for step in self.steps]
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.completion
+
+
+class _Run:
+    """A generation in progress: the KV cache and the random generator, so it can go on."""
+
+    def __init__(self, prompt_ids: list[int], seed: int | None):
+        self.lock = threading.Lock()
+        self.ids = list(prompt_ids)
+        self.cache = None
+        self.pending: torch.Tensor | None = None  # ids not yet fed to the model, (1, new)
+        self.rng = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.steps: list[Step] = []
+        self.finished = False
+
+
+_runs: OrderedDict[tuple, _Run] = OrderedDict()
+_runs_lock = threading.Lock()
+MAX_RUNS = 8  # generations kept to continue from (each holds a KV cache: ~46 KB per token on SmolLM2)
+
+
+def eos_ids(lm: LoadedModel) -> set[int]:
+    """The tokens that end generation, as generate() reads them (generation config, else tokenizer)."""
+    configured = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        configured = lm.tokenizer.eos_token_id
+    if configured is None:
+        return set()
+    return {int(i) for i in (configured if isinstance(configured, (list, tuple)) else [configured])}
+
+
+def generate(
+    lm: LoadedModel,
+    text: str,
+    settings: SamplingSettings = SamplingSettings(temperature=0.0),
+    steps: int = 20,
+    seed: int | None = 0,
+    keep: int = 20,
+) -> Generation:
+    """Continue `text` for up to `steps` tokens (fewer if an end-of-sequence token comes first).
+
+    Runs are remembered: asking again for more steps of the same (model,
+    text, settings, seed) continues the earlier run from where it stopped
+    instead of starting over, and gives the same tokens as a fresh run.
+    Each step keeps the top `keep` rows of its distribution (and the chosen token).
+    """
+    from lmviz import trace as tracing
+
+    _require_causal(lm)
+    steps = int(_number(steps, "The number of steps"))
+    if not 1 <= steps <= MAX_STEPS:
+        raise LmvizError(f"Generate between 1 and {MAX_STEPS} tokens at a time, not {steps}.")
+    if settings.greedy:
+        seed = None
+    else:
+        seed = _seed(seed)
+    prompt_ids = tracing.encode(lm, text)
+    limit = tracing.max_tokens(lm)
+    if len(prompt_ids) + steps > limit:
+        raise LmvizError(f"The prompt is {len(prompt_ids)} tokens and {lm.name} takes at most {limit} here: "
+                         f"generate at most {max(0, limit - len(prompt_ids))} tokens, or shorten the text.")
+    settings, notes = settings.for_vocabulary(lm.vocab_size)
+    key = (lm.name, id(lm.model), tuple(prompt_ids), settings, seed, int(keep))
+    with _runs_lock:
+        run = _runs.get(key)
+        if run is None:
+            run = _runs[key] = _Run(prompt_ids, seed)
+        _runs.move_to_end(key)
+        while len(_runs) > MAX_RUNS:
+            _runs.popitem(last=False)
+    with run.lock:
+        while len(run.steps) < steps and not run.finished:
+            _advance(lm, run, settings, int(keep), eos_ids(lm))
+        chosen = tuple(run.steps[:steps])
+    with lm.lock:
+        completion = lm.tokenizer.decode([s.token_id for s in chosen], clean_up_tokenization_spaces=False)
+    return Generation(
+        model_name=lm.name, prompt=text, prompt_ids=tuple(prompt_ids), settings=settings, seed=seed,
+        steps=chosen, completion=completion,
+        finished=bool(chosen) and chosen[-1].token_id in eos_ids(lm),
+    )
+
+
+def _seed(seed) -> int:
+    value = _number(seed, "The seed")
+    if value != int(value) or not 0 <= value < 2**63:
+        raise LmvizError(f"The seed must be a whole number from 0 to 2^63 - 1, not {seed!r}.")
+    return int(value)
+
+
+def _advance(lm: LoadedModel, run: _Run, settings: SamplingSettings, keep: int, eos: set[int]) -> None:
+    """One decoding step, the way generate()'s loop does it: forward the new tokens through the
+    KV cache (only the last position's logits, as generate asks for), process, pick, append."""
+    from transformers import DynamicCache
+
+    model = lm.model
+    with lm.lock, torch.inference_mode():
+        if run.cache is None:
+            run.cache = DynamicCache(config=model.config)
+            run.pending = torch.tensor([run.ids])
+        extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+        output = model(input_ids=run.pending, past_key_values=run.cache, use_cache=True, **extra)
+        run.cache = output.past_key_values
+        logits = output.logits[0, -1].to(copy=True, dtype=torch.float32)  # (vocab,)
+        dist = distribution(logits, settings, run.ids)
+        if settings.greedy:
+            token_id = dist.top_id
+        else:
+            # generate(): probs = softmax(processed scores); torch.multinomial(probs, num_samples=1)
+            probs = _in_vocab_order(dist.probs, dist.token_ids).unsqueeze(0)  # (1, vocab)
+            token_id = int(torch.multinomial(probs, num_samples=1, generator=run.rng)[0, 0])
+        piece = token_text(lm.tokenizer, token_id)
+        shown = display_token(lm.tokenizer, token_id)
+    row = dist.row_of(token_id)
+    run.steps.append(Step(
+        index=len(run.steps), token_id=token_id, text=piece, token=shown,
+        prob=float(dist.probs[row]), model_prob=float(dist.model_probs[row]), rank=int(dist.rank[row]),
+        distribution=dist.top(keep, include=(token_id,)),
+    ))
+    run.ids.append(token_id)
+    run.pending = torch.tensor([[token_id]])
+    run.finished = token_id in eos
+
+
+def _in_vocab_order(values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Undo the rank-order sort: values indexed by vocabulary id."""
+    out = torch.empty_like(values)
+    out[token_ids] = values
+    return out
+
+
+_logits_to_keep: dict[type, bool] = {}
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    kind = type(model)
+    if kind not in _logits_to_keep:
+        _logits_to_keep[kind] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _logits_to_keep[kind]
+
+
+def forget_runs() -> None:
+    """Drop every remembered generation (tests use it to force a fresh run)."""
+    with _runs_lock:
+        _runs.clear()

@@ -1,0 +1,223 @@
+"""Temperature & sampling: logits -> probabilities -> the next token, and text one token at a time."""
+
+from dataclasses import replace
+
+import streamlit as st
+
+import ui
+from lmviz import sampling
+from lmviz.errors import LmvizError
+from lmviz.plots import sampling as plots
+
+st.title("Temperature & sampling")
+st.caption(
+    "The model gives one score (logit) per token; softmax turns them into probabilities, and decoding picks the "
+    "next token from them. Everything below uses transformers' own logits processors, in the order "
+    "`generate()` applies them, over the full vocabulary."
+)
+lm = ui.current_model(kinds=("causal",))
+text = ui.current_text()
+
+
+SETTINGS = {  # key: (default, parser)
+    "sampling_temperature": (1.0, ui.in_range(float, 0.0, 5.0)),
+    "sampling_top_k": (0, ui.in_range(int, 0, 10**7)),
+    "sampling_top_p": (1.0, ui.in_range(float, 0.01, 1.0)),
+    "sampling_min_p": (0.0, ui.in_range(float, 0.0, 1.0)),
+    "sampling_typical_p": (1.0, ui.in_range(float, 0.01, 1.0)),
+    "sampling_penalty": (1.0, ui.in_range(float, 0.5, 2.0)),
+    "sampling_top_n": (20, ui.in_range(int, 5, 60)),
+    "sampling_seed": (0, ui.in_range(int, 0, 2**31 - 1)),
+}
+ui.init_settings(SETTINGS)
+
+columns = st.columns(6)
+columns[0].slider("Temperature T", 0.0, 5.0, step=0.05, key="sampling_temperature",
+                  help="Logits are divided by T before softmax. 0 = greedy: always the most probable token.")
+columns[1].number_input("top-k (0 = off)", min_value=0, step=1, key="sampling_top_k",
+                        help="Keep only the k most probable tokens.")
+columns[2].slider("top-p (1 = off)", 0.01, 1.0, step=0.01, key="sampling_top_p",
+                  help="Keep the smallest set of most probable tokens whose probabilities add up to p.")
+columns[3].slider("min-p (0 = off)", 0.0, 1.0, step=0.01, key="sampling_min_p",
+                  help="Drop tokens less probable than min-p × the top token's probability.")
+columns[4].slider("typical-p (1 = off)", 0.01, 1.0, step=0.01, key="sampling_typical_p",
+                  help="Keep the tokens whose surprise is closest to the average surprise (entropy), up to this mass.")
+columns[5].slider("Repetition penalty (1 = off)", 0.5, 2.0, step=0.05, key="sampling_penalty",
+                  help="Logits of tokens already in the text are divided by this (multiplied when negative).")
+ui.sync_to_url(*SETTINGS)
+
+with ui.user_errors():
+    settings = sampling.SamplingSettings(
+        temperature=st.session_state.sampling_temperature,
+        top_k=st.session_state.sampling_top_k or None,
+        top_p=st.session_state.sampling_top_p,
+        min_p=st.session_state.sampling_min_p,
+        typical_p=st.session_state.sampling_typical_p,
+        repetition_penalty=st.session_state.sampling_penalty,
+    )
+
+next_tab, steps_tab, toy_tab = st.tabs(["Next token", "Step by step", "Toy logits (the lecture's table)"])
+
+# ------------------------------------------------------------------ next token
+with next_tab:
+    with ui.user_errors():
+        dist = sampling.next_token(lm, text, settings)
+    for note in dist.notes:
+        st.info(note, icon="ℹ️")
+    metrics = st.columns(4)
+    top_label = sampling.label_tokens(lm, [dist.top_id])[0]
+    metrics[0].metric("Greedy pick", top_label, help="The most probable token: what T = 0 always chooses.")
+    change = dist.entropy - dist.model_entropy
+    metrics[1].metric("Entropy", f"{dist.entropy:.3f} nats",
+                      f"{change:+.3f} vs. the model (T = 1)" if abs(change) >= 5e-4 else "same as the model (T = 1)",
+                      delta_color="off", delta_arrow="off",
+                      help="How uncertain the final distribution is (0 = one certain token).")
+    metrics[2].metric("Tokens that can be drawn", f"{dist.n_kept:,}", f"of {dist.vocab_size:,}",
+                      delta_color="off", delta_arrow="off")
+    metrics[3].metric("Tokens holding 90% of the mass", f"{dist.effective_vocab:,}",
+                      f"{dist.model_effective_vocab:,} for the model (T = 1)", delta_color="off", delta_arrow="off",
+                      help="The effective vocabulary: fewest tokens whose probabilities add up to 0.9.")
+
+    top_n = st.slider("Tokens shown", 5, 60, key="sampling_top_n")
+    shown = dist.top(top_n)
+    labels = sampling.label_tokens(lm, shown.token_ids.tolist())
+    st.plotly_chart(
+        plots.distribution_figure(
+            shown, labels, title=f"Next token after “{text[-60:]}” — {dist.settings.describe()}"
+        ),
+        width="stretch",
+    )
+    st.caption(
+        "**What T does:** dividing every logit by T < 1 stretches the gaps between them, so the top tokens take "
+        "more of the mass; T > 1 shrinks the gaps and flattens the distribution. **Why the order never changes:** "
+        "dividing by the same positive number keeps every logit where it was relative to the others, so rank 1 "
+        "stays rank 1 at any T; the filters then cut from the bottom (grey bars) and the rest is renormalized."
+    )
+    frame = sampling.table(shown, labels)
+    st.dataframe(
+        frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)),
+        column_config={name: st.column_config.NumberColumn(format="%.4f")
+                       for name in ["logit", "p (model, T=1)", "log p (model)", "p after T", "p final", "log p final"]},
+    )
+    st.download_button("Download these rows (CSV)", frame.to_csv(index=False).encode("utf-8"),
+                       file_name="next_token.csv", mime="text/csv")
+
+    st.subheader("Temperature sweep")
+    sweep = sampling.temperature_sweep(dist.logits)
+    st.plotly_chart(plots.sweep_figure(sweep, current=settings.temperature or None), width="stretch")
+    st.caption(
+        f"Temperature alone, over all {sweep.vocab_size:,} tokens (no filters). As T → 0 the entropy falls to 0 "
+        "and the top token takes everything (greedy); as T grows the distribution tends to uniform, entropy "
+        f"log {sweep.vocab_size:,} = {sweep.max_entropy:.2f} nats."
+        + (" The current T is 0 (greedy), the left limit of the plot." if settings.greedy else "")
+    )
+
+# ---------------------------------------------------------------- step by step
+MAX_SHOWN_STEPS = 100
+
+
+def add_steps(count: int) -> None:
+    st.session_state.sampling_steps = min(MAX_SHOWN_STEPS, st.session_state.get("sampling_steps", 0) + count)
+    st.session_state.sampling_inspect = st.session_state.sampling_steps  # follow the newest step
+
+
+def reset_steps() -> None:
+    st.session_state.sampling_steps = 0
+
+
+with steps_tab:
+    st.caption(
+        "Generate one token at a time. Greedy always takes the top token; sampling draws from the final "
+        "distribution with a seeded random generator, so the same seed and settings give the same text (and the "
+        "same text as `model.generate`). Colours: blue = the model's top choice, orange = a lower-ranked token."
+    )
+    controls = st.columns([1, 1, 1, 1, 2])
+    controls[0].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="sampling_seed")
+    controls[1].button("Generate next token", on_click=add_steps, args=(1,), type="primary")
+    controls[2].button("+10 tokens", on_click=add_steps, args=(10,))
+    controls[3].button("Reset", on_click=reset_steps)
+    n_steps = st.session_state.get("sampling_steps", 0)
+    if n_steps == 0:
+        st.info("Press **Generate next token** to start.")
+    else:
+        greedy_settings = replace(settings, temperature=0.0)
+        with ui.user_errors():
+            greedy = sampling.generate(lm, text, greedy_settings, n_steps)
+            sampled = sampling.generate(lm, text, settings, n_steps, seed=st.session_state.sampling_seed)
+        runs = [("Greedy (T = 0)", greedy), (f"Sampling: {sampled.settings.describe()}, seed {sampled.seed}", sampled)]
+        if settings.greedy:
+            runs[1] = ("Sampling: T is 0, so this is greedy too — raise T to sample", sampled)
+        columns = st.columns(2)
+        for column, (title, generation) in zip(columns, runs):
+            with column:
+                st.markdown(f"**{title}** · {len(generation.steps)} tokens")
+                st.html(plots.generation_html(generation))
+                st.dataframe(
+                    [{"step": s.index + 1, "token": s.token, "rank": s.rank, "p": round(s.prob, 4),
+                      "p model": round(s.model_prob, 4), "H model": round(s.distribution.model_entropy, 3),
+                      "H final": round(s.distribution.entropy, 3)}
+                     for s in generation.steps],
+                    hide_index=True, width="stretch", height=min(300, 38 + 35 * len(generation.steps)),
+                )
+        st.caption(
+            "**Why greedy repeats itself:** it is deterministic, so once the text gets back into a state it was in "
+            "before, the most probable continuation is the same as last time, and the loop goes on. Sampling can "
+            "leave the loop, and the repetition penalty pushes down tokens already used."
+        )
+        longest = max(len(greedy.steps), len(sampled.steps))
+        st.session_state.sampling_inspect = min(st.session_state.get("sampling_inspect", longest), longest)
+        inspect = st.slider("Inspect step", 1, longest, key="sampling_inspect") if longest > 1 else 1
+        columns = st.columns(2)
+        for column, (title, generation) in zip(columns, runs):
+            with column:
+                if inspect > len(generation.steps):
+                    st.caption(f"{title}: ended (end-of-sequence) before step {inspect}.")
+                    continue
+                step = generation.steps[inspect - 1]
+                step_dist = step.distribution
+                st.markdown(f"Step {inspect} chose **{step.token}** (rank {step.rank}, p {step.prob:.3f}); "
+                            "grey: removed by a filter.")
+                st.plotly_chart(
+                    plots.distribution_figure(
+                        step_dist, sampling.label_tokens(lm, step_dist.token_ids.tolist()), chosen=step.token_id,
+                        height=380,
+                    ),
+                    width="stretch", key=f"sampling_step_{title[:6]}",
+                )
+        call = "".join(f",\n    {k}={v!r}" for k, v in sampled.settings.generate_kwargs().items())
+        st.markdown("The sampled tokens straight from transformers:")
+        st.code(
+            (f"torch.manual_seed({sampled.seed})\n" if sampled.seed is not None else "")
+            + f"model.generate(input_ids, max_new_tokens={n_steps}{call},\n)",
+            language="python",
+        )
+
+# ------------------------------------------------------------------ toy logits
+with toy_tab:
+    st.caption(
+        "Softmax with temperature on a few hand-typed logits: σ_T(x)_i = exp(x_i / T) / Σ_j exp(x_j / T). "
+        "The default is the lecture's example; its table comes out digit for digit."
+    )
+    ui.init_from_url("sampling_toy_logits", ", ".join(f"{v:g}" for v in sampling.LECTURE_LOGITS))
+    ui.init_from_url("sampling_toy_temps", ", ".join(f"{v:g}" for v in sampling.LECTURE_TEMPERATURES))
+    ui.init_from_url("sampling_toy_shift", 0.0, ui.in_range(float, -50.0, 50.0))
+    left, right = st.columns(2)
+    left.text_input("Logits x", key="sampling_toy_logits", help="Numbers separated by commas.")
+    right.text_input("Temperatures T", key="sampling_toy_temps", help="Numbers separated by commas; 0 = greedy.")
+    ui.sync_to_url("sampling_toy_logits", "sampling_toy_temps", "sampling_toy_shift")
+    try:
+        toy_logits = sampling.parse_numbers(st.session_state.sampling_toy_logits, "logits")
+        toy_temps = sampling.parse_numbers(st.session_state.sampling_toy_temps, "temperatures")
+        toy = sampling.toy_softmax(toy_logits, toy_temps, st.session_state.get("sampling_toy_shift", 0.0))
+    except LmvizError as error:  # only this panel stops; the rest of the page stays
+        st.error(str(error), icon="🚫")
+        toy = None
+    if toy is not None:
+        st.dataframe(sampling.toy_frame(toy), width="stretch")
+        st.plotly_chart(plots.toy_figure(toy), width="stretch")
+        st.markdown("**Adding a constant changes nothing.** Softmax only sees differences between logits, so logits "
+                    "are not probabilities and have no unit: shift them all by c and every σ stays the same.")
+    st.slider("Constant c added to every logit", -50.0, 50.0, step=0.5, key="sampling_toy_shift")
+    if toy is not None:
+        st.dataframe(sampling.toy_frame(toy, shifted=True), width="stretch")
+        st.caption(f"Largest change in any probability: {toy.max_shift_change:.1e} (floating-point rounding).")

@@ -1,0 +1,146 @@
+"""AppTest of the loss & perplexity page: every view, numbers against plain torch, bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ui
+from lmviz import loss
+from tests.views import app
+
+TEXT = "This weekend I plan to visit"
+LONG_SAMPLE = "Long sample (Pride and Prejudice, ch. 1–3)"
+
+
+def page(text=TEXT, model_dir=None, **state):
+    at = app("loss")
+    at.session_state["text"] = text
+    if model_dir:
+        at.session_state["model_choice"] = ui.OTHER_MODEL
+        at.session_state["model_other"] = model_dir
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def token_nll(model, tokenizer, text):
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].double()
+    return F.cross_entropy(logits, ids[0, 1:], reduction="none")
+
+
+def html_bodies(at):
+    return [element.proto.body for element in at.get("html")]
+
+
+def test_token_view_numbers_match_torch(smollm):
+    at = page()
+    assert not at.exception and not at.error
+    frame = next(df.value for df in at.dataframe if "nll (nats)" in df.value.columns)
+    expected = token_nll(smollm.model, smollm.tokenizer, TEXT)
+    assert frame["token"].tolist() == ["This", "·weekend", "·I", "·plan", "·to", "·visit"]
+    assert frame["nll (nats)"][1:].tolist() == pytest.approx(expected.tolist(), abs=1e-4)
+    assert frame["rank"].tolist()[-1] == 1
+    cards = {m.label: m.value for m in at.metric}
+    assert cards["Tokens scored"] == "5"
+    assert float(cards["Mean NLL = H"]) == pytest.approx(float(expected.mean()), abs=1e-3)
+    assert float(cards["Perplexity (base e)"].replace(",", "")) == pytest.approx(math.exp(float(expected.mean())),
+                                                                                rel=1e-3)
+    assert cards["Perplexity (base e)"] == cards["Perplexity (base 2)"]
+    assert any("visit" in body and "top guess" in body for body in html_bodies(at))
+    assert len(at.get("download_button")) == 1
+
+
+def test_long_sample_uses_sliding_windows(tiny_dirs, tiny_gpt2):
+    at = page(model_dir=tiny_dirs["gpt2"], loss_source=LONG_SAMPLE, loss_max_length=64, loss_stride=32,
+              loss_check=False)
+    assert not at.exception and not at.error
+    frame = next(df.value for df in at.dataframe if "window" in df.value.columns)
+    ids = loss.encode(tiny_gpt2, loss.sample_texts()["long"])
+    assert len(frame) == len(ids) and frame["window"].max() > 50
+    assert any("windows" in caption.value and "exactly once" in caption.value for caption in at.caption)
+
+
+def test_two_texts_view_with_the_class_pair(smollm):
+    at = page(loss_view="Two texts")
+    assert not at.exception and not at.error
+    assert at.text_area(key="loss_text_a").value == loss.sample_texts()["normal"]
+    table = next(df.value for df in at.dataframe if "B − A" in df.value.columns).set_index("metric")
+    for column, text in (("A", loss.sample_texts()["normal"]), ("B", loss.sample_texts()["scrambled"])):
+        expected = token_nll(smollm.model, smollm.tokenizer, text)
+        assert table.loc["Mean NLL = H", column] == pytest.approx(float(expected.mean()), abs=1e-4)
+    assert table.loc["Mean NLL = H", "B"] > table.loc["Mean NLL = H", "A"]  # scrambled is more surprising
+
+
+def test_two_models_view_with_different_vocabularies(tiny_dirs, tiny_gpt2, tiny_llama_bos):
+    text = "The capital of France is Paris, and naïve café too."
+    at = page(text=text, model_dir=tiny_dirs["gpt2"], loss_view="Two models", loss_model_b=ui.OTHER_MODEL)
+    assert not at.exception and any("Pick or type a second" in info.value for info in at.info)
+    at = page(text=text, model_dir=tiny_dirs["gpt2"], loss_view="Two models", loss_model_b=ui.OTHER_MODEL,
+              loss_model_b_other=tiny_llama_bos.name)
+    assert not at.exception and not at.error
+    words = next(df.value for df in at.dataframe if "word" in df.value.columns)
+    assert len(words) == len(text.split())
+    nll_b = token_nll(tiny_llama_bos.model, tiny_llama_bos.tokenizer, text)
+    assert words["nll B (nats)"].sum() == pytest.approx(float(nll_b.sum()), abs=1e-4)  # words add up to the text
+    cards = {m.label: m.value for m in at.metric}
+    bits_b = float(nll_b.sum()) / math.log(2) / len(text.encode())
+    assert float(cards["Bits per byte, B"]) == pytest.approx(bits_b, abs=1e-4)
+    assert any("naïve" in body for body in html_bodies(at))
+
+
+def test_two_models_with_a_masked_model_b(tiny_dirs, tiny_bert):
+    at = page(model_dir=tiny_dirs["gpt2"], loss_view="Two models", loss_model_b=ui.OTHER_MODEL,
+              loss_model_b_other=tiny_dirs["bert"])
+    assert not at.exception
+    assert "masked model" in at.error[0].value
+
+
+def test_layer_view_last_row_is_the_text_loss(tiny_dirs, tiny_llama):
+    at = page(text="The capital of France is Paris.", model_dir=tiny_dirs["llama"], loss_view="By layer")
+    assert not at.exception and not at.error
+    frame = next(df.value for df in at.dataframe if "cross-entropy (nats)" in df.value.columns)
+    assert len(frame) == tiny_llama.n_layers + 1
+    expected = token_nll(tiny_llama.model, tiny_llama.tokenizer, "The capital of France is Paris.")
+    assert frame["cross-entropy (nats)"].iloc[-1] == pytest.approx(float(expected.mean()), abs=1e-4)
+
+
+def test_context_view(tiny_dirs, tiny_gpt2):
+    text = "Perplexity is the exponential of the mean negative log-likelihood. A language model predicts tokens."
+    at = page(text=text, model_dir=tiny_dirs["gpt2"], loss_view="Context length")
+    assert not at.exception and not at.error
+    frame = next(df.value for df in at.dataframe if "window length" in df.value.columns)
+    expected = token_nll(tiny_gpt2.model, tiny_gpt2.tokenizer, text)
+    assert frame["window length"].iloc[0] == 2
+    assert frame["cross-entropy (nats)"].iloc[-1] == pytest.approx(float(expected.mean()), abs=1e-4)
+    assert len(at.get("plotly_chart")) == 1
+
+
+@pytest.mark.parametrize("state,message", [
+    ({"loss_stride": 0}, "stride must be a positive"),
+    ({"loss_max_length": 1}, "at least 2"),
+    ({"loss_max_length": 500, "loss_stride": 100}, "above the model's context of 128"),
+])
+def test_bad_window_settings_are_explained_and_kept(tiny_dirs, state, message):
+    at = page(model_dir=tiny_dirs["gpt2"], **state)
+    assert not at.exception
+    assert message in at.error[0].value
+    for key, value in state.items():
+        assert at.number_input(key=key).value == value
+
+
+def test_one_token_text_and_masked_model(tiny_dirs):
+    at = page(text="A", model_dir=tiny_dirs["gpt2"])
+    assert not at.exception and "nothing to score" in at.error[0].value
+    assert at.session_state["text"] == "A"  # (AppTest drops the sidebar of a switched-to page from its tree)
+    at = page(model_dir=tiny_dirs["bert"])
+    assert not at.exception and "needs a causal" in at.warning[0].value
+
+
+def test_two_texts_with_an_empty_text(tiny_dirs):
+    at = page(model_dir=tiny_dirs["gpt2"], loss_view="Two texts", loss_text_b="   ")
+    assert not at.exception and "empty" in at.error[0].value
+    assert at.text_area(key="loss_text_b").value == "   "

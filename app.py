@@ -9,5 +9,10 @@ import ui  # noqa: E402  (set_page_config must come first)
 ui.sidebar()
 PAGES = [
     st.Page("views/home.py", title="Model & tokens", icon="🏠", default=True),
+    st.Page("views/lens.py", title="Logit lens", icon="🔭", url_path="lens"),
+    st.Page("views/sampling.py", title="Temperature & sampling", icon="🎲", url_path="sampling"),
+    st.Page("views/beam.py", title="Beam search", icon="🌳", url_path="beam"),
+    st.Page("views/loss.py", title="Loss & perplexity", icon="📉", url_path="loss"),
+    st.Page("views/heads.py", title="Heads & embeddings", icon="🧲", url_path="heads"),
 ]
 st.navigation(PAGES).run()

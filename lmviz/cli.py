@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -91,7 +92,262 @@ def run_tokens(args):
     return result, f"{len(ids)} tokens ({lm.name})\n" + table(rows)
 
 
-COMMANDS = [add_tokens]
+def add_sample(commands, common) -> None:
+    parser = commands.add_parser(
+        "sample", parents=[common],
+        help="next-token probabilities after temperature and top-k / top-p / min-p (or softmax of --logits)",
+        description="With TEXT: the tokens that can follow it and their probabilities after temperature and "
+        "the filters (kept tokens only, most probable first, summing to 1). With --logits: softmax with "
+        "temperature of that vector, in input order. Temperature 0 is greedy decoding.",
+    )
+    parser.add_argument("--logits", help="comma-separated logits, e.g. 1,-4,2,4,3 (write --logits=-4,1 when "
+                        "the first one is negative)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; default 1")
+    parser.add_argument("--top-k", type=int, default=None, help="keep the K most probable tokens (default: off)")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="keep the smallest set reaching mass P (default 1 = off)")
+    parser.add_argument("--min-p", type=float, default=0.0,
+                        help="drop tokens below M x the top probability (default 0 = off)")
+    parser.add_argument("--typical-p", type=float, default=1.0, help="typical sampling mass (default 1 = off)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="penalty for tokens already in TEXT (default 1 = off)")
+    parser.set_defaults(handler=run_sample)
+
+
+def run_sample(args):
+    import torch
+
+    from lmviz import sampling
+    from lmviz.tokens import token_text
+
+    settings = sampling.SamplingSettings(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
+    )
+    if args.logits is not None:
+        if args.text is not None or args.file:
+            raise LmvizError("Give either a TEXT (or --file) or --logits, not both.")
+        logits = sampling.parse_numbers(args.logits)
+        dist = sampling.distribution(torch.tensor(logits, dtype=torch.float64), settings)
+        probs = sampling.probs_in_input_order(dist).tolist()
+        result = {"logits": logits, "temperature": settings.temperature, "settings": settings.describe(),
+                  "probs": probs, "notes": list(dist.notes)}
+        rows = [{"logit": x, "probability": f"{p:.4f}"} for x, p in zip(logits, probs)]
+        return result, f"softmax, {settings.describe()}\n" + table(rows) + "".join(f"\n{n}" for n in dist.notes)
+    text = read_text(args)
+    lm = load_model(args)
+    dist = sampling.next_token(lm, text, settings)
+    kept = dist.top(dist.n_kept)  # kept tokens come first: every removed token ranks below them
+    with lm.lock:
+        pieces = [token_text(lm.tokenizer, token_id) for token_id in kept.token_ids.tolist()]
+    result = {
+        "model": lm.name, "text": text, "settings": dist.settings.describe(),
+        "token_ids": kept.token_ids.tolist(), "tokens": pieces, "probs": kept.probs.tolist(),
+        "entropy": dist.entropy, "effective_vocabulary": dist.effective_vocab, "kept": dist.n_kept,
+        "vocabulary": dist.vocab_size, "notes": list(dist.notes),
+    }
+    top = kept.top(20)
+    shown = sampling.label_tokens(lm, top.token_ids.tolist())
+    rows = [{"rank": r, "id": i, "token": t, "p (model)": f"{m:.4f}", "p final": f"{p:.4f}"}
+            for r, i, t, m, p in zip(top.rank.tolist(), top.token_ids.tolist(), shown,
+                                     top.model_probs.tolist(), top.probs.tolist())]
+    header = (f"{dist.n_kept:,} of {dist.vocab_size:,} tokens can follow ({dist.settings.describe()}); "
+              f"entropy {dist.entropy:.3f} nats; {dist.effective_vocab:,} tokens hold 90% of the mass")
+    more = f"\n… and {dist.n_kept - 20:,} more (--json lists them all)" if dist.n_kept > 20 else ""
+    return result, header + "\n" + table(rows) + more + "".join(f"\n{n}" for n in dist.notes)
+
+
+def _heads_model(args):
+    """--model, where "antiberty" means the offline AntiBERTy masked LM (converted on first use)."""
+    if args.model == "antiberty":
+        from lmviz.heads import prepare_antiberty
+
+        args.model = prepare_antiberty(progress=lambda message: print(message, file=sys.stderr))["mlm"]
+    return load_model(args)
+
+
+def add_embed(commands, common) -> None:
+    parser = commands.add_parser("embed", parents=[common],
+                                 help="each token's nearest output embeddings, lm_head(embed(ids)) (seed 004)")
+    parser.add_argument("--k", type=int, default=10, help="neighbours per token (default 10)")
+    parser.add_argument("--metric", choices=["dot", "cosine"], default="dot", help="dot product (default) or cosine")
+    parser.set_defaults(handler=run_embed)
+
+
+def run_embed(args):
+    from lmviz import heads
+
+    text = read_text(args)
+    lm = _heads_model(args)
+    result = heads.neighbours(lm, text, k=args.k, metric=args.metric)
+    report = heads.tie_report(lm)
+    out = {
+        "model": lm.name, "text": text, "metric": result.metric, "tied": report.tied,
+        "saved_parameters": report.saved_parameters, "input_ids": result.input_ids, "tokens": list(result.tokens),
+        "top_ids": result.top_ids, "top_tokens": [list(row) for row in result.top_tokens],
+        "top_scores": result.top_scores, "self_rank": result.self_rank,
+    }
+    tie = (f"tied: one ({report.input_shape[0]:,} x {report.input_shape[1]}) matrix, "
+           f"{report.saved_parameters:,} parameters saved" if report.tied else "untied: separate output matrix")
+    return out, f"{lm.name}, {tie}; {result.metric} neighbours\n" + result.frame().to_string(index=False)
+
+
+def add_fill_mask(commands, common) -> None:
+    parser = commands.add_parser("fill-mask", parents=[common],
+                                 help="a masked LM's top tokens at each mask token (--model antiberty works offline)")
+    parser.add_argument("--k", type=int, default=5, help="tokens per mask (default 5)")
+    parser.set_defaults(handler=run_fill_mask)
+
+
+def run_fill_mask(args):
+    from lmviz import heads
+
+    text = read_text(args)
+    lm = _heads_model(args)
+    result = heads.fill_mask(lm, text, k=args.k)
+    masks, blocks = [], []
+    for m, position in enumerate(result.mask_positions.tolist()):
+        masks.append({
+            "position": position, "top_ids": result.top_ids[m], "top_tokens": list(result.top_tokens[m]),
+            "logits": result.top_logits[m], "probs": result.top_probs[m], "logprobs": result.top_logprobs[m],
+        })
+        blocks.append(f"mask at position {position}\n" + result.frame(m).to_string(index=False))
+    out = {"model": lm.name, "text": text, "input_ids": result.input_ids, "masks": masks}
+    return out, "\n\n".join(blocks)
+
+
+def add_beam(commands, common) -> None:
+    parser = commands.add_parser(
+        "beam", parents=[common], help="beam search with its whole tree (same results as generate(num_beams=N))",
+        description="Beam search over TEXT. Prints the finished hypotheses, best first, as generate(num_beams=N, "
+        "num_return_sequences=N, do_sample=False) returns them; --json adds every node of the search tree.",
+    )
+    parser.add_argument("--num-beams", type=int, default=3, help="beams kept after every step (default 3)")
+    parser.add_argument("--max-new-tokens", type=int, default=6, help="longest continuation (default 6)")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="score = log-prob / length^LP (default 1.0; 0 = plain sum)")
+    parser.add_argument("--early-stopping", default="false", help="true, false (default) or never")
+    parser.set_defaults(handler=run_beam)
+
+
+def run_beam(args):
+    from lmviz import beam
+    from lmviz.tokens import visible
+
+    text = read_text(args)
+    early_stopping = beam.parse_early_stopping(args.early_stopping)
+    lm = load_model(args)
+    tree = beam.beam_search(
+        lm, text, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+        length_penalty=args.length_penalty, early_stopping=early_stopping,
+    )
+    rows = [{"rank": r + 1, "score": f"{h.score:.4f}", "log-prob": f"{h.logprob:.4f}", "tokens": h.length,
+             "ended": h.ended, "continuation": visible(h.text)} for r, h in enumerate(tree.final)]
+    header = (f"beam search ({lm.name}): {tree.num_beams} beams, length penalty {tree.length_penalty:g}, "
+              f"early stopping {tree.early_stopping}; {tree.steps} step(s), {tree.stop_reason}; "
+              f"{len(tree.nodes)} nodes (--json lists them)")
+    return tree.to_dict(), header + "\n" + table(rows)
+
+
+def add_loss(commands, common) -> None:
+    parser = commands.add_parser(
+        "loss", parents=[common], help="per-token NLL, cross-entropy, perplexity, bits per byte",
+        description="Score every token of TEXT after the first. Text longer than --max-length is scored with "
+        "strided sliding windows: every token after the first exactly once, each window at most --max-length "
+        "tokens, consecutive windows --stride new tokens apart.",
+    )
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="most tokens per window (default: the model's context, at most $LMVIZ_MAX_TOKENS)")
+    parser.add_argument("--stride", type=int, default=None, help="new tokens per window (default max-length / 2)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the cross-check with the model's own labels= loss (it runs every window twice)")
+    parser.set_defaults(handler=run_loss)
+
+
+def run_loss(args):
+    from lmviz import loss
+
+    text = read_text(args)
+    lm = load_model(args)
+    report = loss.loss_report(lm, text, max_length=args.max_length, stride=args.stride,
+                              cross_check=not args.no_check)
+    lines = [f"{lm.name}: {report.scored:,} tokens scored in {report.n_windows:,} window(s) of at most "
+             f"{report.max_length:,} tokens (stride {report.stride:,}); context per token "
+             "{} .. {}".format(*report.context_range())]
+    lines += [f"  {m.label:<28} {m.value:,.6g}" for m in report.metrics()]
+    frame = report.frame()[["position", "token", "id", "nll (nats)", "surprisal (bits)", "probability", "rank",
+                            "model's top guess", "context"]]
+    return report.to_json(), "\n".join(lines) + "\n\n" + frame.to_string(index=False)
+
+
+def add_lens(commands, common) -> None:
+    parser = commands.add_parser(
+        "lens", parents=[common], help="logit lens: what every layer predicts as the next token",
+        description="Send every layer's hidden state through the model's final norm and unembedding. Layer 0 is "
+        "the embeddings, the last layer the model's own output. Text longer than the model takes is truncated "
+        "(with a notice on stderr).",
+    )
+    parser.add_argument("--k", type=int, default=10, help="top tokens per layer and position (default 10)")
+    parser.add_argument("--raw", action="store_true",
+                        help="skip the final norm at layers 0..L-1, as lm_head(hidden_states[i]) (seed 004)")
+    parser.add_argument("--watch", default="",
+                        help="comma-separated tokens to follow through the layers, e.g. 'Paris, London' "
+                        "(a leading space is added; write ·Paris for the exact piece)")
+    parser.set_defaults(handler=run_lens)
+
+
+def run_lens(args):
+    import pandas as pd
+
+    from lmviz import lens
+    from lmviz.trace import trace
+
+    text = read_text(args)
+    lm = load_model(args)
+    watched = lens.resolve_watched(lm, lens.parse_watched(args.watch)) if args.watch.strip() else ()
+    t = trace(lm, text, truncate=True)
+    if t.truncated_from:
+        print(f"lmviz: the text is {t.truncated_from:,} tokens long; truncated to the first {t.n_tokens:,}, "
+              f"the most {lm.name} takes here.", file=sys.stderr)
+    result = lens.logit_lens(lm, t, k=args.k, normalize=not args.raw, watched_ids=watched)
+    pieces = [[[result.pieces[i] for i in cell] for cell in row] for row in result.top_ids.tolist()]
+    input_pieces = lens.token_pieces(lm, t.input_ids.tolist())
+    output = {
+        "model": lm.name, "text": t.text, "normalized": result.normalized, "truncated_from": t.truncated_from,
+        "layers": result.n_layers + 1, "input_ids": t.input_ids,
+        "tokens": [input_pieces[i] for i in t.input_ids.tolist()], "display": list(t.tokens),
+        "top_ids": result.top_ids, "top_tokens": pieces, "top_probs": result.top_probs,
+        "entropy": result.entropy, "kl_to_final": result.kl_to_final,
+        "next_token_nll": result.next_token_nll, "next_token_rank": result.next_token_rank,
+        "watched": {"ids": list(result.watched_ids), "tokens": [result.pieces[i] for i in result.watched_ids],
+                    "probs": result.watched_probs, "ranks": result.watched_ranks},
+        "max_final_error": result.max_final_error,
+    }
+    shown = list(range(max(0, t.n_tokens - 12), t.n_tokens))  # the readable grid keeps the last 12 positions
+    grid = pd.DataFrame(
+        [[result.token(result.top_ids[layer, p, 0]) for p in shown] for layer in range(result.n_layers + 1)],
+        index=[result.layer_label(layer) for layer in range(result.n_layers + 1)],
+        columns=[f"{p}:{t.tokens[p]}" for p in shown],
+    )
+    mode = "normalized" if result.normalized else "raw (no final norm)"
+    lines = [
+        f"logit lens of {lm.name}, {mode}: layers 0 (embeddings) to {result.n_layers} (output), {t.n_tokens} tokens; "
+        f"max |lens(last) - model logits| = {result.max_final_error:.1e}",
+        "",
+        "top-1 prediction of every layer (rows) after each input token (columns)"
+        + (f", last {len(shown)} positions (--json has all):" if len(shown) < t.n_tokens else ":"),
+        grid.to_string(),
+        "",
+        f"top-{result.k} of the output layer (rows = rank, columns = positions):",
+        result.to_frame(layer=-1, values="token+prob")[shown].to_string(),
+    ]
+    for j, token_id in enumerate(result.watched_ids):
+        probs = ", ".join(f"{float(p):.3g}" for p in result.watched_probs[:, -1, j])
+        lines.append(f"watched '{result.token(token_id)}' at the last position, layer 0..{result.n_layers}: {probs}")
+    return output, "\n".join(lines)
+
+
+COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_lens]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,5 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(to_jsonable(result), ensure_ascii=False) if args.json else readable)
+    try:
+        print(json.dumps(to_jsonable(result), ensure_ascii=False) if args.json else readable)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `python -m lmviz lens ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -42,3 +42,43 @@ def tiny_bert(tiny_dirs) -> models.LoadedModel:
 def smollm() -> models.LoadedModel:
     """The embedded default model, loaded for real (converted from its GGUF on first use)."""
     return models.load(models.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dirs(tmp_path_factory) -> dict[str, str]:
+    """Tiny sequence classifiers: {"bert": labels negative/positive, "bert_unnamed": LABEL_0/LABEL_1,
+    "gpt2": three default-named labels, read from the last token}."""
+    root = tmp_path_factory.mktemp("tiny-classifiers")
+    return {
+        "bert": str(tiny_models.build_bert_classifier(root / "bert")),
+        "bert_unnamed": str(tiny_models.build_bert_classifier(root / "bert-unnamed", labels=None)),
+        "gpt2": str(tiny_models.build_gpt2_classifier(root / "gpt2")),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bos(tmp_path_factory) -> models.LoadedModel:
+    """A tiny Llama whose vocabulary differs from tiny_gpt2's and whose tokenizer adds a BOS token."""
+    return models.load(str(tiny_models.build_llama_bos(tmp_path_factory.mktemp("tiny-llama-bos") / "llama-bos")))
+
+
+@pytest.fixture(scope="session")
+def tiny_lens_dirs(tmp_path_factory) -> dict[str, str]:
+    """More tiny causal LMs for the logit lens: {"gemma3": soft-capped Gemma-3, "neox": GPT-NeoX,
+    "stablelm": an architecture whose final norm lmviz does not know}."""
+    root = tmp_path_factory.mktemp("tiny-lens-models")
+    return {
+        "gemma3": str(tiny_models.build_gemma3(root / "gemma3")),
+        "neox": str(tiny_models.build_neox(root / "neox")),
+        "stablelm": str(tiny_models.build_stablelm(root / "stablelm")),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tiny_lens_dirs) -> models.LoadedModel:
+    return models.load(tiny_lens_dirs["gemma3"])
+
+
+@pytest.fixture(scope="session")
+def tiny_neox(tiny_lens_dirs) -> models.LoadedModel:
+    return models.load(tiny_lens_dirs["neox"])

@@ -104,3 +104,106 @@ def build_bert(directory: Path) -> Path:
         num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
     )
     return _save(BertForMaskedLM(config), tokenizer, directory)
+
+
+def build_bert_classifier(directory: Path, labels: tuple[str, ...] | None = ("negative", "positive")) -> Path:
+    """BERT sequence classifier (pooler -> linear), 2 layers, d_model 32; labels=None keeps
+    transformers' default names LABEL_0, LABEL_1."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = wordpiece_tokenizer()
+    torch.manual_seed(3)
+    names = dict(id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}) if labels else {}
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, **names,
+    )
+    return _save(BertForSequenceClassification(config), tokenizer, directory)
+
+
+def build_gpt2_classifier(directory: Path) -> Path:
+    """GPT-2 sequence classifier (last token -> `score`, no bias), 3 default-named labels."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(4)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2, num_labels=3,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return _save(GPT2ForSequenceClassification(config), tokenizer, directory)
+
+
+def build_llama_bos(directory: Path) -> Path:
+    """Llama, 2 layers, d_model 32, with a different vocabulary from the others (byte-level BPE of 300
+    tokens) and a tokenizer that puts a BOS token first, as Llama tokenizers do."""
+    from tokenizers import processors
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    backend = byte_level_tokenizer(vocab_size=300).backend_tokenizer
+    bos = backend.token_to_id("<|endoftext|>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    torch.manual_seed(5)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=bos, eos_token_id=bos,
+    )
+    return _save(LlamaForCausalLM(config), tokenizer, directory)
+
+
+def build_gemma3(directory: Path) -> Path:
+    """Gemma-3 text model (RMSNorm with 1 + weight, embeddings scaled by sqrt(d), final logit
+    soft-capping at 0.5: the random logits are about that size, so the cap visibly bends them),
+    3 layers, d_model 32, tied."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(6)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+        sliding_window=8, final_logit_softcapping=0.5,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    )
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():  # random RMSNorm weights start at 0 (scale 1); make the final norm matter
+        model.model.norm.weight.normal_(0.0, 0.5)
+    return _save(model, tokenizer, directory)
+
+
+def build_neox(directory: Path) -> Path:
+    """GPT-NeoX (LayerNorm `gpt_neox.final_layer_norm`, untied `embed_out`), 2 layers, d_model 32."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(7)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = GPTNeoXForCausalLM(config)
+    with torch.no_grad():  # a LayerNorm starts as the identity affine map; give it a real scale and shift
+        model.gpt_neox.final_layer_norm.weight.normal_(1.0, 0.5)
+        model.gpt_neox.final_layer_norm.bias.normal_(0.0, 0.5)
+    return _save(model, tokenizer, directory)
+
+
+def build_stablelm(directory: Path) -> Path:
+    """StableLM, an architecture whose final norm lmviz does not know (for the loud failure)."""
+    from transformers import StableLmConfig, StableLmForCausalLM
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(8)
+    config = StableLmConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return _save(StableLmForCausalLM(config), tokenizer, directory)

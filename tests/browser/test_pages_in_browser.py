@@ -1,0 +1,156 @@
+"""Every page in a real chromium: it renders, reacts to a control, and shows no error box.
+
+Each test opens the page by its URL (as a shared link would), changes one
+control the way a person does (typing, arrow keys on a slider, picking from a
+select box), and checks what is on screen afterwards. Screenshots land in
+test-artifacts/screenshots/.
+"""
+
+import urllib.parse
+
+import pytest
+
+from tests.browser.conftest import assert_no_error_box, screenshot, wait_idle
+
+pytestmark = pytest.mark.browser
+
+
+def open_page(page, server_url: str, path: str = "", **params) -> None:
+    page.goto(f"{server_url}/{path}" + ("?" + urllib.parse.urlencode(params) if params else ""))
+    wait_idle(page)
+
+
+def set_sidebar_text(page, text: str) -> None:
+    area = page.locator('[data-testid="stSidebarUserContent"] textarea')
+    area.fill(text)
+    area.press("Control+Enter")  # st.text_area applies its value on Ctrl+Enter (or on blur)
+    wait_idle(page)
+
+
+def press_slider(page, label: str, key: str, times: int = 1) -> None:
+    """Move the slider labelled `label` by `times` steps with the keyboard."""
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text=label).locator('input[type="range"]').first
+    for _ in range(times):
+        slider.focus()
+        slider.press(key)
+        wait_idle(page)
+
+
+def set_number(page, label: str, value) -> None:
+    box = page.locator('[data-testid="stNumberInput"]').filter(has_text=label).locator("input").first
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose `option` in the select box labelled `label` (type to filter, Enter to pick)."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.keyboard.type(option)
+    page.keyboard.press("Enter")
+    wait_idle(page)
+
+
+def tables_text(page) -> str:
+    """The text of every visible table (st.dataframe draws on a canvas; its text is in a hidden table;
+    tables on tabs that are not open are skipped)."""
+    page.wait_for_selector('[data-testid="stDataFrame"], [data-testid="stTable"]', timeout=30_000)
+    tables = page.locator('[data-testid="stDataFrame"]:visible, [data-testid="stTable"]:visible').all()
+    texts = []
+    for table in tables:
+        table.scroll_into_view_if_needed()  # the grid fills its cells only once it is on screen
+        page.wait_for_timeout(300)
+        texts.append(table.text_content() or "")
+    return " ".join(texts)
+
+
+def charts(page) -> int:
+    """How many plotly charts are on screen (plotly loads lazily, so wait for the first)."""
+    page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=30_000)
+    return page.locator('[data-testid="stPlotlyChart"]').count()
+
+
+def test_home_page(page, server_url):
+    open_page(page, server_url)
+    body = page.inner_text("body")
+    assert "Model & tokens" in body and "49,152" in body
+    assert "·weekend" in tables_text(page) and "16138" in tables_text(page)
+    assert_no_error_box(page)
+    screenshot(page, "home")
+
+    set_sidebar_text(page, "Paris is the capital of France")
+    assert "·capital" in tables_text(page)
+    assert "capital" in urllib.parse.unquote_plus(page.url)  # the text is in the URL: the view can be shared
+    assert page.locator('[data-testid="stSidebarUserContent"] textarea').input_value() == "Paris is the capital of France"
+    assert_no_error_box(page)
+
+
+def test_shared_link_opens_the_page_with_its_text(page, server_url):
+    """A link straight to a sub-page, on a server that has not served the home page to this browser."""
+    open_page(page, server_url, "lens", text="The capital of France is")
+    assert page.locator('[data-testid="stSidebarUserContent"] textarea').input_value() == "The capital of France is"
+    assert "Logit lens" in page.inner_text("body")
+    assert_no_error_box(page)
+
+
+def test_lens_page(page, server_url):
+    open_page(page, server_url, "lens")
+    assert "Logit lens" in page.inner_text("body") and charts(page) >= 1
+    assert "visit" in tables_text(page)
+    screenshot(page, "lens")
+    pick(page, "Layer", "15")
+    set_number(page, "top-k", 5)
+    assert page.url.count("lens_k=5") == 1
+    assert_no_error_box(page)
+
+
+def test_sampling_page(page, server_url):
+    open_page(page, server_url, "sampling")
+    assert "Temperature" in page.inner_text("body") and charts(page) >= 1
+    assert "visit" in tables_text(page)
+    screenshot(page, "sampling")
+    press_slider(page, "Temperature T", "ArrowRight", 4)  # 1.00 -> 1.20
+    assert "sampling_temperature=1.2" in page.url
+    assert_no_error_box(page)
+
+
+def test_beam_page(page, server_url):
+    open_page(page, server_url, "beam")
+    assert "Beam search" in page.inner_text("body") and charts(page) >= 1
+    screenshot(page, "beam")
+    before = page.url
+    press_slider(page, "Beams K", "ArrowRight")
+    assert page.url != before and "beam_beams=" in page.url
+    assert charts(page) >= 1
+    assert_no_error_box(page)
+
+
+def test_loss_page(page, server_url):
+    open_page(page, server_url, "loss")
+    body = page.inner_text("body")
+    assert "erplexity" in body and "visit" not in body.lower()[:0]
+    screenshot(page, "loss")
+    set_sidebar_text(page, "The cat sat on the mat. The dog sat on the log.")
+    assert "erplexity" in page.inner_text("body")
+    assert "·mat" in tables_text(page) or "mat" in page.inner_text("body")
+    assert_no_error_box(page)
+
+
+def test_heads_page(page, server_url):
+    open_page(page, server_url, "heads")
+    assert "Heads & embeddings" in page.inner_text("body")
+    assert "·weekend" in tables_text(page)
+    screenshot(page, "heads")
+    press_slider(page, "Neighbours per token", "ArrowLeft", 5)
+    assert "heads_k=5" in page.url
+    assert_no_error_box(page)
+
+
+@pytest.mark.parametrize("text", ["", "😀🙂 東京 שלום עולם \x07\u202e", "x" * 20000])
+def test_bad_text_on_every_page(page, server_url, text):
+    """Empty, exotic and very long texts: a message, never a traceback, and the text stays in the box."""
+    for path in ["", "lens", "sampling", "beam", "loss", "heads"]:
+        open_page(page, server_url, path, text=text)
+        assert_no_error_box(page)
+        assert page.locator('[data-testid="stSidebarUserContent"] textarea').input_value() == text.replace("\x07", "\x07")
+    screenshot(page, f"bad-text-{len(text)}")

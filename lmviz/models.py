@@ -19,6 +19,7 @@ Remote code is never trusted.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -306,6 +307,11 @@ def _from_pretrained(location: str, name: str):
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as error:
+        if _needs_remote_code(location, error):
+            raise LmvizError(
+                f"'{name}' needs its own Python code to run (trust_remote_code), and lmviz never runs a "
+                "model's code. Pick a model whose architecture transformers ships."
+            ) from None
         raise LmvizError(f"Can't read the config of '{name}': {_first_line(error)}") from None
     kind = model_kind(config)
     auto = {
@@ -323,6 +329,17 @@ def _from_pretrained(location: str, name: str):
         raise LmvizError(f"Can't load '{name}': {message}") from None
     model.eval()
     return model, tokenizer, kind
+
+
+def _needs_remote_code(location: str, error: BaseException) -> bool:
+    """True when a config asks for custom code (auto_map) that transformers would have to import."""
+    if "trust_remote_code" in str(error):
+        return True
+    config_file = Path(location) / "config.json"
+    try:
+        return "auto_map" in json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _first_line(error: BaseException) -> str:

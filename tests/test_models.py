@@ -126,5 +126,5 @@ def test_remote_code_is_never_trusted(tmp_path):
         ' "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"}}'
     )
     (tmp_path / "evil.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(LmvizError):
+    with pytest.raises(LmvizError, match="never runs"):
         models.load(str(tmp_path))

@@ -45,16 +45,16 @@ text = ui.current_text()
 if message := st.session_state.pop("heads_switch_error", None):
     st.error(message, icon="🚫")
 
-ui.init_from_url("heads_k", 10, int)
-ui.init_from_url("heads_metric", "dot")
-ui.init_from_url("heads_mask_k", 5, int)
-ui.init_from_url("heads_source", "random")
+ui.init_from_url("heads_k", 10, ui.in_range(int, 1, 20))
+ui.init_from_url("heads_metric", "dot", ui.one_of(["dot", "cosine"]))
+ui.init_from_url("heads_mask_k", 5, ui.in_range(int, 1, 20))
+ui.init_from_url("heads_source", "random", ui.one_of(["random", "fitted"]))
 ui.init_from_url("heads_labels", "negative, positive")
-ui.init_from_url("heads_seed", 0, int)
+ui.init_from_url("heads_seed", 0, ui.in_range(int, 0, 2**31 - 1))
 if st.session_state.get("heads_pooling_for", lm.kind) != lm.kind:  # another kind of model: its own default
     st.session_state.heads_pooling = "first" if lm.kind == "masked" else "last"
 st.session_state.heads_pooling_for = lm.kind
-ui.init_from_url("heads_pooling", "first" if lm.kind == "masked" else "last")
+ui.init_from_url("heads_pooling", "first" if lm.kind == "masked" else "last", ui.one_of(list(heads.POOLINGS)))
 
 tied_tab, masked_tab, class_tab = st.tabs(["Tied embeddings", "Masked LM", "Classification"])
 

@@ -1,0 +1,64 @@
+"""The bad-input table of docs/bad-input.md, page by page: a clear message, no traceback, the text kept."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.views import app
+
+PAGES = ["home", "lens", "sampling", "beam", "loss", "heads"]
+OTHER = "Other (type a name or folder)…"
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory, tiny_dirs) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("bad-models")
+    bin_only = root / "bin-only"
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["gpt2"])
+    model.config.save_pretrained(bin_only)
+    torch.save(model.state_dict(), bin_only / "pytorch_model.bin")
+    remote = root / "remote-code"
+    remote.mkdir()
+    (remote / "config.json").write_text(
+        '{"model_type": "evil-arch", "auto_map": {"AutoModelForCausalLM": "evil.EvilForCausalLM"}}'
+    )
+    return {"bin-only": str(bin_only), "remote-code": str(remote)}
+
+
+def run_page(page: str, **state):
+    at = app(page)
+    at.session_state["text"] = state.pop("text", "Paris is the capital of France")
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_model_problems_are_explained(page, bad_models, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cases = {
+        "nobody/nothing": "not embedded",
+        bad_models["remote-code"]: "never runs",
+        bad_models["bin-only"]: "only safetensors",
+    }
+    for name, expected in cases.items():
+        at = run_page(page, model_choice=OTHER, model_other=name)
+        assert not at.exception, (page, name)
+        assert expected in at.error[0].value, (page, name)
+        assert at.session_state["text"] == "Paris is the capital of France"
+
+
+@pytest.mark.parametrize("page", ["lens", "sampling", "beam", "loss"])
+def test_masked_model_on_a_causal_page(page, tiny_dirs):
+    at = run_page(page, model_choice=OTHER, model_other=tiny_dirs["bert"])
+    assert not at.exception
+    assert "needs a causal model" in at.warning[0].value
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_out_of_range_url_values_fall_back_to_defaults(page, smollm):
+    at = app(page)
+    at.query_params.update({"text": "This weekend I plan to", "lens_k": "999", "sampling_temperature": "-3",
+                            "beam_beams": "1000", "heads_k": "999", "heads_mask_k": "nan", "heads_seed": "-1", "heads_metric": "x", "heads_pooling": "x", "lens_stat": "x", "beam_lp": "inf", "loss_max_length": "0", "loss_view": "x", "lens_window": "(0, 99999)", "beam_frame": "59", "lens_layer": "99", "lens_pos": "99", "loss_stride": "-5"})
+    at.run()
+    assert not at.exception

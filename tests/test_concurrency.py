@@ -51,3 +51,27 @@ def test_encode_and_batch_from_many_threads(smollm):
     assert many == single * 8
     for text, batch in zip(TEXTS * 4, batches):
         assert batch[1][-len(tracing.encode(smollm, text)):] == tracing.encode(smollm, text)
+
+
+def test_generations_from_many_threads(smollm):
+    """Seeded sampling and beam search run from 8 threads give the single-threaded results."""
+    from lmviz import beam, sampling
+
+    settings = sampling.SamplingSettings(temperature=0.8, top_p=0.9)
+    prompts = TEXTS[:4]
+
+    def sampled(prompt):
+        return sampling.generate(smollm, prompt, settings, steps=6, seed=7).token_ids
+
+    def searched(prompt):
+        return [h.token_ids for h in beam.beam_search(smollm, prompt, num_beams=3, max_new_tokens=5).final]
+
+    sampling.forget_runs()
+    beam.clear_cache()
+    expected = {prompt: (sampled(prompt), searched(prompt)) for prompt in prompts}
+    sampling.forget_runs()
+    beam.clear_cache()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda prompt: (prompt, sampled(prompt), searched(prompt)), prompts * 3))
+    for prompt, sample_ids, beam_ids in got:
+        assert (sample_ids, beam_ids) == expected[prompt], prompt

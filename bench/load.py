@@ -3,8 +3,10 @@
 Starts `streamlit run app.py` on a free local port, opens N Playwright
 contexts in one chromium (each a separate Streamlit session), loads the page
 with a different text in each (via ?text=…), and waits until every session
-has finished rendering. Prints p50/p95 time to a rendered page and the peak
-RSS of the server process. The baseline, measured in the same run, is one
+has finished rendering. Prints p50/p95 time to a rendered page, the peak
+RSS of the server process, and the server's CPU time per session: the
+browsers run on the same cores as the server, so on a small machine the
+wall-clock figures include the clients' own rendering. The baseline, measured in the same run, is one
 session alone on the same server.
 
     .venv/bin/python bench/load.py --sessions 10 30 --page lens
@@ -13,6 +15,7 @@ session alone on the same server.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -40,6 +43,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class PeakMemory(threading.Thread):
@@ -101,10 +110,12 @@ def main() -> None:
             alone = render_times(browser, base, args.page, 1, "alone")[0]
             print(f"page /{args.page}: one session alone renders in {alone:.2f} s (baseline)")
             for n in args.sessions:
+                cpu_before = cpu_seconds(server.pid)
                 times = render_times(browser, base, args.page, n, f"run{n}")
+                server_cpu = cpu_seconds(server.pid) - cpu_before
                 p50, p95 = percentile(times, 50), percentile(times, 95)
                 print(f"N={n:3d}: p50 {p50:6.2f} s  p95 {p95:6.2f} s  ({p50 / alone:.1f}x / {p95 / alone:.1f}x alone)"
-                      f"  peak server RSS {memory.peak:.0f} MB")
+                      f"  peak server RSS {memory.peak:.0f} MB  server CPU {server_cpu / n:.2f} s/session")
             browser.close()
     finally:
         memory.running = False

@@ -108,16 +108,7 @@ def current_model(kinds: tuple[str, ...] = models.KINDS) -> models.LoadedModel:
     if not name:
         st.info("Type a model name or folder in the sidebar.")
         st.stop()
-    try:
-        if name in models.loaded_names():
-            lm = models.load(name)
-        else:
-            with st.status(f"Loading {name} …", expanded=True) as status:
-                lm = models.load(name, progress=status.write)
-                status.update(label=f"Loaded {name}", state="complete", expanded=False)
-    except LmvizError as error:
-        st.error(str(error), icon="🚫")
-        st.stop()
+    lm = load_with_progress(name)
     if lm.kind not in kinds:
         st.warning(
             f"{lm.name} is a {lm.kind} model; this page needs a {' or '.join(kinds)} model. "
@@ -125,6 +116,20 @@ def current_model(kinds: tuple[str, ...] = models.KINDS) -> models.LoadedModel:
         )
         st.stop()
     return lm
+
+
+def load_with_progress(name: str) -> models.LoadedModel:
+    """models.load with its progress shown in a status box; a problem stops the page with a message."""
+    try:
+        if name in models.loaded_names():
+            return models.load(name)
+        with st.status(f"Loading {name} …", expanded=True) as status:
+            lm = models.load(name, progress=status.write)
+            status.update(label=f"Loaded {name}", state="complete", expanded=False)
+            return lm
+    except LmvizError as error:
+        st.error(str(error), icon="🚫")
+        st.stop()
 
 
 def current_text() -> str:

@@ -7,7 +7,6 @@ import streamlit as st
 
 import ui
 from lmviz import loss, models
-from lmviz.errors import LmvizError
 from lmviz.plots import loss as plots
 
 st.title("Loss & perplexity")
@@ -216,16 +215,7 @@ elif view == VIEWS[2]:
         st.info("Pick or type a second causal model to compare with. Without a model hub, give a folder written "
                 "by `save_pretrained` (safetensors weights).")
         st.stop()
-    try:
-        if name_b in models.loaded_names():
-            lm_b = models.load(name_b)
-        else:
-            with st.status(f"Loading {name_b} …", expanded=True) as status:
-                lm_b = models.load(name_b, progress=status.write)
-                status.update(label=f"Loaded {name_b}", state="complete", expanded=False)
-    except LmvizError as error:
-        st.error(str(error), icon="🚫")
-        st.stop()
+    lm_b = ui.load_with_progress(name_b)
     a = report_for(lm, text, max_length, stride, check, f"Scoring with {lm.name}…")
     if lm_b.kind != "causal":
         st.error(f"{lm_b.name} is a {lm_b.kind} model; the comparison needs a causal LM.", icon="🚫")

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.views import app
+from tests.views import app, run_page
 
 PAGES = ["home", "lens", "sampling", "beam", "loss", "heads"]
-OTHER = "Other (type a name or folder)…"
+TEXT = "Paris is the capital of France"
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,6 @@ def bad_models(tmp_path_factory, tiny_dirs) -> dict[str, str]:
     return {"bin-only": str(bin_only), "remote-code": str(remote)}
 
 
-def run_page(page: str, **state):
-    at = app(page)
-    at.session_state["text"] = state.pop("text", "Paris is the capital of France")
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_model_problems_are_explained(page, bad_models, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -42,15 +34,15 @@ def test_model_problems_are_explained(page, bad_models, monkeypatch):
         bad_models["bin-only"]: "only safetensors",
     }
     for name, expected in cases.items():
-        at = run_page(page, model_choice=OTHER, model_other=name)
+        at = run_page(page, TEXT, model=name)
         assert not at.exception, (page, name)
         assert expected in at.error[0].value, (page, name)
-        assert at.session_state["text"] == "Paris is the capital of France"
+        assert at.session_state["text"] == TEXT
 
 
 @pytest.mark.parametrize("page", ["lens", "sampling", "beam", "loss"])
 def test_masked_model_on_a_causal_page(page, tiny_dirs):
-    at = run_page(page, model_choice=OTHER, model_other=tiny_dirs["bert"])
+    at = run_page(page, TEXT, model=tiny_dirs["bert"])
     assert not at.exception
     assert "needs a causal model" in at.warning[0].value
 

@@ -5,33 +5,19 @@ import json
 import pytest
 import torch
 
-import ui
-from tests.views import app
+from tests.views import frame_with, run_page
 
 PROMPT = "This weekend I plan to"
 
 
 def run(text: str = PROMPT, model: str | None = None, query: dict | None = None, **state):
-    at = app("beam")
-    at.session_state["text"] = text
-    if model:
-        at.session_state["model_choice"] = ui.OTHER_MODEL
-        at.session_state["model_other"] = model
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
+    return run_page("beam", text, model, query, **state)
 
 
 def figure(at) -> dict:
     charts = at.get("plotly_chart")
     assert len(charts) == 1
     return json.loads(charts[0].proto.spec)
-
-
-def frame_with(at, column):
-    return next(d.value for d in at.dataframe if column in d.value.columns)
 
 
 def test_page_matches_generate_on_embedded_model(smollm):

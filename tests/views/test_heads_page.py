@@ -9,23 +9,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BertForMaskedLM, B
 
 import ui
 from lmviz.tokens import display_token
-from tests.views import app
+from tests.views import frame_with, run_page
 
 
 def run(text: str, model: str | None = None, **state):
-    at = app("heads")
-    at.session_state["text"] = text
-    if model:
-        at.session_state["model_choice"] = ui.OTHER_MODEL
-        at.session_state["model_other"] = model
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
-
-
-def frame_with(at, column):
-    """The first dataframe on the page that has `column`."""
-    return next(d.value for d in at.dataframe if column in d.value.columns)
+    return run_page("heads", text, model, **state)
 
 
 def test_causal_model_tied_table_and_classification(smollm):

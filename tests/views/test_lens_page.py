@@ -3,19 +3,13 @@
 import torch
 
 from lmviz.tokens import display_token
-from tests.views import app
+from tests.views import run_page
 
 PROMPT = "This weekend I plan to"
 
 
 def page(text=PROMPT, query=None, **state):
-    at = app("lens")
-    at.session_state["text"] = text
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
+    return run_page("lens", text, query=query, **state)
 
 
 def test_default_page_matches_the_model(smollm):

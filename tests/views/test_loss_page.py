@@ -8,21 +8,14 @@ import torch.nn.functional as F
 
 import ui
 from lmviz import loss
-from tests.views import app
+from tests.views import run_page
 
 TEXT = "This weekend I plan to visit"
 LONG_SAMPLE = "Long sample (Pride and Prejudice, ch. 1–3)"
 
 
 def page(text=TEXT, model_dir=None, **state):
-    at = app("loss")
-    at.session_state["text"] = text
-    if model_dir:
-        at.session_state["model_choice"] = ui.OTHER_MODEL
-        at.session_state["model_other"] = model_dir
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
+    return run_page("loss", text, model_dir, **state)
 
 
 def token_nll(model, tokenizer, text):

@@ -3,7 +3,7 @@
 import torch
 
 from lmviz.sampling import lecture_number
-from tests.views import app
+from tests.views import app, frame_with, run_page
 
 PROMPT = "This weekend I plan to"
 LECTURE_ROWS = {
@@ -15,16 +15,7 @@ LECTURE_ROWS = {
 
 
 def page(**state):
-    at = app("sampling")
-    at.session_state["text"] = PROMPT
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
-
-
-def frame_with(at, column):
-    """The first dataframe on the page that has this column."""
-    return next(df.value for df in at.dataframe if column in df.value.columns)
+    return run_page("sampling", PROMPT, **state)
 
 
 def test_default_page_distribution_table_and_lecture_table(smollm):

@@ -63,13 +63,13 @@ torch.manual_seed(seed).
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from lmviz import architectures
+from lmviz.cache import CACHE, cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import token_text
@@ -220,11 +220,7 @@ def parse_early_stopping(value) -> bool | str:
 
 def eos_token_ids(lm: LoadedModel) -> tuple[int, ...]:
     """The EOS ids generate() stops at: the model's generation config (an id, a list, or none)."""
-    config = getattr(lm.model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        return ()
-    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return architectures.eos_ids(lm.model)
 
 
 # generation-config settings that change the scores inside generate(): (name, neutral value)
@@ -277,35 +273,9 @@ def check_beams(lm: LoadedModel, num_beams) -> int:
     return num_beams
 
 
-# ------------------------------------------------------------------ a small result cache
-
-_CACHE: OrderedDict[tuple, object] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 32  # results are small (a few thousand nodes at most)
-
-
-def _cached(key: tuple, lm: LoadedModel, compute):
-    """Memoize per (model, arguments): the page reruns on every slider move."""
-    key = (lm.name, id(lm.model)) + key
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    with lm.lock:  # one computation at a time per model; a second caller finds the result below
-        with _CACHE_LOCK:
-            if key in _CACHE:
-                return _CACHE[key]
-        result = compute()
-    with _CACHE_LOCK:
-        _CACHE[key] = result
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return result
-
-
 def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    """Forget cached results (benchmarks use it to time the search itself)."""
+    CACHE.clear()
 
 
 # ------------------------------------------------------------------ beam search
@@ -337,22 +307,17 @@ def beam_search(
     if isinstance(alternatives, bool) or not isinstance(alternatives, int) or not 0 <= alternatives <= MAX_ALTERNATIVES:
         raise LmvizError(f"Alternatives per beam must be a whole number from 0 to {MAX_ALTERNATIVES}.")
     prompt_ids = _prompt_ids(lm, text, max_new_tokens)
-    key = ("beam", text, eos_token_ids(lm), num_beams, max_new_tokens, length_penalty, early_stopping, alternatives)
-    return _cached(key, lm, lambda: _search(
+    key = (text, eos_token_ids(lm), num_beams, max_new_tokens, length_penalty, early_stopping, alternatives)
+    # no model lock: forward passes run concurrently, and tokenizing elsewhere never waits for a search
+    return cached("beam", lm, key, lambda: _search(
         lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, early_stopping, alternatives,
     ))
 
 
-def _new_cache(model: nn.Module):
-    from transformers import DynamicCache
-
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    return DynamicCache(config=config)
-
-
 @torch.inference_mode()
 def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, early_stopping, alternatives) -> BeamTree:
-    model, tokenizer = lm.model, lm.tokenizer
+    model = lm.model
+    piece, decode = _tokenizer_calls(lm)
     K, M, LP, ES = num_beams, max_new_tokens, length_penalty, early_stopping
     eos = eos_token_ids(lm)
     eos_tensor = torch.tensor(eos, dtype=torch.long)
@@ -375,7 +340,7 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
     finished_nodes: list[int | None] = [None] * K
     can_improve = torch.ones((1, 1), dtype=torch.bool)
 
-    cache = _new_cache(model)
+    cache = architectures.new_kv_cache(model)
     step_input = torch.tensor([prompt_ids], dtype=torch.long).repeat_interleave(K, dim=0)  # (K, prompt_len)
     steps, stop_reason = 0, f"reached max_new_tokens={M}"
     for step in range(1, M + 1):
@@ -443,7 +408,7 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
             else:
                 status, reason = PRUNED, f"ranked {position + 1} of {keep}; {K} better candidates continue"
             rows.append(dict(
-                id=node_id, parent=parents[beam], step=step, token_id=token, token=token_text(tokenizer, token),
+                id=node_id, parent=parents[beam], step=step, token_id=token, token=piece(token),
                 logprob=float(log_probs[beam, token]), cumulative=float(top_scores[0, position]),
                 score=float(penalised[0, position]), status=status, rank=position, reason=reason,
             ))
@@ -459,7 +424,7 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
                     candidate_node[(beam, token)] = node_id
                     rows.append(dict(
                         id=node_id, parent=parents[beam], step=step, token_id=token,
-                        token=token_text(tokenizer, token), logprob=float(best_logprobs[i, j]),
+                        token=piece(token), logprob=float(best_logprobs[i, j]),
                         cumulative=float(best_cumulative[i, j]), score=float(best_penalised[i, j]),
                         status=PRUNED, rank=None, reason=f"not among the {keep} best candidates of this step",
                     ))
@@ -510,8 +475,8 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
         final.append(Hypothesis(
             node_id=node_id,
             token_ids=tuple(ids),
-            tokens=tuple(token_text(tokenizer, i) for i in ids),
-            text=tokenizer.decode(ids, skip_special_tokens=False),
+            tokens=tuple(piece(i) for i in ids),
+            text=decode(ids),
             logprob=rows[node_id]["cumulative"],
             length=len(ids),
             score=score,
@@ -526,6 +491,19 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
         nodes=tuple(BeamNode(**row) for row in rows), final=tuple(final), steps=steps, stop_reason=stop_reason,
         ignored_settings=ignored_settings(lm),
     )
+
+
+def _tokenizer_calls(lm: LoadedModel):
+    """Token text and decoding, each holding the tokenizer's lock only for its own call."""
+    def piece(token_id: int) -> str:
+        with lm.lock:
+            return token_text(lm.tokenizer, token_id)
+
+    def decode(ids: list[int]) -> str:
+        with lm.lock:
+            return lm.tokenizer.decode(ids, skip_special_tokens=False)
+
+    return piece, decode
 
 
 def _path(rows: list[dict], node_id: int) -> list[int]:
@@ -543,8 +521,8 @@ def _path(rows: list[dict], node_id: int) -> list[int]:
 def greedy(lm: LoadedModel, text: str, max_new_tokens: int = 6) -> Continuation:
     """The most likely token at every step, until EOS or max_new_tokens (cached)."""
     prompt_ids = _prompt_ids(lm, text, max_new_tokens)
-    key = ("greedy", text, eos_token_ids(lm), max_new_tokens)
-    return _cached(key, lm, lambda: _decode(lm, prompt_ids, max_new_tokens, None))
+    key = (text, eos_token_ids(lm), max_new_tokens)
+    return cached("greedy", lm, key, lambda: _decode(lm, prompt_ids, max_new_tokens, None))
 
 
 def sample(lm: LoadedModel, text: str, max_new_tokens: int = 6, seed: int = 0) -> Continuation:
@@ -552,15 +530,16 @@ def sample(lm: LoadedModel, text: str, max_new_tokens: int = 6, seed: int = 0) -
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise LmvizError(f"The seed must be a whole number from 0 up, not {seed!r}.")
     prompt_ids = _prompt_ids(lm, text, max_new_tokens)
-    key = ("sample", text, eos_token_ids(lm), max_new_tokens, seed)
-    return _cached(key, lm, lambda: _decode(lm, prompt_ids, max_new_tokens, seed))
+    key = (text, eos_token_ids(lm), max_new_tokens, seed)
+    return cached("sample", lm, key, lambda: _decode(lm, prompt_ids, max_new_tokens, seed))
 
 
 @torch.inference_mode()
 def _decode(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int, seed: int | None) -> Continuation:
     eos = set(eos_token_ids(lm))
+    piece, decode = _tokenizer_calls(lm)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    cache = _new_cache(lm.model)
+    cache = architectures.new_kv_cache(lm.model)
     step_input = torch.tensor([prompt_ids], dtype=torch.long)  # (1, pos)
     ids: list[int] = []
     logprobs: list[float] = []
@@ -582,8 +561,8 @@ def _decode(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int, seed: i
         method="greedy" if seed is None else "sample",
         seed=seed,
         token_ids=tuple(ids),
-        tokens=tuple(token_text(lm.tokenizer, i) for i in ids),
-        text=lm.tokenizer.decode(ids, skip_special_tokens=False),
+        tokens=tuple(piece(i) for i in ids),
+        text=decode(ids),
         logprobs=tuple(logprobs),
         ended="eos" if ids and ids[-1] in eos else "max_new_tokens",
     )

@@ -24,8 +24,6 @@ Shapes use the names pos (token position), vocab, d_model, label, k.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmviz import trace as tracing
+from lmviz.cache import cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import display_token, display_tokens
@@ -294,7 +293,7 @@ def mlm_head_anatomy(lm: LoadedModel, text: str | None = None) -> MlmHeadAnatomy
     require_masked(lm)
     model_type = lm.model.config.model_type
     parts, prefix = _MLM_PARTS[model_type], _HEAD_PREFIX[model_type]
-    head = lm.unembed
+    head = _get(lm.model, prefix)  # the whole masked-LM head: transform + decoder
     with lm.lock:
         dense, norm, decoder = _get(head, parts["dense"]), _get(head, parts["norm"]), _get(head, parts["decoder"])
         activation = _get(head, parts["activation"]) if parts["activation"] else F.gelu
@@ -320,7 +319,7 @@ def mlm_head_anatomy(lm: LoadedModel, text: str | None = None) -> MlmHeadAnatomy
             h = activation(h)
             h = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
             by_hand = h @ embedding.weight.T + bias  # (pos, vocab): E from the INPUT side
-        diff = float((by_hand - t.logits).abs().max())
+        diff = float((by_hand - tracing.logits(lm, t)).abs().max())
     return MlmHeadAnatomy(
         model_name=lm.name,
         steps=steps,
@@ -389,8 +388,8 @@ def fill_mask(lm: LoadedModel, text: str, k: int = 5) -> MaskPredictions:
             f"The text has no {mask} token. Write {mask} where the model should fill in a token, "
             f"e.g. \"Paris is the {mask} of France.\""
         )
-    k = _check_k(k, t.logits.shape[-1])
-    logits = t.logits[positions]  # (mask, vocab)
+    k = _check_k(k, lm.vocab_size)
+    logits = tracing.logits(lm, t, positions)  # (mask, vocab)
     normaliser = torch.logsumexp(logits, dim=-1)  # (mask,)
     top = logits.topk(k, dim=-1)
     logprobs = top.values - normaliser[:, None]
@@ -519,7 +518,7 @@ def mlm_loss(lm: LoadedModel, text: str, positions: Sequence[int], max_predictio
         output = lm.model(input_ids=input_ids[None], labels=labels[None], output_hidden_states=True)
         sequence_output = output.hidden_states[-1][0]  # (pos, d_model)
         gathered = sequence_output[masked_positions]  # (pred, d_model)  gather_indexes
-        head_logits = lm.unembed(gathered).float()  # (pred, vocab)  the head on the gathered rows only
+        head_logits = lm.logits_from_hidden(gathered)  # (pred, vocab)  the head on the gathered rows only
         tokens = tuple(display_tokens(lm.tokenizer, ids))
         top1 = head_logits.argmax(dim=-1)  # (pred,)
         top1_tokens = tuple(_names(lm.tokenizer, top1.tolist()))
@@ -616,8 +615,6 @@ def parse_examples(text: str) -> list[tuple[str, str]]:
 
 
 MAX_EXAMPLES = 64
-_fitted: OrderedDict[tuple, LinearHead] = OrderedDict()
-_fitted_lock = threading.Lock()
 
 
 def fit_head(lm: LoadedModel, examples: Sequence[tuple[str, str]], pooling: str = "last",
@@ -630,11 +627,12 @@ def fit_head(lm: LoadedModel, examples: Sequence[tuple[str, str]], pooling: str 
     if len(examples) > MAX_EXAMPLES:
         raise LmvizError(f"{len(examples)} examples; at most {MAX_EXAMPLES} here.")
     labels = _check_labels(list(dict.fromkeys(label for label, _ in examples)) if examples else [])
-    key = (lm.name, id(lm.model), tuple(examples), pooling, l2, max_iter)
-    with _fitted_lock:
-        if key in _fitted:
-            _fitted.move_to_end(key)
-            return _fitted[key]
+    return cached("fitted head", lm, (tuple(examples), pooling, l2, max_iter),
+                  lambda: _fit(lm, examples, labels, pooling, l2, max_iter))
+
+
+def _fit(lm: LoadedModel, examples: list[tuple[str, str]], labels: tuple[str, ...], pooling: str,
+         l2: float, max_iter: int) -> LinearHead:
     features = torch.stack([pooled_hidden(lm, sentence, pooling) for _, sentence in examples])  # (n, d_model)
     targets = torch.tensor([labels.index(label) for label, _ in examples])  # (n,)
     # Standardize so one step size suits every model; fold the scaling back into the weights after.
@@ -658,13 +656,8 @@ def fit_head(lm: LoadedModel, examples: Sequence[tuple[str, str]], pooling: str 
         logits = features @ w.T + b
         accuracy = float((logits.argmax(dim=-1) == targets).float().mean())
         loss = float(F.cross_entropy(logits, targets))
-    head = LinearHead(lm.name, labels, w.detach(), b.detach(), pooling,
+    return LinearHead(lm.name, labels, w.detach(), b.detach(), pooling,
                       f"fitted on {len(examples)} sentences (logistic regression)", accuracy, loss)
-    with _fitted_lock:
-        _fitted[key] = head
-        while len(_fitted) > 32:
-            _fitted.popitem(last=False)
-    return head
 
 
 @dataclass(frozen=True)

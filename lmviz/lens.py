@@ -29,13 +29,15 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from lmviz import trace as tracing
+from lmviz.architectures import LogitTransform
+from lmviz.cache import cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import token_text, visible
@@ -302,38 +304,36 @@ class _Head:
 
     def __init__(self, lm: LoadedModel):
         self.lm = lm
-        self.softcap = lm.logit_softcap
+        self.transform = lm.arch.logit_transform  # scale, divisor, soft-cap
+        self.plain = self.transform == LogitTransform()  # no transform at all
         unembed = lm.unembed
         self.linear = isinstance(unembed, nn.Linear)
         self.weight = unembed.weight.detach() if self.linear else None  # (vocab, d_head)
         self.bias = unembed.bias.detach() if self.linear and unembed.bias is not None else None
 
-    def _cap(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.softcap:  # the same operations, in the same order, as logits_from_hidden
-            return torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
     def full(self, rows: torch.Tensor) -> torch.Tensor:
         """(rows, vocab) logits of rows (rows, d_head), as LoadedModel.logits_from_hidden(normalize=False)."""
         if not self.linear:
-            with self.lm.lock:
-                return self._cap(self.lm.unembed(rows).float())
-        return self._cap(torch.nn.functional.linear(rows, self.weight, self.bias))
+            return self.transform(self.lm.unembed(rows)).float()
+        return self.transform(torch.nn.functional.linear(rows, self.weight, self.bias))
 
     def tile(self, rows: torch.Tensor, v0: int, v1: int, out: torch.Tensor) -> torch.Tensor:
         """(rows, v1-v0) logits of rows (rows, d_head) for the vocabulary slice v0:v1."""
         if not self.linear:
-            with self.lm.lock:
-                logits = self.lm.unembed(rows).float()
-            out.copy_(self._cap(logits)[:, v0:v1])
+            out.copy_(self.transform(self.lm.unembed(rows)).float()[:, v0:v1])
             return out
         weight = self.weight[v0:v1]
         if self.bias is None:
             torch.matmul(rows, weight.T, out=out)
         else:
             torch.addmm(self.bias[v0:v1], rows, weight.T, out=out)
-        if self.softcap:
-            out.div_(self.softcap).tanh_().mul_(self.softcap)
+        transform = self.transform  # in place, the same operations in the same order as LogitTransform
+        if transform.scale != 1.0:
+            out.mul_(transform.scale)
+        if transform.divisor != 1.0:
+            out.div_(transform.divisor)
+        if transform.softcap:
+            out.div_(transform.softcap).tanh_().mul_(transform.softcap)
         return out
 
     def at(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor | None:
@@ -343,7 +343,7 @@ class _Head:
         logits = torch.einsum("rd,rnd->rn", rows, self.weight[ids])
         if self.bias is not None:
             logits = logits + self.bias[ids]
-        return self._cap(logits)
+        return self.transform(logits)
 
 
 class _Running:
@@ -433,7 +433,8 @@ def _check_inputs(lm: LoadedModel, trace: Trace, k: int, watched_ids: Sequence[i
             f"{lm.name} is a {lm.kind} model; the logit lens reads next-token predictions, "
             "so it needs a causal language model."
         )
-    if trace.model_name != lm.name or trace.logits.shape[-1] != lm.vocab_size or trace.n_layers != lm.n_layers:
+    lm.require_vocabulary_head()
+    if trace.model_name != lm.name or trace.n_layers != lm.n_layers:
         raise LmvizError("This trace was made with another model: trace the text with this one first.")
     if not 1 <= k <= min(MAX_K, lm.vocab_size):
         raise LmvizError(f"k must be between 1 and {min(MAX_K, lm.vocab_size)}.")
@@ -450,13 +451,7 @@ def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torc
     """(layer*pos, d): hidden states (layer, pos, d) of layers 0..L-1, through the final norm when
     normalizing (recomputed for every vector), flattened layer-major."""
     if normalize:
-        if lm.final_norm is None:
-            raise LmvizError(f"lmviz found no final norm for {lm.name}, so it can't run a normalized lens.")
-        with lm.lock:
-            normed = lm.final_norm(hidden)
-        if normed.shape[-1] != hidden.shape[-1]:
-            raise LmvizError(f"{lm.name}'s final norm changes the width; the lens does not support this head.")
-        hidden = normed
+        hidden = lm.final_norm(hidden)  # may change the width (OPT-350m projects 1024 -> 512)
     return hidden.reshape(-1, hidden.shape[-1]).contiguous()
 
 
@@ -479,18 +474,19 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     """
     watched = _check_inputs(lm, trace, k, watched_ids)
     head = _Head(lm)
-    if head.linear and head.weight.shape[1] != trace.hidden.shape[-1]:
+    if not normalize and head.linear and head.weight.shape[1] != trace.hidden.shape[-1]:
         raise LmvizError(f"{lm.name}'s unembedding expects {head.weight.shape[1]}-wide vectors but its hidden "
-                         f"states are {trace.hidden.shape[-1]} wide; the lens does not support this head.")
+                         f"states are {trace.hidden.shape[-1]} wide, so a raw lens (without the final "
+                         "norm and projection) is not defined for it.")
     n_layers = trace.n_layers  # L: rows 0..L
-    n_pos, vocab = trace.n_tokens, trace.logits.shape[-1]
+    n_pos, vocab = trace.n_tokens, lm.vocab_size
     # the actual next token at every position (a placeholder at the last one, masked at the end)
     next_ids = torch.zeros(n_pos, dtype=torch.long)
     next_ids[:-1] = trace.input_ids[1:]
     watched_t = torch.tensor(watched, dtype=torch.long)
     targets_per_pos = torch.cat([next_ids.unsqueeze(1), watched_t.expand(n_pos, len(watched))], dim=1)  # (pos, 1+w)
     # sum_v p_final z_v is linear in the hidden state when the head is: h . (W^T p_final) + b . p_final
-    linear_u = head.linear and not head.softcap
+    linear_u = head.linear and head.plain
 
     out_values = torch.empty(n_layers + 1, n_pos, k)
     out_ids = torch.empty(n_layers + 1, n_pos, k, dtype=torch.long)
@@ -513,7 +509,7 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
         n_lens = n_layers * n_block  # rows from the matrix product
         n_rows = n_lens + n_block
         rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize)  # (layer*pos, d)
-        final = trace.logits[p0:p1]  # (pos, vocab) the model's own logits
+        final = tracing.logits(lm, trace, slice(p0, p1))  # (pos, vocab) the model's output logits
         # the sanity figure: the head applied to hidden[L] (already normed) against the model's logits
         head_last = head.full(trace.hidden[n_layers, p0:p1])  # (pos, vocab)
         max_error = max(max_error, float((head_last - final).abs().max()))
@@ -611,53 +607,9 @@ def token_pieces(lm: LoadedModel, ids: Sequence[int]) -> dict[int, str]:
     return {int(i): memo[int(i)] for i in ids}
 
 
-# ---------------------------------------------------------------- the cache
-
-
-class LensCache:
-    """Recent lens results (small: statistics only), one computation per key even under threads."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, tuple[Trace, LensResult]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._key_locks: dict[tuple, threading.Lock] = {}
-
-    def get(self, lm: LoadedModel, trace: Trace, k: int, normalize: bool, watched: tuple[int, ...]) -> LensResult:
-        key = (id(lm.model), id(trace), k, bool(normalize), watched)  # the entry keeps the trace alive
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key][1]
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in self._entries:
-                    return self._entries[key][1]
-            try:
-                result = run_logit_lens(lm, trace, k, normalize, watched)
-            finally:
-                with self._lock:
-                    self._key_locks.pop(key, None)
-            with self._lock:
-                self._entries[key] = (trace, result)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
-            return result
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-LENSES = LensCache(max_entries=16)
-
-
 def logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
                watched_ids: Sequence[int] = ()) -> LensResult:
-    """The logit lens of `trace` under `lm` (see run_logit_lens), cached per (trace, k, mode, watched)."""
+    """The logit lens of `trace` under `lm` (see run_logit_lens), cached per (text, k, mode, watched)."""
     watched = _check_inputs(lm, trace, k, watched_ids)
-    return LENSES.get(lm, trace, int(k), bool(normalize), watched)
+    key = (trace.text, trace.n_tokens, int(k), bool(normalize), watched)
+    return cached("lens", lm, key, lambda: run_logit_lens(lm, trace, k, normalize, watched))

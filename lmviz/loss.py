@@ -32,12 +32,9 @@ Results are frozen dataclasses with shape comments:
 from __future__ import annotations
 
 import bisect
-import inspect
 import json
 import math
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -45,10 +42,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from lmviz import trace as tracing
+from lmviz.architectures import head_error_bound
+from lmviz.cache import cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import token_text, visible
-from lmviz.trace import encode, max_tokens, trace
+from lmviz.trace import accepts_logits_to_keep, encode, max_tokens, trace
 
 LN2 = math.log(2.0)
 RANK_BUCKETS = ((1, "top-1"), (10, "top-10"), (100, "top-100"), (None, "rest"))  # (upper rank, label)
@@ -405,13 +405,6 @@ def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
     return nll.double(), rank.long(), top_id.long(), top_log_prob.double().exp()
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _windowed(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
               progress: Progress | None) -> tuple[torch.Tensor, ...]:
     """Score every window's new tokens, (scored,) NLL, rank, top id, top probability in text order.
@@ -424,7 +417,7 @@ def _windowed(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
     head in chunks, after checking that head against the model's own output.
     """
     vocab = lm.vocab_size
-    keep_ok = _accepts_logits_to_keep(lm.model)
+    keep_ok = accepts_logits_to_keep(lm.model)
     groups: list[list[tuple[int, Window]]] = []  # consecutive windows of one shape, with where their rows go
     cursor = 0
     for window in windows:
@@ -441,7 +434,7 @@ def _windowed(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
         shape = group[0][1]
         batch = torch.stack([ids[w.begin:w.end] for _, w in group])  # (batch, length)
         targets = torch.stack([ids[w.first:w.end] for _, w in group]).reshape(-1)  # (batch * n_scored,)
-        with lm.lock, torch.inference_mode():
+        with torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
             if keep_ok and shape.n_scored * vocab * 4 <= LOGITS_BUDGET:
                 # the last n_scored + 1 positions; all but the very last predict a scored token
                 logits = lm.model(input_ids=batch, use_cache=False, logits_to_keep=shape.n_scored + 1).logits
@@ -471,9 +464,9 @@ def _reduce_from_hidden(lm: LoadedModel, batch: torch.Tensor, shape: Window, tar
     final = output.hidden_states[-1]  # (batch, length, d_model), final norm already applied
     own = output.logits[:, -1]  # (batch, vocab), the model's own head at the last position
     mine = lm.logits_from_hidden(final[:, -1], normalize=False)
-    if not torch.allclose(own.float(), mine, atol=1e-3, rtol=1e-4):
-        raise RuntimeError(f"lmviz's head for {lm.name} does not reproduce the model's logits "
-                           f"(max difference {float((own.float() - mine).abs().max()):.2e}).")
+    if not bool(((own.float() - mine).abs() <= head_error_bound(final[:, -1], lm.unembed, lm.arch.logit_transform)).all()):
+        raise LmvizError(f"lmviz's head for {lm.name} does not reproduce the model's logits "
+                         f"(max difference {float((own.float() - mine).abs().max()):.2e}).")
     start = shape.first - shape.begin - 1  # the position predicting the first scored token
     hidden = final[:, start:start + shape.n_scored].reshape(-1, final.shape[-1])  # (batch * n_scored, d_model)
     return [_reduce(lm.logits_from_hidden(hidden[i:i + TARGETS_PER_CHUNK], normalize=False),
@@ -484,7 +477,7 @@ def _model_loss(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window]) -
     """The model's own labels= loss, window by window (context labels set to -100), weighted by the tokens
     each window scores: an independent path through transformers' loss function."""
     total = 0.0
-    with lm.lock, torch.inference_mode():
+    with torch.inference_mode():
         for window in windows:
             inputs = ids[window.begin:window.end][None]
             labels = inputs.clone()
@@ -502,10 +495,11 @@ def _compute_report(lm: LoadedModel, text: str, max_length: int, stride: int, cr
     offsets = _offsets(lm, text, ids_list)
     if len(windows) == 1 and len(ids_list) <= max_tokens(lm):
         # One window holds the whole text: reuse the cached forward pass the other pages share.
-        logits = trace(lm, text).logits[:-1]  # (pos - 1, vocab); row i predicts token i + 1
+        traced, last = trace(lm, text), len(ids_list) - 1  # row i of the logits predicts token i + 1
         nll, rank, top_id, top_p = (torch.cat(c) for c in zip(*[
-            _reduce(logits[i:i + TARGETS_PER_CHUNK], ids[i + 1:i + 1 + TARGETS_PER_CHUNK])
-            for i in range(0, len(ids_list) - 1, TARGETS_PER_CHUNK)]))
+            _reduce(tracing.logits(lm, traced, slice(i, min(last, i + TARGETS_PER_CHUNK))),
+                    ids[i + 1:i + 1 + TARGETS_PER_CHUNK])
+            for i in range(0, last, TARGETS_PER_CHUNK)]))
         if progress:
             progress(1, 1)
     else:
@@ -531,44 +525,6 @@ def _pieces(lm: LoadedModel, ids: Sequence[int]) -> dict[int, str]:
     return {i: token_text(lm.tokenizer, i) for i in set(ids)}
 
 
-class _Memo:
-    """A small thread-safe LRU of finished results; one computation per key at a time."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self._key_locks: dict = {}
-
-    def get(self, key, compute):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in self._items:
-                    return self._items[key]
-            try:
-                value = compute()
-            finally:
-                with self._lock:
-                    self._key_locks.pop(key, None)
-            with self._lock:
-                self._items[key] = value
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-            return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-REPORTS = _Memo(32)
-
-
 def loss_report(lm: LoadedModel, text: str, max_length: int | None = None, stride: int | None = None,
                 cross_check: bool = True, progress: Progress | None = None) -> LossReport:
     """Score every token of `text` after the first under the causal LM `lm` (cached per settings).
@@ -583,8 +539,8 @@ def loss_report(lm: LoadedModel, text: str, max_length: int | None = None, strid
     max_length = int(max_length) if max_length is not None else default_max_length(lm)
     stride = int(stride) if stride is not None else max(1, max_length // 2)
     check_window(max_length, stride, lm.context_length)
-    key = (lm.name, id(lm.model), text, max_length, stride, bool(cross_check))
-    return REPORTS.get(key, lambda: _compute_report(lm, text, max_length, stride, cross_check, progress))
+    key = (text, max_length, stride, bool(cross_check))
+    return cached("loss", lm, key, lambda: _compute_report(lm, text, max_length, stride, cross_check, progress))
 
 
 # ---------------------------------------------------------------- (b) one text, two models
@@ -821,9 +777,6 @@ def default_lengths(n_tokens: int, limit: int) -> list[int]:
     return lengths + [top]
 
 
-CURVES = _Memo(16)
-
-
 def context_curve(lm: LoadedModel, text: str, lengths: Sequence[int] | None = None, stride_fraction: float = 0.5,
                   limit: int | None = None, progress: Progress | None = None) -> ContextCurve:
     """Mean NLL of `text` (its first `limit` tokens, if given) for each window length (cached).
@@ -844,7 +797,7 @@ def context_curve(lm: LoadedModel, text: str, lengths: Sequence[int] | None = No
     lengths = sorted(set(int(w) for w in (lengths or default_lengths(n, lm.context_length))))
     for w in lengths:
         check_window(w, 1, lm.context_length)
-    key = (lm.name, id(lm.model), text, n, tuple(lengths), float(stride_fraction))
+    key = (text, n, tuple(lengths), float(stride_fraction))
 
     def compute() -> ContextCurve:
         tensor = torch.tensor(ids)
@@ -862,7 +815,7 @@ def context_curve(lm: LoadedModel, text: str, lengths: Sequence[int] | None = No
         return ContextCurve(model_name=lm.name, n_tokens=n, lengths=tuple(lengths), strides=tuple(strides),
                             mean_nll=tuple(nlls), mean_context=tuple(contexts), scored=n - 1)
 
-    return CURVES.get(key, compute)
+    return cached("context curve", lm, key, compute)
 
 
 # ---------------------------------------------------------------- sample texts

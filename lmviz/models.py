@@ -1,11 +1,10 @@
 """Load a language model and find the parts the analyses need.
 
 `load(name)` returns a `LoadedModel`: the model in eval mode, its tokenizer,
-its kind (causal / masked / classifier), and the two modules that turn a
-hidden state into scores over the vocabulary, the final norm and the
-unembedding. Where those live differs per architecture; `FINAL_NORM_PATHS`
-gathers them in one table and an architecture missing from it raises instead
-of silently skipping the norm.
+its kind (causal / masked / classifier), and its `Architecture`: the blocks,
+the final norm and the head that turn a hidden state into scores over the
+vocabulary, found on the model and verified against its own logits on load
+(see `lmviz.architectures`).
 
 Names that `load` understands:
 - an embedded model (`EMBEDDED`, default `smollm2-135m`), shipped inside a
@@ -19,6 +18,7 @@ Remote code is never trusted.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from lmviz.architectures import Architecture, discover
 from lmviz.errors import LmvizError
 
 Progress = Callable[[str], None]
@@ -62,31 +63,6 @@ EMBEDDED = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 
-# model_type -> dotted attribute path of the norm applied to the last hidden
-# state before the unembedding. None: a post-LN encoder (BERT family) whose
-# every layer output is already normalized, so the lens adds no norm.
-FINAL_NORM_PATHS: dict[str, str | None] = {
-    **dict.fromkeys(
-        ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2",
-         "gemma3_text", "olmo", "olmo2", "phi3", "smollm3", "granite", "starcoder2", "cohere"],
-        "model.norm",
-    ),
-    **dict.fromkeys(["gpt2", "gptj", "bloom", "falcon", "gpt_bigcode", "codegen"], "transformer.ln_f"),
-    "gpt_neox": "gpt_neox.final_layer_norm",
-    "opt": "model.decoder.final_layer_norm",
-    "phi": "model.final_layernorm",
-    **dict.fromkeys(["bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert"], None),
-}
-
-# Masked-LM heads: model_type -> attribute holding the whole head
-# (transform dense -> activation -> LayerNorm -> decoder tied to the input embeddings).
-MASKED_HEAD_PATHS = {
-    "bert": "cls",
-    "roberta": "lm_head",
-    "xlm-roberta": "lm_head",
-    "camembert": "lm_head",
-}
-
 KINDS = ("causal", "masked", "classifier")
 
 
@@ -98,28 +74,51 @@ class LoadedModel:
     model: nn.Module  # in eval mode, float32, on the CPU
     tokenizer: object  # a transformers tokenizer
     kind: str  # "causal" | "masked" | "classifier"
-    final_norm: nn.Module | None  # (…, d_model) -> (…, d_model); Identity for post-LN encoders
-    unembed: nn.Module | None  # (…, d_model) -> (…, vocab); None for classifiers
+    arch: Architecture  # blocks, final norm, head: where they are, verified on load
     n_layers: int
     d_model: int
     vocab_size: int  # rows of the unembedding (may exceed len(tokenizer))
     n_params: int  # unique parameters (tied weights counted once)
     tied: bool  # input embedding and unembedding share their weights
     context_length: int  # most tokens the model takes in one pass
-    logit_softcap: float | None = None  # Gemma-2/3: logits = cap * tanh(logits / cap)
+    serial: int = 0  # which load of `name` this is: part of every cache key, so a reload never meets old results
+    # held only while the (fast, Rust) tokenizer runs, which two threads must not use at once;
+    # forward passes need no lock, so a long computation never blocks other sessions' tokenizing
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """(…, d_model) -> (…, d_head): what the model applies between its last block and the unembedding."""
+        return self.arch.final_norm
+
+    @property
+    def unembed(self) -> nn.Module | None:
+        """(…, d_head) -> (…, vocab) before the logit transform; None for classifiers."""
+        return self.arch.unembed
+
+    @property
+    def logit_softcap(self) -> float | None:
+        return self.arch.logit_transform.softcap
+
+    @property
+    def cache_key(self) -> tuple[str, int]:
+        return (self.name, self.serial)
+
+    def require_vocabulary_head(self) -> None:
+        """Raise the one-line refusal when hidden states can't be projected to the vocabulary exactly."""
+        if self.unembed is None:
+            raise LmvizError(f"{self.name} is a {self.kind} model: it has no vocabulary head.")
+        if self.arch.refusal:
+            raise LmvizError(self.arch.refusal)
 
     @torch.inference_mode()
     def logits_from_hidden(self, hidden: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Project hidden states (…, d_model) to vocabulary logits (…, vocab), the way the model's
-        own head does: final norm (skipped when normalize=False), unembedding, soft-capping."""
-        if self.unembed is None:
-            raise LmvizError(f"{self.name} is a {self.kind} model: it has no vocabulary head.")
-        h = self.final_norm(hidden) if normalize and self.final_norm is not None else hidden
-        logits = self.unembed(h)
-        if self.logit_softcap:
-            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
-        return logits.float()
+        own head does: final norm (skipped when normalize=False), unembedding, logit transform
+        (scale, divisor, soft-capping). Refuses a model whose head did not verify on load."""
+        self.require_vocabulary_head()
+        h = self.final_norm(hidden) if normalize else hidden
+        return self.arch.logit_transform(self.unembed(h)).float()
 
     def display_facts(self) -> dict[str, object]:
         """Model facts for a summary table."""
@@ -161,6 +160,7 @@ def configure_torch() -> None:
 _models: OrderedDict[str, LoadedModel] = OrderedDict()
 _models_lock = threading.Lock()
 _loading_locks: dict[str, threading.Lock] = {}
+_serials = itertools.count(1)
 
 
 def max_models() -> int:
@@ -217,6 +217,7 @@ def _load_uncached(name: str, progress: Progress) -> LoadedModel:
         directory = _user_model_location(name)
     progress(f"Loading {name} …")
     model, tokenizer, kind = _from_pretrained(directory, name)
+    progress(f"Checking {name}'s head against its own logits …")
     return describe(name, model, tokenizer, kind)
 
 
@@ -372,12 +373,12 @@ def model_kind(config) -> str:
 
 
 def describe(name: str, model: nn.Module, tokenizer, kind: str) -> LoadedModel:
-    """Wrap an already loaded transformers model (handy in notebooks and tests)."""
+    """Wrap an already loaded transformers model (handy in notebooks and tests); finds and verifies
+    its architecture (`lmviz.architectures.discover`)."""
     model.eval()
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    # A classifier needs no vocabulary projection, so an unknown norm is no obstacle there.
-    final_norm = find_final_norm(model) if kind != "classifier" else _attribute(model, FINAL_NORM_PATHS.get(model.config.model_type) or "")
-    unembed = find_unembed(model, kind)
+    arch = discover(model, kind)
+    unembed = arch.unembed
     vocab_size = unembed.out_features if isinstance(unembed, nn.Linear) else config.vocab_size
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return LoadedModel(
@@ -385,64 +386,15 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         kind=kind,
-        final_norm=final_norm,
-        unembed=unembed,
-        n_layers=config.num_hidden_layers,
+        arch=arch,
+        n_layers=len(arch.blocks) or config.num_hidden_layers,
         d_model=config.hidden_size,
         vocab_size=vocab_size,
         n_params=model.num_parameters(),
         tied=embeddings_tied(model),
         context_length=int(context or getattr(tokenizer, "model_max_length", 512)),
-        logit_softcap=getattr(config, "final_logit_softcapping", None) if kind == "causal" else None,
+        serial=next(_serials),
     )
-
-
-def _attribute(root: nn.Module, dotted: str):
-    value = root
-    for part in dotted.split("."):
-        value = getattr(value, part, None)
-        if value is None:
-            return None
-    return value
-
-
-def find_final_norm(model: nn.Module) -> nn.Module:
-    """The norm the model applies to its last hidden state before the head.
-
-    Identity for post-LN encoders (BERT family). Raises LmvizError for an
-    architecture not in FINAL_NORM_PATHS: a lens without the norm would be wrong.
-    """
-    model_type = model.config.model_type
-    if model_type not in FINAL_NORM_PATHS:
-        raise LmvizError(
-            f"lmviz does not know where '{model_type}' keeps its final norm, so it can't project "
-            "hidden states to the vocabulary correctly. Known: " + ", ".join(sorted(FINAL_NORM_PATHS)) + "."
-        )
-    path = FINAL_NORM_PATHS[model_type]
-    if path is None:
-        return nn.Identity()
-    norm = _attribute(model, path)
-    if model_type == "opt":  # OPT-350m has no final norm but projects 1024 -> 512 instead
-        project_out = _attribute(model, "model.decoder.project_out")
-        parts = [m for m in (norm, project_out) if m is not None]
-        return nn.Sequential(*parts) if parts else nn.Identity()
-    if norm is None:
-        raise LmvizError(f"Expected the final norm of this {model_type} model at `{path}`, found none.")
-    return norm
-
-
-def find_unembed(model: nn.Module, kind: str) -> nn.Module | None:
-    """The head mapping (…, d_model) to (…, vocab): lm_head for causal LMs, the whole MLM head
-    (transform + decoder) for masked LMs, None for classifiers."""
-    if kind == "causal":
-        return model.get_output_embeddings()
-    if kind == "masked":
-        path = MASKED_HEAD_PATHS.get(model.config.model_type)
-        head = _attribute(model, path) if path else None
-        if head is None:
-            raise LmvizError(f"lmviz does not know the masked-LM head of '{model.config.model_type}'.")
-        return head
-    return None
 
 
 def embeddings_tied(model: nn.Module) -> bool:

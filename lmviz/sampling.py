@@ -30,11 +30,9 @@ the numbers `generate` works with. Results:
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -48,8 +46,11 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
+from lmviz import architectures
+from lmviz.cache import CACHE
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
+from lmviz.trace import accepts_logits_to_keep
 from lmviz.tokens import display_token, token_text
 
 # What removed a token, as stored in Distribution.removed_by (0 = still in the running).
@@ -380,7 +381,7 @@ def next_token(lm: LoadedModel, text: str, settings: SamplingSettings = Sampling
 
     _require_causal(lm)
     traced = tracing.trace(lm, text)
-    return distribution(traced.logits[-1], settings, traced.input_ids)
+    return distribution(traced.last_logits, settings, traced.input_ids)
 
 
 def label_tokens(lm: LoadedModel, token_ids) -> list[str]:
@@ -641,19 +642,9 @@ class _Run:
         self.finished = False
 
 
-_runs: OrderedDict[tuple, _Run] = OrderedDict()
-_runs_lock = threading.Lock()
-MAX_RUNS = 8  # generations kept to continue from (each holds a KV cache: ~46 KB per token on SmolLM2)
-
-
 def eos_ids(lm: LoadedModel) -> set[int]:
-    """The tokens that end generation, as generate() reads them (generation config, else tokenizer)."""
-    configured = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
-    if configured is None:
-        configured = lm.tokenizer.eos_token_id
-    if configured is None:
-        return set()
-    return {int(i) for i in (configured if isinstance(configured, (list, tuple)) else [configured])}
+    """The tokens that end generation, as generate() reads them (the generation config)."""
+    return set(architectures.eos_ids(lm.model))
 
 
 def generate(
@@ -687,18 +678,14 @@ def generate(
         raise LmvizError(f"The prompt is {len(prompt_ids)} tokens and {lm.name} takes at most {limit} here: "
                          f"generate at most {max(0, limit - len(prompt_ids))} tokens, or shorten the text.")
     settings, notes = settings.for_vocabulary(lm.vocab_size)
-    key = (lm.name, id(lm.model), tuple(prompt_ids), settings, seed, int(keep))
-    with _runs_lock:
-        run = _runs.get(key)
-        if run is None:
-            run = _runs[key] = _Run(prompt_ids, seed)
-        _runs.move_to_end(key)
-        while len(_runs) > MAX_RUNS:
-            _runs.popitem(last=False)
+    # a run holds its KV cache (~46 KB per token on SmolLM2) and grows: measured again after each call
+    key = ("generation", *lm.cache_key, tuple(prompt_ids), settings, seed, int(keep))
+    run = CACHE.get(key, lambda: _Run(prompt_ids, seed))
     with run.lock:
         while len(run.steps) < steps and not run.finished:
             _advance(lm, run, settings, int(keep), eos_ids(lm))
         chosen = tuple(run.steps[:steps])
+    CACHE.remeasure(key)
     with lm.lock:
         completion = lm.tokenizer.decode([s.token_id for s in chosen], clean_up_tokenization_spaces=False)
     return Generation(
@@ -718,14 +705,12 @@ def _seed(seed) -> int:
 def _advance(lm: LoadedModel, run: _Run, settings: SamplingSettings, keep: int, eos: set[int]) -> None:
     """One decoding step, the way generate()'s loop does it: forward the new tokens through the
     KV cache (only the last position's logits, as generate asks for), process, pick, append."""
-    from transformers import DynamicCache
-
     model = lm.model
-    with lm.lock, torch.inference_mode():
+    with torch.inference_mode():
         if run.cache is None:
-            run.cache = DynamicCache(config=model.config)
+            run.cache = architectures.new_kv_cache(model)
             run.pending = torch.tensor([run.ids])
-        extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+        extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         output = model(input_ids=run.pending, past_key_values=run.cache, use_cache=True, **extra)
         run.cache = output.past_key_values
         logits = output.logits[0, -1].to(copy=True, dtype=torch.float32)  # (vocab,)
@@ -736,6 +721,7 @@ def _advance(lm: LoadedModel, run: _Run, settings: SamplingSettings, keep: int, 
             # generate(): probs = softmax(processed scores); torch.multinomial(probs, num_samples=1)
             probs = _in_vocab_order(dist.probs, dist.token_ids).unsqueeze(0)  # (1, vocab)
             token_id = int(torch.multinomial(probs, num_samples=1, generator=run.rng)[0, 0])
+    with lm.lock:
         piece = token_text(lm.tokenizer, token_id)
         shown = display_token(lm.tokenizer, token_id)
     row = dist.row_of(token_id)
@@ -756,17 +742,6 @@ def _in_vocab_order(values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tens
     return out
 
 
-_logits_to_keep: dict[type, bool] = {}
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    kind = type(model)
-    if kind not in _logits_to_keep:
-        _logits_to_keep[kind] = "logits_to_keep" in inspect.signature(model.forward).parameters
-    return _logits_to_keep[kind]
-
-
 def forget_runs() -> None:
     """Drop every remembered generation (tests use it to force a fresh run)."""
-    with _runs_lock:
-        _runs.clear()
+    CACHE.clear()

@@ -1,20 +1,27 @@
-"""One forward pass, kept: the input tokens, every layer's hidden states, the logits.
+"""One forward pass, kept: the input tokens and every layer's hidden states.
 
 Every analysis starts from a `Trace`. `trace(lm, text)` runs the model once
-with `output_hidden_states=True` and keeps the result in a process-wide,
-thread-safe cache bounded in bytes, so the pages, the CLI and a notebook
-asking about the same (model, text) share one pass.
+with `output_hidden_states=True` and keeps the result in lmviz's one cache
+(`lmviz.cache`), so the pages, the CLI and a notebook asking about the same
+(model, text) share one pass.
+
+A trace holds no (pos, vocab) logits: at 2,048 tokens they would take 400 MB
+for SmolLM2 and 2 GB for a 262k vocabulary. `logits(lm, t, rows)` recomputes
+the rows asked for from the last hidden state with the model's verified head
+(`lmviz.architectures`), the same operations the model runs. Every trace
+checks that on its last position against the model's own logits.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
+from lmviz.architectures import capture_head_input, head_error_bound
+from lmviz.cache import cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import display_tokens
@@ -33,8 +40,12 @@ class Trace:
     input_ids: torch.Tensor  # (pos,) int64
     tokens: tuple[str, ...]  # (pos,) display strings: '·' for spaces, '\n' for newlines
     hidden: torch.Tensor  # (layer+1, pos, d_model) float32
-    logits: torch.Tensor  # (pos, vocab) float32, the model's own output
+    last_logits: torch.Tensor  # (vocab,) float32: the model's own logits at the last position
     truncated_from: int | None = None  # token count before truncation to the context, if any
+    # what the unembedding reads, where that is not hidden[-1] (e.g. BERT's MLM transform output)
+    head_input: torch.Tensor | None = None  # (pos, d_head) float32, or None: hidden[-1]
+    # the model's own logits, kept only for a model whose head lmviz could not verify
+    own_logits: torch.Tensor | None = None  # (pos, vocab) float32, or None
 
     @property
     def n_tokens(self) -> int:
@@ -45,7 +56,17 @@ class Trace:
         return int(self.hidden.shape[0]) - 1
 
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in (self.input_ids, self.hidden, self.logits))
+        tensors = [t for t in (self.input_ids, self.hidden, self.last_logits, self.head_input, self.own_logits)
+                   if t is not None]
+        return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+def logits(lm: LoadedModel, t: Trace, rows=slice(None)) -> torch.Tensor:
+    """(n, vocab) float32: the model's output logits at positions `rows` (an index, slice or list)."""
+    if t.own_logits is not None:
+        return t.own_logits[rows]
+    read = t.head_input if t.head_input is not None else t.hidden[-1]
+    return lm.logits_from_hidden(read[rows], normalize=False)
 
 
 def max_tokens(lm: LoadedModel) -> int:
@@ -94,6 +115,17 @@ def encode_batch(lm: LoadedModel, texts: list[str]) -> Batch:
     return Batch(input_ids, mask, tokens, pad_id, pad_is_eos)
 
 
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """True when the model's forward takes `logits_to_keep` (compute the head on the last rows only)."""
+    kind = type(model)
+    if kind not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _LOGITS_TO_KEEP[kind]
+
+
 def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     """One uncached forward pass with hidden states.
 
@@ -113,73 +145,39 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
             )
         truncated_from, ids = len(ids), ids[:limit]
     input_ids = torch.tensor([ids])
-    with lm.lock, torch.inference_mode():
-        output = lm.model(input_ids=input_ids, output_hidden_states=True)
+    verified = lm.arch.refusal is None
+    # the head reads hidden[-1] itself: the model need only compute its last row of logits (our check)
+    last_only = verified and lm.arch.head_reads_last_hidden and accepts_logits_to_keep(lm.model)
+    extra = {"logits_to_keep": 1} if last_only else {}
+    with capture_head_input(lm.arch) as captured, torch.inference_mode():
+        output = lm.model(input_ids=input_ids, output_hidden_states=True, use_cache=False, **extra)
+    with lm.lock:
         tokens = tuple(display_tokens(lm.tokenizer, ids))
-    return Trace(
-        model_name=lm.name,
-        text=text,
-        input_ids=input_ids[0],
-        tokens=tokens,
-        hidden=torch.stack(output.hidden_states)[:, 0].float(),
-        logits=output.logits[0].float(),
-        truncated_from=truncated_from,
+    hidden = torch.stack(output.hidden_states)[:, 0].float()
+    head_input = None
+    if verified and not lm.arch.head_reads_last_hidden and captured.head_input is not None:
+        head_input = captured.head_input[0].float()
+    result = Trace(
+        model_name=lm.name, text=text, input_ids=input_ids[0], tokens=tokens, hidden=hidden,
+        last_logits=output.logits[0, -1].float(), truncated_from=truncated_from, head_input=head_input,
+        own_logits=None if verified else output.logits[0].float(),
     )
+    if verified:
+        _check_last_position(lm, result, result.last_logits)
+    return result
 
 
-class TraceCache:
-    """Least-recently-used traces, bounded in bytes; one computation per key even under threads."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple, Trace] = OrderedDict()
-        self._lock = threading.Lock()
-        self._key_locks: dict[tuple, threading.Lock] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
-        key = (lm.name, id(lm.model), text, truncate, max_tokens(lm))
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return self._entries[key]
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # a second thread asking for the same key waits for the first
-            with self._lock:
-                if key in self._entries:
-                    self.hits += 1
-                    return self._entries[key]
-            try:
-                result = run_trace(lm, text, truncate)
-            finally:
-                with self._lock:
-                    self._key_locks.pop(key, None)
-            with self._lock:
-                self.misses += 1
-                self._entries[key] = result
-                self._evict()
-            return result
-
-    def _evict(self) -> None:
-        total = sum(entry.nbytes() for entry in self._entries.values())
-        while total > self.max_bytes and len(self._entries) > 1:
-            _, dropped = self._entries.popitem(last=False)
-            total -= dropped.nbytes()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-TRACES = TraceCache(max_bytes=int(os.environ.get("LMVIZ_TRACE_CACHE_MB", "1024")) * 2**20)
+def _check_last_position(lm: LoadedModel, t: Trace, own: torch.Tensor) -> None:
+    """The head lmviz recomputes logits with must give the model's own logits at the last position."""
+    read = (t.head_input if t.head_input is not None else t.hidden[-1])[-1:]
+    ours = logits(lm, t, slice(-1, None))[0]
+    with torch.inference_mode():
+        bound = head_error_bound(read, lm.unembed, lm.arch.logit_transform)[0]
+    if not bool(((ours - own.float()).abs() <= bound).all()):
+        raise LmvizError(f"lmviz's copy of {lm.name}'s head disagrees with the model's own logits on this "
+                         "text, so it won't show numbers computed from it.")
 
 
 def trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     """The cached Trace of `text` under `lm` (see run_trace)."""
-    return TRACES.get(lm, text, truncate)
+    return cached("trace", lm, (text, bool(truncate), max_tokens(lm)), lambda: run_trace(lm, text, truncate))

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from lmviz import cli, lens, models
 from lmviz import trace as tracing
@@ -29,7 +29,23 @@ FINAL_NORM = {  # written out per architecture, independently of lmviz.models.FI
     "llama": lambda m: m.model.norm,
     "gemma3_text": lambda m: m.model.norm,
     "gpt_neox": lambda m: m.gpt_neox.final_layer_norm,
+    "stablelm": lambda m: m.model.norm,
 }
+
+
+class ShiftedLlama(LlamaForCausalLM):
+    """Adds 1 to every logit after the head: no final norm, scale or cap explains that."""
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        output.logits = output.logits + 1.0
+        return output
+
+
+@torch.no_grad()
+def own_logits(lm, t) -> torch.Tensor:
+    """(pos, vocab) the model's logits from a plain forward pass, not through lmviz."""
+    return lm.model(t.input_ids[None]).logits[0].float()
 
 
 @torch.no_grad()
@@ -112,7 +128,7 @@ def test_tiny_models_match_reference(arch, normalize, tiles, request, tiny_dirs,
 def test_gemma_soft_capping_is_applied(tiny_gemma3):
     t = tracing.trace(tiny_gemma3, TEXT)
     assert tiny_gemma3.logit_softcap == 0.5
-    assert t.logits.abs().max() < 0.5  # the model's logits are capped …
+    assert own_logits(tiny_gemma3, t).abs().max() < 0.5  # the model's logits are capped …
     result = lens.run_logit_lens(tiny_gemma3, t, k=3)
     h = tiny_gemma3.model.model.norm(t.hidden[0])
     uncapped = torch.log_softmax(h @ tiny_gemma3.model.lm_head.weight.T, -1)
@@ -123,8 +139,9 @@ def test_gemma_soft_capping_is_applied(tiny_gemma3):
 def test_last_row_is_the_models_own_output(tiny_llama):
     t = tracing.trace(tiny_llama, TEXT)
     result = lens.run_logit_lens(tiny_llama, t, k=5)
-    final = torch.log_softmax(t.logits.double(), -1)
-    assert torch.equal(result.top_ids[-1], t.logits.topk(5, -1).indices)
+    logits = own_logits(tiny_llama, t)
+    final = torch.log_softmax(logits.double(), -1)
+    assert torch.equal(result.top_ids[-1], logits.topk(5, -1).indices)
     assert (result.kl_to_final[-1] == 0).all()
     torch.testing.assert_close(result.entropy[-1].double(), -(final.exp() * final).sum(-1), rtol=1e-5, atol=1e-6)
 
@@ -133,14 +150,16 @@ def test_norm_applied_exactly_once(tiny_neox):
     """Normalizing the already-normed last hidden state again gives different logits: the lens must not."""
     t = tracing.trace(tiny_neox, TEXT)
     twice = tiny_neox.logits_from_hidden(t.hidden[-1], normalize=True)
-    assert (twice - t.logits).abs().max() > 1e-2
+    logits = own_logits(tiny_neox, t)
+    assert (twice - logits).abs().max() > 1e-2
     result = lens.run_logit_lens(tiny_neox, t, k=3)
-    assert torch.equal(result.top_ids[-1], t.logits.topk(3, -1).indices)
+    assert torch.equal(result.top_ids[-1], logits.topk(3, -1).indices)
 
 
 def test_non_linear_head_goes_through_the_module(tiny_dirs, tiny_llama):
     """A head that is not a plain nn.Linear is called whole; the numbers are the same."""
-    wrapped = dataclasses.replace(tiny_llama, unembed=nn.Sequential(tiny_llama.unembed))
+    wrapped = dataclasses.replace(tiny_llama, arch=dataclasses.replace(tiny_llama.arch,
+                                                                       unembed=nn.Sequential(tiny_llama.unembed)))
     t = tracing.trace(tiny_llama, TEXT)
     watched = lens.resolve_watched(tiny_llama, [" Paris"])
     for normalize in (True, False):
@@ -230,8 +249,28 @@ def test_bad_inputs(tiny_gpt2, tiny_llama, tiny_bert, tiny_lens_dirs):
         lens.logit_lens(tiny_llama, t)
     with pytest.raises(LmvizError, match="causal"):
         lens.logit_lens(tiny_bert, tracing.trace(tiny_bert, TEXT))
-    with pytest.raises(LmvizError, match="final norm"):
-        models.load(tiny_lens_dirs["stablelm"])
+    with pytest.raises(LmvizError, match="causal"):
+        lens.logit_lens(tiny_bert, tracing.trace(tiny_bert, TEXT))
+
+
+def test_a_head_lmviz_cannot_reproduce_is_refused(tiny_dirs):
+    """A model whose logits are not its head's output (here: shifted by 1) gets no lens at all."""
+    lm = models.describe("shifted", ShiftedLlama.from_pretrained(tiny_dirs["llama"]),
+                         models.load(tiny_dirs["llama"]).tokenizer, "causal")
+    assert lm.arch.refusal and "ShiftedLlama" in lm.arch.refusal and "\n" not in lm.arch.refusal
+    t = tracing.trace(lm, TEXT)
+    assert t.own_logits is not None  # its own logits are kept: sampling and loss still work
+    with pytest.raises(LmvizError, match="can't reproduce the logits of ShiftedLlama"):
+        lens.logit_lens(lm, t)
+
+
+def test_stablelm_is_exact_without_a_table(tiny_lens_dirs):
+    """An architecture nobody wrote down: its final norm is found on the model and verified."""
+    lm = models.load(tiny_lens_dirs["stablelm"])
+    assert lm.arch.refusal is None and lm.final_norm is lm.model.model.norm
+    t = tracing.trace(lm, TEXT)
+    assert_matches(lens.run_logit_lens(lm, t, k=5), reference(reference_model(tiny_lens_dirs["stablelm"]),
+                                                              t.input_ids, True, k=5))
 
 
 def test_single_token_and_truncated_text(tiny_gpt2):

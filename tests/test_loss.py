@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmviz.cache import CACHE
 from lmviz import loss
 from lmviz.cli import main
 from lmviz.errors import LmvizError
@@ -182,9 +183,9 @@ def test_long_windows_go_through_the_head_in_chunks(tiny_gpt2, monkeypatch):
     ids = ids_of(tiny_gpt2, LONG)
     monkeypatch.setattr(loss, "LOGITS_BUDGET", 1000)
     monkeypatch.setattr(loss, "TARGETS_PER_CHUNK", 7)
-    loss.REPORTS.clear()
+    CACHE.clear()
     report = loss.loss_report(tiny_gpt2, LONG, max_length=50, stride=30, cross_check=False)
-    loss.REPORTS.clear()
+    CACHE.clear()
     expected = brute_force_windows(tiny_gpt2.model, ids, 50, 30)
     torch.testing.assert_close(report.nll, torch.tensor([expected[p][0] for p in range(1, len(ids))],
                                                         dtype=torch.float64), atol=1e-5, rtol=1e-5)

@@ -14,7 +14,7 @@ The analyses need to know, for any loaded transformers model:
   divides by `logits_scaling`, Gemma-2/3 soft-cap, and any other constant
   factor is measured on the probe;
 - the **attention, MLP and output projection** inside each block;
-- the **EOS ids** that `generate()` stops at, and how to build a KV cache.
+- the **EOS ids** that `generate()` stops at (the KV cache is the model's own: `lmviz.decoding`).
 
 Discovery is verified on every load: on the probe, the head applied to the
 last block's output (before the final norm) must reproduce the model's own
@@ -95,6 +95,7 @@ class Architecture:
     logit_transform: LogitTransform = field(default_factory=LogitTransform)
     refusal: str | None = None  # why hidden states can't be projected to the vocabulary, or None
     head_reads_last_hidden: bool = True  # the unembedding reads transformers' last hidden state as it is
+    labels_shift: int | None = 1  # 1: labels= loss shifts labels itself; 0: pass them shifted; None: no loss
     max_head_error: float = 0.0  # max |head(last block output) - model logits| on the probe
     head_error_bound: float = 0.0  # what that error was allowed to be
 
@@ -158,81 +159,185 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 
 @dataclass
 class _Call:
-    name: str
     module: nn.Module
     input: torch.Tensor | None
     output: torch.Tensor | None
+    ran_head: bool = False  # the unembedding was called while this module ran
+
+
+@dataclass
+class _Probe:
+    """What one forward pass with hooks everywhere showed."""
+
+    calls: list[_Call]  # modules outside the blocks that ran after the last block, in the order they ended
+    block_inputs: list[torch.Tensor | None]  # (layer,) what each block read
+    block_outputs: list[torch.Tensor | None]  # (layer,) what each block returned (the hidden state)
+    runs: list[int]  # (layer,) how often each block ran
+    head_input: torch.Tensor | None  # what the unembedding read
+    last_hidden: torch.Tensor | None  # transformers' hidden_states[-1]
+    logits: torch.Tensor | None
+    loss: torch.Tensor | None
 
 
 @torch.inference_mode()
-def _probe(model: nn.Module, blocks: tuple[nn.Module, ...], unembed: nn.Module | None, probe_ids: torch.Tensor):
-    """Run the probe with hooks: the calls made after the last block, the last block's output, the
-    unembedding's input, the model's logits and how often each block ran."""
+def _probe(model: nn.Module, blocks: tuple[nn.Module, ...], unembed: nn.Module, probe_ids: torch.Tensor) -> _Probe:
     in_blocks = {id(m) for block in blocks for m in block.modules()}
-    calls: list[_Call] = []
-    runs = [0] * len(blocks)
-    outputs: list[torch.Tensor | None] = [None] * len(blocks)
-    state = {"after_last": False, "last_out": None, "head_in": None, "first_in": None}
+    result = _Probe([], [None] * len(blocks), [None] * len(blocks), [0] * len(blocks), None, None, None, None)
+    state = {"after_last": False, "open": []}  # open: calls that have started and not yet ended
     handles = []
 
-    def first_hook(module, args, kwargs):
-        if state["first_in"] is None:
-            state["first_in"] = _first_tensor(args, kwargs)
-
-    def block_hook(index):
-        def hook(module, args, kwargs, output):
-            runs[index] += 1
-            outputs[index] = _output_tensor(output)
-            if index == len(blocks) - 1:
-                state["last_out"] = _output_tensor(output)
-                state["after_last"] = True
+    def before_block(index):
+        def hook(module, args, kwargs):
+            result.block_inputs[index] = _first_tensor(args, kwargs)
         return hook
 
-    def any_hook(name):
+    def after_block(index):
         def hook(module, args, kwargs, output):
-            if state["after_last"]:
-                calls.append(_Call(name, module, _first_tensor(args, kwargs), _output_tensor(output)))
+            result.runs[index] += 1
+            result.block_outputs[index] = _output_tensor(output)
+            state["after_last"] = index == len(blocks) - 1
         return hook
 
-    def head_hook(module, args, kwargs):
-        state["head_in"] = _first_tensor(args, kwargs)
+    def before_any(module, args, kwargs):
+        state["open"].append(_Call(module, _first_tensor(args, kwargs), None))
+
+    def after_any(module, args, kwargs, output):
+        call = state["open"].pop()
+        if state["after_last"] and call.module is module:
+            call.output = _output_tensor(output)
+            result.calls.append(call)
+
+    def before_head(module, args, kwargs):
+        result.head_input = _first_tensor(args, kwargs)
+        for call in state["open"]:
+            call.ran_head = True
 
     try:
-        handles.append(blocks[0].register_forward_pre_hook(first_hook, with_kwargs=True))
         for index, block in enumerate(blocks):
-            handles.append(block.register_forward_hook(block_hook(index), with_kwargs=True))
-        for name, module in model.named_modules():
+            handles.append(block.register_forward_pre_hook(before_block(index), with_kwargs=True))
+            handles.append(block.register_forward_hook(after_block(index), with_kwargs=True))
+        for module in model.modules():
             if id(module) not in in_blocks and module is not model:
-                handles.append(module.register_forward_hook(any_hook(name), with_kwargs=True))
-        if unembed is not None:
-            handles.append(unembed.register_forward_pre_hook(head_hook, with_kwargs=True))
-        output = model(input_ids=probe_ids, use_cache=False, output_hidden_states=True)
+                handles.append(module.register_forward_pre_hook(before_any, with_kwargs=True))
+                handles.append(module.register_forward_hook(after_any, with_kwargs=True))
+        handles.append(unembed.register_forward_pre_hook(before_head, with_kwargs=True))
+        output = model(input_ids=probe_ids, use_cache=False, output_hidden_states=True, labels=probe_ids)
     finally:
         for handle in handles:
             handle.remove()
-    # transformers' hidden_states must be the residual stream: block 0's input, then each block's output
-    # (the last one through the final norm, which the head check covers)
     hidden = getattr(output, "hidden_states", None)
-    stream = [state["first_in"]] + outputs[:-1]
-    readable = hidden is not None and len(hidden) == len(blocks) + 1 and all(
-        _same(h, s) for h, s in zip(hidden[:-1], stream))
-    reads_last = hidden is not None and _same(hidden[-1], state["head_in"])
-    return calls, state["last_out"], state["head_in"], getattr(output, "logits", None), runs, readable, reads_last
+    result.last_hidden = hidden[-1] if hidden else None
+    result.logits, result.loss = getattr(output, "logits", None), getattr(output, "loss", None)
+    return result
 
 
-def _chain(calls: list[_Call], start: torch.Tensor, target: torch.Tensor, hops: int = 4) -> list[_Call] | None:
+def _one_stream(probe: _Probe) -> bool:
+    """The blocks form one residual stream: each runs once, reads what the one before returned, and all
+    of them (and transformers' last hidden state) have one shape."""
+    if probe.runs != [1] * len(probe.runs) or probe.last_hidden is None:
+        return False
+    first = probe.block_inputs[0]
+    if first is None or any(out is None or out.shape != first.shape for out in probe.block_outputs):
+        return False
+    following = zip(probe.block_outputs[:-1], probe.block_inputs[1:])
+    return probe.last_hidden.shape == first.shape and all(_same(out, nxt) for out, nxt in following)
+
+
+def _labels_shift(logits: torch.Tensor | None, ids: torch.Tensor, loss: torch.Tensor | None) -> int | None:
+    """How the model's `labels=` loss lines labels up with logits: 1 when it shifts them itself (row t
+    is scored against label t+1, nearly every causal LM), 0 when the caller must (BART's decoder as a
+    causal LM), None when it returns no loss."""
+    if logits is None or loss is None:
+        return None
+    logits64 = logits[0].double()
+    shifted = float(torch.nn.functional.cross_entropy(logits64[:-1], ids[0, 1:]))
+    unshifted = float(torch.nn.functional.cross_entropy(logits64, ids[0]))
+    return 1 if abs(shifted - float(loss)) <= abs(unshifted - float(loss)) else 0
+
+
+class _Stop(Exception):
+    pass
+
+
+class UpToHead(nn.Module):
+    """The part of a head module that runs before its unembedding, for heads that mix modules with plain
+    functions (RoBERTa's LM head: dense -> gelu() -> layer_norm -> decoder). Calls the whole module and
+    stops it at the unembedding's input, so the model's own code computes every step."""
+
+    def __init__(self, container: nn.Module, unembed: nn.Module):
+        super().__init__()
+        self.container, self.unembed = container, unembed
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        seen = []
+
+        def stop(module, args, kwargs):
+            seen.append(_first_tensor(args, kwargs))
+            raise _Stop
+
+        handle = self.unembed.register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            self.container(hidden)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not seen:
+            raise RuntimeError("the head module did not reach its unembedding")
+        return seen[0]
+
+
+class Scale(nn.Module):
+    """Multiply by a constant (MiniCPM divides the last hidden state by hidden_size / dim_model_base)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden * self.factor
+
+
+def _factor(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    """c with b = c·a up to float32 rounding, else None."""
+    if a is None or b is None or a.shape != b.shape or not bool(a.abs().max() > 0):
+        return None
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    c = float((a64 * b64).sum() / (a64 * a64).sum())
+    return c if bool(((b64 - c * a64).abs() <= 8 * 2.0**-24 * b64.abs().max()).all()) else None
+
+
+def _chain(calls: list[_Call], start: torch.Tensor, target: torch.Tensor, hops: int = 4) -> list[nn.Module] | None:
     """Modules that carry `start` (the last block's output) to `target` (the unembedding's input),
-    in order: none when they are equal, one for a plain final norm, more for e.g. norm -> projection.
-    Searched depth-first, shortest first."""
+    in order: none when they are equal, one for a plain final norm, more for e.g. norm -> projection;
+    a constant factor at the end when the model scales with plain arithmetic. Depth-first, shortest first."""
     if _same(start, target):
         return []
+    factor = _factor(start, target)
+    if factor is not None:
+        return [Scale(factor)]
     if hops == 0:
         return None
     step = [c for c in calls if _same(c.input, start) and c.output is not None and not _same(c.output, start)]
     for call in sorted(step, key=lambda c: not _same(c.output, target)):
         rest = _chain(calls, call.output, target, hops - 1)
         if rest is not None:
-            return [call] + rest
+            return [call.module] + rest
+    return None
+
+
+def _final_norm(probe: _Probe, unembed: nn.Module) -> nn.Module | None:
+    """What the model applies between its last block and the unembedding, as one module (see _chain);
+    else the smallest module that reads the last block's output and calls the unembedding, stopped there."""
+    start, target = probe.block_outputs[-1], probe.head_input
+    if start is None or target is None:
+        return None
+    modules = _chain(probe.calls, start, target)
+    if modules is not None:
+        return modules[0] if len(modules) == 1 else (nn.Sequential(*modules) if modules else nn.Identity())
+    containers = [c for c in probe.calls if c.ran_head and _same(c.input, start)]
+    if containers:  # calls end innermost first
+        return UpToHead(containers[0].module, unembed)
     return None
 
 
@@ -282,30 +387,26 @@ def discover(model: nn.Module, kind: str) -> Architecture:
     device = next(model.parameters()).device
     probe_ids = torch.tensor([PROBE_IDS], device=device)
     try:
-        calls, last_out, head_in, logits, runs, readable, reads_last = _probe(model, blocks, unembed, probe_ids)
-    except Exception as error:  # a model that can't run the probe can't be verified either
+        probe = _probe(model, blocks, unembed, probe_ids)
+    except Exception as error:  # noqa: BLE001 - a model that can't run the probe can't be verified either
         return Architecture(model_type, blocks, nn.Identity(), unembed,
                             refusal=f"{arch_name} failed on a short probe ({type(error).__name__}), "
                                     "so lmviz can't verify its head.")
-    if runs != [1] * len(blocks):
+    if not _one_stream(probe):
         return Architecture(model_type, blocks, nn.Identity(), unembed,
-                            refusal=f"{arch_name} does not run each of its blocks once in order, so its "
-                                    "layers are not one residual stream lmviz can read.")
-    if not readable:
-        return Architecture(model_type, blocks, nn.Identity(), unembed,
-                            refusal=f"{arch_name}'s hidden_states are not the inputs and outputs of its blocks, "
+                            refusal=f"{arch_name}'s blocks do not pass one hidden state from each to the next, "
                                     "so lmviz can't read its layers as one residual stream.")
-    path = _chain(calls, last_out, head_in) if last_out is not None and head_in is not None else None
-    if path is None or logits is None:
+    final_norm = _final_norm(probe, unembed)
+    if final_norm is None or probe.logits is None:
         return Architecture(model_type, blocks, nn.Identity(), unembed,
                             refusal=f"lmviz can't trace how {arch_name} turns its last block's output into "
                                     "logits, so it can't project hidden states to the vocabulary.")
-    modules = [call.module for call in path]
-    final_norm = modules[0] if len(modules) == 1 else (nn.Sequential(*modules) if modules else nn.Identity())
+    reads_last = _same(probe.last_hidden, probe.head_input)
+    shift = _labels_shift(probe.logits, probe_ids, probe.loss)
     with torch.inference_mode():
-        normed = final_norm(last_out)
+        normed = final_norm(probe.block_outputs[-1])
         raw = unembed(normed)
-    model_logits = logits.to(raw.dtype)
+    model_logits = probe.logits.to(raw.dtype)
     candidates = [_config_transform(config)]
     ratio = _measured_scale(raw, model_logits)
     if ratio is not None:
@@ -317,7 +418,7 @@ def discover(model: nn.Module, kind: str) -> Architecture:
         error = (ours.float() - model_logits.float()).abs()
         if ours.shape == model_logits.shape and bool((error <= bound).all()):
             return Architecture(model_type, blocks, final_norm, unembed, transform, None,
-                                reads_last, float(error.max()), float(bound.max()))
+                                reads_last, shift, float(error.max()), float(bound.max()))
     worst = float((candidates[0](raw).float() - model_logits.float()).abs().max()) \
         if raw.shape == model_logits.shape else float("nan")
     return Architecture(model_type, blocks, final_norm, unembed, candidates[0],
@@ -343,28 +444,45 @@ def _measured_scale(raw: torch.Tensor, logits: torch.Tensor) -> float | None:
 
 @dataclass
 class Captured:
-    head_input: torch.Tensor | None = None  # (batch, pos, d_head) what the unembedding read
+    """The residual stream of one forward pass, (batch, pos, d) each."""
+
+    block_input: torch.Tensor | None = None  # what block 0 read: the embeddings
+    block_outputs: list[torch.Tensor] = field(default_factory=list)  # (layer,) what each block returned
+    head_input: torch.Tensor | None = None  # what the unembedding read
 
 
 @contextmanager
-def capture_head_input(arch: Architecture) -> Iterator[Captured]:
-    """Record what the unembedding reads in the next forward pass made by this thread.
+def capture_stream(arch: Architecture) -> Iterator[Captured]:
+    """Record the residual stream of the next forward pass made by this thread.
 
-    The hook is shared by every thread that uses the model; it records only for
-    the thread that installed it, so concurrent passes need no lock.
+    The hooks are shared by every thread that uses the model; each records only
+    for the thread that installed it, so concurrent passes need no lock.
     """
     owner = threading.get_ident()
     captured = Captured()
+
+    def before_first(module, args, kwargs):
+        if threading.get_ident() == owner:
+            captured.block_input = _first_tensor(args, kwargs)
+
+    def after_block(module, args, kwargs, output):
+        if threading.get_ident() == owner:
+            captured.block_outputs.append(_output_tensor(output))
 
     def before_head(module, args, kwargs):
         if threading.get_ident() == owner:
             captured.head_input = _first_tensor(args, kwargs)
 
-    handle = arch.unembed.register_forward_pre_hook(before_head, with_kwargs=True) if arch.unembed is not None else None
+    handles = []
+    if arch.blocks:
+        handles.append(arch.blocks[0].register_forward_pre_hook(before_first, with_kwargs=True))
+        handles += [block.register_forward_hook(after_block, with_kwargs=True) for block in arch.blocks]
+    if arch.unembed is not None:
+        handles.append(arch.unembed.register_forward_pre_hook(before_head, with_kwargs=True))
     try:
         yield captured
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
 
 
@@ -378,11 +496,3 @@ def eos_ids(model: nn.Module) -> tuple[int, ...]:
     if eos is None:
         return ()
     return tuple(dict.fromkeys(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])))
-
-
-def new_kv_cache(model: nn.Module):
-    """An empty KV cache of the kind generate() builds for this model."""
-    from transformers import DynamicCache
-
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    return DynamicCache(config=config)

@@ -70,6 +70,7 @@ from torch import nn
 
 from lmviz import architectures
 from lmviz.cache import CACHE, cached
+from lmviz.decoding import Decoder
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import token_text
@@ -232,15 +233,18 @@ _SCORE_SETTINGS = (
 )
 
 
-def ignored_settings(lm: LoadedModel) -> tuple[str, ...]:
-    """Settings in the model's generation config that generate() would apply and lmviz does not."""
+def ignored_settings_names(lm: LoadedModel) -> tuple[str, ...]:
+    """Names of the settings in the model's generation config that generate() would apply and lmviz does not."""
     config = getattr(lm.model, "generation_config", None)
-    found = []
-    for name, neutral in _SCORE_SETTINGS:
-        value = getattr(config, name, neutral)
-        if value not in (neutral, None) and not (name == "renormalize_logits" and not value):
-            found.append(f"{name}={value}")
-    return tuple(found)
+    return tuple(name for name, neutral in _SCORE_SETTINGS
+                 if getattr(config, name, neutral) not in (neutral, None)
+                 and not (name == "renormalize_logits" and not getattr(config, name)))
+
+
+def ignored_settings(lm: LoadedModel) -> tuple[str, ...]:
+    """Those settings with their values, e.g. ("forced_eos_token_id=2",): shown on the page."""
+    config = getattr(lm.model, "generation_config", None)
+    return tuple(f"{name}={getattr(config, name)}" for name in ignored_settings_names(lm))
 
 
 def _prompt_ids(lm: LoadedModel, text: str, max_new_tokens: int) -> list[int]:
@@ -340,15 +344,11 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
     finished_nodes: list[int | None] = [None] * K
     can_improve = torch.ones((1, 1), dtype=torch.bool)
 
-    cache = architectures.new_kv_cache(model)
-    step_input = torch.tensor([prompt_ids], dtype=torch.long).repeat_interleave(K, dim=0)  # (K, prompt_len)
+    decoder = Decoder(model, torch.tensor([prompt_ids], dtype=torch.long).repeat_interleave(K, dim=0))
     steps, stop_reason = 0, f"reached max_new_tokens={M}"
     for step in range(1, M + 1):
         # rule 2: expand and evaluate
-        output = model(input_ids=step_input, past_key_values=cache, use_cache=True, return_dict=True)
-        cache = output.past_key_values
-        logits = output.logits[:, -1, :].to(copy=True, dtype=torch.float32)  # (K, vocab)
-        del output
+        logits = decoder.next_logits()  # (K, vocab)
         log_probs = nn.functional.log_softmax(logits, dim=-1)  # (K, vocab)
         vocab = log_probs.shape[-1]
         accumulated = (log_probs[None] + running_scores[:, :, None]).reshape(1, -1)  # (1, K * vocab)
@@ -437,10 +437,10 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
 
         # the next step's beams; their keys and values move with them in the cache
         beam_index = torch.gather(top_beam, 1, next_positions)[0]  # (K,)
-        cache.reorder_cache(beam_index)
+        decoder.reorder(beam_index)
         running_scores = next_scores
         running_nodes = [merged_nodes[K + p] for p in next_positions[0].tolist()]
-        step_input = torch.gather(top_token, 1, next_positions).reshape(K, 1)
+        decoder.append(torch.gather(top_token, 1, next_positions).reshape(K))
         steps = step
 
         # rule 6: stop?
@@ -539,15 +539,11 @@ def _decode(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int, seed: i
     eos = set(eos_token_ids(lm))
     piece, decode = _tokenizer_calls(lm)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    cache = architectures.new_kv_cache(lm.model)
-    step_input = torch.tensor([prompt_ids], dtype=torch.long)  # (1, pos)
+    decoder = Decoder(lm.model, torch.tensor([prompt_ids], dtype=torch.long))
     ids: list[int] = []
     logprobs: list[float] = []
     for _ in range(max_new_tokens):
-        output = lm.model(input_ids=step_input, past_key_values=cache, use_cache=True, return_dict=True)
-        cache = output.past_key_values
-        logits = output.logits[:, -1].to(copy=True, dtype=torch.float32)  # (1, vocab)
-        del output
+        logits = decoder.next_logits()  # (1, vocab)
         if generator is None:
             token = int(torch.argmax(logits, dim=-1))
         else:
@@ -556,7 +552,7 @@ def _decode(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int, seed: i
         logprobs.append(float(nn.functional.log_softmax(logits[0], dim=-1)[token]))
         if token in eos:
             break
-        step_input = torch.tensor([[token]], dtype=torch.long)
+        decoder.append(torch.tensor([token]))
     return Continuation(
         method="greedy" if seed is None else "sample",
         seed=seed,

@@ -82,7 +82,7 @@ class LensResult:
     watched_probs: torch.Tensor  # (layer+1, pos, n_watched) float32
     watched_ranks: torch.Tensor  # (layer+1, pos, n_watched) int64
     normalized: bool  # True: final norm applied at every layer; False: raw (seed 004)
-    max_final_error: float  # max |head(hidden[L]) - model logits|: ~0 when the head is found right
+    max_final_error: float  # max |lmviz's head - the model's own logits| at the last position (~1e-6)
     pieces: Mapping[int, str]  # exact text of every id in top_ids and watched_ids
     truncated_from: int | None = None  # token count of the text before truncation, if it was cut
 
@@ -495,7 +495,9 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     out_kl = torch.empty(n_layers + 1, n_pos, dtype=torch.float64)
     out_target_logits = torch.empty(n_layers + 1, n_pos, 1 + len(watched))
     out_ranks = torch.empty(n_layers + 1, n_pos, 1 + len(watched), dtype=torch.long)
-    max_error = 0.0
+    # the head lmviz projects with, on the last position, against the model's own logits there (verified
+    # on load and on every trace to be within rounding; shown on the page)
+    max_error = float((tracing.logits(lm, trace, -1) - trace.last_logits).abs().max())
 
     if head.linear:
         width = min(vocab_block, vocab)
@@ -510,11 +512,8 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
         n_rows = n_lens + n_block
         rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize)  # (layer*pos, d)
         final = tracing.logits(lm, trace, slice(p0, p1))  # (pos, vocab) the model's output logits
-        # the sanity figure: the head applied to hidden[L] (already normed) against the model's logits
-        head_last = head.full(trace.hidden[n_layers, p0:p1])  # (pos, vocab)
-        max_error = max(max_error, float((head_last - final).abs().max()))
-        last_rows = final if normalize else head_last  # (pos, vocab): the rows of layer L
-        del head_last
+        # the rows of layer L: the output itself, or (raw) the bare head on hidden[L], which is already normed
+        last_rows = final if normalize else head.full(trace.hidden[n_layers, p0:p1])  # (pos, vocab)
         # the final distribution in float64: a shared rounding error in its log-sum-exp would scale
         # every p_final by the same 1 + 1e-5 and shift sum p_final z, hence KL, by 1e-5 x the logits
         final_logp = torch.log_softmax(final.double(), dim=-1)  # (pos, vocab)

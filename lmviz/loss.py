@@ -473,15 +473,21 @@ def _reduce_from_hidden(lm: LoadedModel, batch: torch.Tensor, shape: Window, tar
                     targets[i:i + TARGETS_PER_CHUNK]) for i in range(0, len(targets), TARGETS_PER_CHUNK)]
 
 
-def _model_loss(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window]) -> float:
+def _model_loss(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window]) -> float | None:
     """The model's own labels= loss, window by window (context labels set to -100), weighted by the tokens
-    each window scores: an independent path through transformers' loss function."""
+    each window scores: an independent path through transformers' loss function. None for a model that
+    computes no loss. A model whose loss does not shift labels itself (lm.arch.labels_shift == 0) gets
+    them shifted here."""
+    if lm.arch.labels_shift is None:
+        return None
     total = 0.0
     with torch.inference_mode():
         for window in windows:
             inputs = ids[window.begin:window.end][None]
             labels = inputs.clone()
             labels[:, : window.first - window.begin] = -100  # context: not scored
+            if lm.arch.labels_shift == 0:  # row t must be scored against token t + 1
+                labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
             loss = lm.model(input_ids=inputs, labels=labels, use_cache=False).loss
             total += float(loss) * window.n_scored
     return total / sum(w.n_scored for w in windows)

@@ -200,6 +200,12 @@ def _drop_least_recent() -> None:
         _models.popitem(last=False)
 
 
+def forget(name: str) -> None:
+    """Drop a model from memory (the next load reads it again)."""
+    with _models_lock:
+        _models.pop(name.strip(), None)
+
+
 def loaded_names() -> list[str]:
     """Names of the models held in memory, least recently used first."""
     with _models_lock:
@@ -323,10 +329,12 @@ def _from_pretrained(location: str, name: str):
     try:
         model = auto.from_pretrained(location, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever transformers raises, the user gets one line
         message = _first_line(error)
         if "safetensors" in message.lower() or ".bin" in message:
             message = "only safetensors weights are loaded (no pickled .bin files)"
+        elif not isinstance(error, (OSError, ValueError)):
+            message = f"transformers could not build {config.model_type} ({type(error).__name__}: {message})"
         raise LmvizError(f"Can't load '{name}': {message}") from None
     model.eval()
     return model, tokenizer, kind

@@ -50,7 +50,7 @@ from lmviz import architectures
 from lmviz.cache import CACHE
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
-from lmviz.trace import accepts_logits_to_keep
+from lmviz.decoding import Decoder
 from lmviz.tokens import display_token, token_text
 
 # What removed a token, as stored in Distribution.removed_by (0 = still in the running).
@@ -635,8 +635,7 @@ class _Run:
     def __init__(self, prompt_ids: list[int], seed: int | None):
         self.lock = threading.Lock()
         self.ids = list(prompt_ids)
-        self.cache = None
-        self.pending: torch.Tensor | None = None  # ids not yet fed to the model, (1, new)
+        self.decoder: Decoder | None = None  # the model's KV cache and what it has not seen yet
         self.rng = torch.Generator().manual_seed(seed) if seed is not None else None
         self.steps: list[Step] = []
         self.finished = False
@@ -705,15 +704,10 @@ def _seed(seed) -> int:
 def _advance(lm: LoadedModel, run: _Run, settings: SamplingSettings, keep: int, eos: set[int]) -> None:
     """One decoding step, the way generate()'s loop does it: forward the new tokens through the
     KV cache (only the last position's logits, as generate asks for), process, pick, append."""
-    model = lm.model
     with torch.inference_mode():
-        if run.cache is None:
-            run.cache = architectures.new_kv_cache(model)
-            run.pending = torch.tensor([run.ids])
-        extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-        output = model(input_ids=run.pending, past_key_values=run.cache, use_cache=True, **extra)
-        run.cache = output.past_key_values
-        logits = output.logits[0, -1].to(copy=True, dtype=torch.float32)  # (vocab,)
+        if run.decoder is None:
+            run.decoder = Decoder(lm.model, torch.tensor([run.ids]))
+        logits = run.decoder.next_logits()[0]  # (vocab,)
         dist = distribution(logits, settings, run.ids)
         if settings.greedy:
             token_id = dist.top_id
@@ -731,7 +725,7 @@ def _advance(lm: LoadedModel, run: _Run, settings: SamplingSettings, keep: int, 
         distribution=dist.top(keep, include=(token_id,)),
     ))
     run.ids.append(token_id)
-    run.pending = torch.tensor([[token_id]])
+    run.decoder.append(torch.tensor([token_id]))
     run.finished = token_id in eos
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmviz.architectures import capture_head_input, head_error_bound
+from lmviz.architectures import capture_stream, head_error_bound
 from lmviz.cache import cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
@@ -149,11 +149,18 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     # the head reads hidden[-1] itself: the model need only compute its last row of logits (our check)
     last_only = verified and lm.arch.head_reads_last_hidden and accepts_logits_to_keep(lm.model)
     extra = {"logits_to_keep": 1} if last_only else {}
-    with capture_head_input(lm.arch) as captured, torch.inference_mode():
+    with capture_stream(lm.arch) as captured, torch.inference_mode():
         output = lm.model(input_ids=input_ids, output_hidden_states=True, use_cache=False, **extra)
     with lm.lock:
         tokens = tuple(display_tokens(lm.tokenizer, ids))
-    hidden = torch.stack(output.hidden_states)[:, 0].float()
+    if verified:  # the residual stream as the blocks passed it on, then transformers' last (normed) state
+        layers = [captured.block_input] + captured.block_outputs[:-1] + [output.hidden_states[-1]]
+    else:
+        layers = list(output.hidden_states or ())
+    if not layers or len({tuple(h.shape) for h in layers}) != 1:
+        raise LmvizError(f"{lm.name}'s layers don't pass on hidden states of one shape, so lmviz can't trace it "
+                         "as one residual stream.")
+    hidden = torch.stack(layers)[:, 0].float()
     head_input = None
     if verified and not lm.arch.head_reads_last_hidden and captured.head_input is not None:
         head_input = captured.head_input[0].float()

@@ -82,3 +82,21 @@ def tiny_gemma3(tiny_lens_dirs) -> models.LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_neox(tiny_lens_dirs) -> models.LoadedModel:
     return models.load(tiny_lens_dirs["neox"])
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The architecture matrix's counts, when it ran (tests/test_architectures.py)."""
+    from tests.test_architectures import RESULTS
+
+    if not RESULTS:
+        return
+    kinds = {"exact": 0, "refused": 0, "not built": 0}
+    for outcome in RESULTS.values():
+        kinds["exact" if outcome == "exact" else "refused" if outcome.startswith("refused") else "not built"] += 1
+    built = kinds["exact"] + kinds["refused"]
+    terminalreporter.write_sep("-", "architecture matrix")
+    terminalreporter.write_line(f"{kinds['exact']} exact, {kinds['refused']} refused, of {built} causal-LM types "
+                                f"that build tiny ({len(RESULTS)} tried, {kinds['not built']} did not build)")
+    for model_type, outcome in sorted(RESULTS.items()):
+        if outcome != "exact":
+            terminalreporter.write_line(f"  {model_type}: {outcome}")

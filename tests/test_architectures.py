@@ -1,0 +1,146 @@
+"""The architecture matrix: every causal-LM model type in transformers, built tiny, exact or refused.
+
+For each type that builds tiny here (tests/architecture_zoo.py), loaded through
+lmviz.models.load like any saved folder, either
+
+- lmviz refuses it with a one-line LmvizError (on load, or for the lens), or
+- the logit lens equals a reference that knows nothing of the architecture but
+  its blocks: the model itself, run with its last block's output replaced by
+  the trace's hidden[i] (cross-checked against transformers' hidden_states in
+  tests/test_trace.py), so that whatever the model does after its blocks (norm,
+  projection, scale, cap) turns layer i into logits; the loss equals the
+  model's own `labels=` loss; and beam search equals `generate()`.
+
+Nothing else is allowed: no wrong numbers, no other exception. The counts are
+printed at the end of the run (see conftest.py). Marked `matrix`: deselect with
+`-m "not matrix"` for a quick run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmviz import beam, lens, loss, models
+from lmviz import trace as tracing
+from lmviz.architectures import head_error_bound
+from lmviz.errors import LmvizError
+from tests import architecture_zoo, bounds, tiny_models
+
+TEXT = "The capital of France is Paris, and the capital of England is"
+RESULTS: dict[str, str] = {}  # model_type -> "exact" | "refused: …" | "not built: …"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_models.byte_level_tokenizer()
+
+
+@torch.no_grad()
+def reference_lens_logits(lm: models.LoadedModel, t: tracing.Trace, layer: int) -> torch.Tensor:
+    """(pos, vocab) the model's own logits with its last block's output replaced by the trace's hidden[layer]
+    (for the last layer: the model's logits as they are)."""
+    if layer == t.n_layers:
+        return lm.model(input_ids=t.input_ids[None]).logits[0].float()
+
+    def replace(module, args, output):
+        state = t.hidden[layer][None].to(t.hidden.dtype)
+        return (state,) + tuple(output[1:]) if isinstance(output, tuple) else state
+
+    handle = lm.arch.blocks[-1].register_forward_hook(replace)
+    try:
+        return lm.model(input_ids=t.input_ids[None]).logits[0].float()
+    finally:
+        handle.remove()
+
+
+def assert_lens_exact(lm: models.LoadedModel) -> None:
+    t = tracing.trace(lm, TEXT)
+    result = lens.run_logit_lens(lm, t, k=5)
+    next_ids = t.input_ids[1:]
+    for layer in range(t.n_layers + 1):
+        ref = reference_lens_logits(lm, t, layer)  # (pos, vocab) float32
+        last = t.head_input if t.head_input is not None else t.hidden[-1]
+        normed = lm.final_norm(t.hidden[layer]) if layer < t.n_layers else last
+        logit_error = head_error_bound(normed, lm.unembed, lm.arch.logit_transform).amax(-1).double()  # (pos,)
+        eps = bounds.log_softmax_bound(ref, logit_error) + bounds.log_softmax_bound(ref)  # ours and the reference
+        ref_logp = torch.log_softmax(ref.double(), -1)
+        top1 = result.top_ids[layer, :, 0]
+        # lmviz's top-1 is the reference's argmax, up to logits closer than rounding
+        assert (ref_logp.gather(1, top1[:, None])[:, 0] >= ref_logp.amax(-1) - 2 * eps).all(), layer
+        p_ref = ref_logp.gather(1, top1[:, None])[:, 0].exp()
+        assert ((result.top_probs[layer, :, 0].double() - p_ref).abs() <= bounds.prob_bound(p_ref, eps)).all()
+        h_ref = -(ref_logp.exp() * ref_logp).sum(-1)
+        assert ((result.entropy[layer].double() - h_ref).abs() <= bounds.entropy_bound(ref_logp.exp(), eps)).all()
+        nll_ref = -ref_logp[:-1].gather(1, next_ids[:, None])[:, 0]
+        assert ((result.next_token_nll[layer, :-1].double() - nll_ref).abs() <= eps[:-1]).all(), layer
+
+
+def assert_loss_exact(lm: models.LoadedModel) -> None:
+    report = loss.loss_report(lm, TEXT, cross_check=True)
+    ids = report.input_ids
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids[None]).logits[0].float()  # (pos, vocab)
+    # every NLL against float64 cross-entropy of the model's own logits
+    eps = bounds.log_softmax_bound(logits[:-1])  # (pos - 1,)
+    nll = torch.nn.functional.cross_entropy(logits[:-1].double(), ids[1:], reduction="none")
+    assert ((report.nll - nll).abs() <= eps).all()
+    # and transformers' own labels= loss (float32: its mean of n - 1 terms adds a sum's rounding)
+    if lm.arch.labels_shift is not None:
+        assert report.model_loss is not None
+        slack = float(eps.max()) * 2 + bounds.sum_bound(len(ids), report.mean_nll)
+        assert abs(report.mean_nll - report.model_loss) <= slack
+
+
+def assert_beam_equals_generate(lm: models.LoadedModel) -> None:
+    tree = beam.beam_search(lm, "The capital of", num_beams=2, max_new_tokens=3, length_penalty=1.0)
+    prompt = torch.tensor([tracing.encode(lm, "The capital of")])
+    with torch.no_grad():
+        # lmviz's beam search applies no generation-config score settings (the page lists the ones it
+        # ignores, e.g. BART's forced_eos_token_id), so generate() runs with them neutral too
+        neutral = {name: value for name, value in beam._SCORE_SETTINGS if name in beam.ignored_settings_names(lm)}
+        settings = dict(num_beams=2, num_return_sequences=2, do_sample=False, max_new_tokens=3, length_penalty=1.0,
+                        early_stopping=False, output_scores=True, return_dict_in_generate=True, **neutral)
+        try:
+            out = lm.model.generate(prompt, **settings)
+        except ValueError as error:  # e.g. RWKV: generate() can't reorder its state for beams; use no cache
+            if "cache" not in str(error):
+                raise
+            out = lm.model.generate(prompt, use_cache=False, **settings)
+    rows = out.sequences[:, prompt.shape[1]:].tolist()
+    assert len(tree.final) == len(rows) == 2
+    for hypothesis, row, score in zip(tree.final, rows, out.sequences_scores.tolist()):
+        assert list(hypothesis.token_ids) == row[: hypothesis.length]
+        with torch.no_grad():  # the logits along this hypothesis size the rounding of its summed log-probs
+            logits = lm.model(input_ids=torch.tensor([prompt[0].tolist() + row])).logits[0].float()
+        eps = 2 * float(bounds.log_softmax_bound(logits).sum()) / hypothesis.length
+        assert abs(hypothesis.score - score) <= eps
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("model_type", architecture_zoo.causal_model_types())
+def test_architecture_is_exact_or_refused(model_type, tokenizer, tmp_path):
+    try:
+        directory = architecture_zoo.build(model_type, tmp_path / model_type, tokenizer)
+    except architecture_zoo.CannotBuild as reason:
+        RESULTS[model_type] = f"not built: {reason}"
+        pytest.skip(f"{model_type} does not build tiny here: {reason}")
+    try:
+        lm = models.load(str(directory))
+    except LmvizError as error:
+        assert "\n" not in str(error)
+        RESULTS[model_type] = f"refused on load: {error}"
+        return
+    try:
+        if lm.arch.refusal:
+            assert "\n" not in lm.arch.refusal and model_type in lm.arch.refusal
+            with pytest.raises(LmvizError):
+                lens.logit_lens(lm, tracing.trace(lm, TEXT))
+            RESULTS[model_type] = f"refused: {lm.arch.refusal}"
+            return
+        assert_lens_exact(lm)
+        assert_loss_exact(lm)
+        assert_beam_equals_generate(lm)
+        RESULTS[model_type] = "exact"
+    finally:
+        models.forget(str(directory))

@@ -308,8 +308,9 @@ class _Head:
         self.plain = self.transform == LogitTransform()  # no transform at all
         unembed = lm.unembed
         self.linear = isinstance(unembed, nn.Linear)
-        self.weight = unembed.weight.detach() if self.linear else None  # (vocab, d_head)
-        self.bias = unembed.bias.detach() if self.linear and unembed.bias is not None else None
+        # the lens computes in float32 (a no-op for float32 models)
+        self.weight = unembed.weight.detach().float() if self.linear else None  # (vocab, d_head)
+        self.bias = unembed.bias.detach().float() if self.linear and unembed.bias is not None else None
 
     def full(self, rows: torch.Tensor) -> torch.Tensor:
         """(rows, vocab) logits of rows (rows, d_head), as LoadedModel.logits_from_hidden(normalize=False)."""
@@ -452,7 +453,7 @@ def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torc
     normalizing (recomputed for every vector), flattened layer-major."""
     if normalize:
         hidden = lm.final_norm(hidden)  # may change the width (OPT-350m projects 1024 -> 512)
-    return hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    return hidden.reshape(-1, hidden.shape[-1]).float().contiguous()
 
 
 @torch.inference_mode()

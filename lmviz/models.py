@@ -117,6 +117,9 @@ class LoadedModel:
         own head does: final norm (skipped when normalize=False), unembedding, logit transform
         (scale, divisor, soft-capping). Refuses a model whose head did not verify on load."""
         self.require_vocabulary_head()
+        weight = getattr(self.unembed, "weight", None)
+        if weight is not None and hidden.dtype != weight.dtype:
+            hidden = hidden.to(weight.dtype)
         h = self.final_norm(hidden) if normalize else hidden
         return self.arch.logit_transform(self.unembed(h)).float()
 

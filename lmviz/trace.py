@@ -39,7 +39,7 @@ class Trace:
     text: str
     input_ids: torch.Tensor  # (pos,) int64
     tokens: tuple[str, ...]  # (pos,) display strings: '·' for spaces, '\n' for newlines
-    hidden: torch.Tensor  # (layer+1, pos, d_model) float32
+    hidden: torch.Tensor  # (layer+1, pos, d_model) float32 (float64 for a float64 model)
     last_logits: torch.Tensor  # (vocab,) float32: the model's own logits at the last position
     truncated_from: int | None = None  # token count before truncation to the context, if any
     # what the unembedding reads, where that is not hidden[-1] (e.g. BERT's MLM transform output)
@@ -160,10 +160,10 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     if not layers or len({tuple(h.shape) for h in layers}) != 1:
         raise LmvizError(f"{lm.name}'s layers don't pass on hidden states of one shape, so lmviz can't trace it "
                          "as one residual stream.")
-    hidden = torch.stack(layers)[:, 0].float()
+    hidden = torch.stack(layers)[:, 0].to(_kept_dtype(layers[0].dtype))
     head_input = None
     if verified and not lm.arch.head_reads_last_hidden and captured.head_input is not None:
-        head_input = captured.head_input[0].float()
+        head_input = captured.head_input[0].to(hidden.dtype)
     result = Trace(
         model_name=lm.name, text=text, input_ids=input_ids[0], tokens=tokens, hidden=hidden,
         last_logits=output.logits[0, -1].float(), truncated_from=truncated_from, head_input=head_input,
@@ -172,6 +172,11 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     if verified:
         _check_last_position(lm, result, result.last_logits)
     return result
+
+
+def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Hidden states are kept in float32, or float64 for a float64 model (tests compare in float64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_last_position(lm: LoadedModel, t: Trace, own: torch.Tensor) -> None:

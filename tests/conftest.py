@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from lmviz import models
 from tests import tiny_models
@@ -100,3 +101,36 @@ def pytest_terminal_summary(terminalreporter):
     for model_type, outcome in sorted(RESULTS.items()):
         if outcome != "exact":
             terminalreporter.write_line(f"  {model_type}: {outcome}")
+
+
+def float64_model(directory: str) -> models.LoadedModel:
+    """A saved causal LM loaded in float64, wrapped by lmviz: for comparing passes batched differently."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float64)
+    return models.describe(f"{directory} (float64)", model, AutoTokenizer.from_pretrained(directory), "causal")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_f64(tiny_dirs) -> models.LoadedModel:
+    return float64_model(tiny_dirs["gpt2"])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_f64(tiny_dirs) -> models.LoadedModel:
+    return float64_model(tiny_dirs["llama"])
+
+
+@pytest.fixture(scope="session")
+def smollm_f64(smollm) -> models.LoadedModel:
+    """The embedded model in float64 (from its converted copy): 1 GB, for the sliding-window check."""
+    return float64_model(str(models.cache_dir() / f"{models.DEFAULT_MODEL}-float32"))
+
+
+@pytest.fixture(autouse=True)
+def empty_result_cache():
+    """Every test starts with lmviz's result cache empty: no test passes because of what ran before it."""
+    from lmviz.cache import CACHE
+
+    CACHE.clear()
+    yield

@@ -11,6 +11,7 @@ import torch
 from lmviz import beam
 from lmviz.cli import main
 from lmviz.errors import LmvizError
+from tests import bounds
 
 PROMPT = "This weekend I plan to"
 CAPITAL = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -39,10 +40,23 @@ def generate_beams(lm, text, num_beams, max_new_tokens, length_penalty, early_st
 def token_logprobs(lm, prefix: list[int], continuation: list[int]) -> list[float]:
     """log P(each continuation token | everything before it), from one full forward pass (no cache)."""
     ids = torch.tensor([prefix + continuation])
-    logits = lm.model(input_ids=ids).logits[0].float()
+    logits = lm.model(input_ids=ids).logits[0].double()
     logp = torch.log_softmax(logits, dim=-1)
     start = len(prefix) - 1
     return [float(logp[start + i, token]) for i, token in enumerate(continuation)]
+
+
+def assert_logprobs(lm, prefix: list[int], continuation: list[int], logprobs) -> None:
+    """Each step's log-probability against one pass without a cache. Only for float64 models: a cached and an
+    uncached float32 pass are different computations with no useful bound (tests/bounds.py), so the float64
+    parametrizations check this, within lmviz's float32 log-softmax bound."""
+    if lm.model.dtype != torch.float64:
+        return
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([prefix + continuation])).logits[0].double()
+    eps = bounds.float32_nll_bound(logits[len(prefix) - 1: len(prefix) - 1 + len(continuation)])
+    expected = token_logprobs(lm, prefix, continuation)
+    assert all(abs(got - want) <= float(e) for got, want, e in zip(logprobs, expected, eps))
 
 
 def assert_matches_generate(lm, text, num_beams, max_new_tokens, length_penalty, early_stopping):
@@ -57,11 +71,12 @@ def assert_matches_generate(lm, text, num_beams, max_new_tokens, length_penalty,
         n = hypothesis.length
         assert list(hypothesis.token_ids) == row[:n]
         assert set(row[n:]) <= padding  # generate pads a shorter hypothesis
-        assert hypothesis.score == pytest.approx(score, abs=1e-5)
-        # and the score from scratch: sum of log-probabilities / length ** penalty
-        total = sum(token_logprobs(lm, prompt_ids(lm, text), row[:n]))
-        assert hypothesis.logprob == pytest.approx(total, abs=2e-4)
-        assert hypothesis.score == pytest.approx(total / n**length_penalty, abs=2e-4)
+        bound = bounds.continuation_bound(lm.model, prompt_ids(lm, text), row[:n])
+        assert abs(hypothesis.score - score) <= bound / n**length_penalty
+        if lm.model.dtype == torch.float64:  # and from scratch, one pass without a cache (float64: see bounds.py)
+            total = sum(token_logprobs(lm, prompt_ids(lm, text), row[:n]))
+            assert abs(hypothesis.logprob - total) <= bound
+            assert abs(hypothesis.score - total / n**length_penalty) <= bound / n**length_penalty
         assert hypothesis.ended == ("eos" if row[n - 1] in eos else "max_new_tokens")
         assert n == max_new_tokens or row[n - 1] in eos
     assert [h.score for h in tree.final] == sorted((h.score for h in tree.final), reverse=True)
@@ -105,7 +120,7 @@ SETTINGS = [  # (beams, new tokens, length penalty, early stopping)
 EOS_MODES = ["greedy1", "greedy2", "greedy3", "pair"]
 
 
-@pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_llama"])
+@pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_llama", "tiny_gpt2_f64", "tiny_llama_f64"])
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "K{}-M{}-lp{}-es{}".format(*s))
 def test_matches_generate_without_eos_hits(request, model, settings):
     assert_matches_generate(request.getfixturevalue(model), PROMPT, *settings)
@@ -164,10 +179,12 @@ def test_matches_generate_on_embedded_model_with_real_eos(smollm, settings):
 
 
 @torch.no_grad()
-def test_tree_candidates_are_the_best_continuations(tiny_llama, monkeypatch):
+def test_tree_candidates_are_the_best_continuations(tiny_llama_f64, monkeypatch):
+    """Every step's ranked candidates against full passes without a cache (float64, so the cache can't matter;
+    lmviz's float32 log-softmax within tests/bounds.py); near-ties may come in either order."""
     """Recomputed here without a cache: at every step the 2K ranked candidates are the best
     (beam, token) continuations of the K running beams; the K best that did not end are kept."""
-    lm = tiny_llama
+    lm = tiny_llama_f64
     eos = likely_token(lm, PROMPT, 2)
     monkeypatch.setattr(lm.model.generation_config, "eos_token_id", eos)
     K, M = 3, 6
@@ -179,17 +196,24 @@ def test_tree_candidates_are_the_best_continuations(tiny_llama, monkeypatch):
         continuations = []  # (cumulative, parent id, token, logprob)
         for node in running:
             path = [tree.nodes[i].token_id for i in tree.path(node.id)[1:]]
-            logp = torch.log_softmax(lm.model(input_ids=torch.tensor([prefix + path])).logits[0, -1].float(), -1)
+            logits = lm.model(input_ids=torch.tensor([prefix + path])).logits[0, -1].double()
+            logp = torch.log_softmax(logits, -1)
+            eps = float(bounds.float32_nll_bound(logits))
             for token in range(logp.shape[0]):
-                continuations.append((node.cumulative + float(logp[token]), node.id, token, float(logp[token])))
+                # the cumulative log-probability carries every earlier step's rounding too
+                continuations.append((node.cumulative + float(logp[token]), node.id, token, float(logp[token]),
+                                      eps * step))
         continuations.sort(key=lambda c: -c[0])
         ranked = sorted((n for n in tree.nodes if n.step == step and n.rank is not None), key=lambda n: n.rank)
         assert len(ranked) == 2 * K
-        for node, (cumulative, parent, token, logprob) in zip(ranked, continuations):
-            assert (node.parent, node.token_id) == (parent, token)
-            assert node.cumulative == pytest.approx(cumulative, abs=1e-4)
-            assert node.logprob == pytest.approx(logprob, abs=1e-4)
-            assert node.score == pytest.approx(cumulative / step, abs=1e-4)
+        for i, (node, (cumulative, parent, token, logprob, eps)) in enumerate(zip(ranked, continuations)):
+            neighbours = [continuations[j][0] for j in (i - 1, i + 1) if 0 <= j < len(continuations)]
+            if all(abs(cumulative - other) > 2 * eps for other in neighbours):
+                assert (node.parent, node.token_id) == (parent, token)
+            assert abs(node.cumulative - cumulative) <= eps
+            assert abs(node.score - cumulative / step) <= eps / step
+            if (node.parent, node.token_id) == (parent, token):
+                assert abs(node.logprob - logprob) <= eps / step
         not_ended = [n for n in ranked if n.token_id != eos]
         kept = [n for n in ranked if n.status == beam.KEPT]
         if step < M:
@@ -229,7 +253,7 @@ def test_json_round_trip_and_cache(tiny_gpt2):
 # ------------------------------------------------------------------ greedy and sampling
 
 
-@pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_llama", "smollm"])
+@pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_llama", "smollm", "tiny_gpt2_f64", "tiny_llama_f64"])
 def test_greedy_equals_generate(request, model):
     lm = request.getfixturevalue(model)
     ids = torch.tensor([prompt_ids(lm, PROMPT)])
@@ -237,11 +261,11 @@ def test_greedy_equals_generate(request, model):
         expected = lm.model.generate(ids, do_sample=False, num_beams=1, max_new_tokens=8)[0, ids.shape[1]:].tolist()
     run = beam.greedy(lm, PROMPT, 8)
     assert list(run.token_ids) == expected
-    assert run.logprobs == pytest.approx(token_logprobs(lm, ids[0].tolist(), expected), abs=2e-4)
+    assert_logprobs(lm, ids[0].tolist(), expected, run.logprobs)
     assert run.logprob == pytest.approx(sum(run.logprobs))
 
 
-@pytest.mark.parametrize("model", ["tiny_gpt2", "smollm"])
+@pytest.mark.parametrize("model", ["tiny_gpt2", "smollm", "tiny_gpt2_f64"])
 @pytest.mark.parametrize("seed", [0, 7])
 def test_sampling_equals_generate_with_the_same_seed(request, model, seed):
     lm = request.getfixturevalue(model)
@@ -253,7 +277,7 @@ def test_sampling_equals_generate_with_the_same_seed(request, model, seed):
         )[0, ids.shape[1]:].tolist()
     run = beam.sample(lm, PROMPT, 8, seed=seed)
     assert list(run.token_ids) == expected
-    assert run.logprobs == pytest.approx(token_logprobs(lm, ids[0].tolist(), expected), abs=2e-4)
+    assert_logprobs(lm, ids[0].tolist(), expected, run.logprobs)
     assert run.seed == seed and run.method == "sample"
 
 
@@ -269,7 +293,7 @@ def test_comparison_table_scores_alike(tiny_gpt2):
     greedy, sampled = beam.greedy(tiny_gpt2, PROMPT, 5), beam.sample(tiny_gpt2, PROMPT, 5, seed=3)
     table = beam.comparison_table(tree, greedy, sampled)
     assert table["log-prob (sum)"].tolist() == pytest.approx([greedy.logprob, tree.final[0].logprob, sampled.logprob])
-    assert table.iloc[1, -1] == pytest.approx(tree.final[0].score, abs=1e-5)
+    assert abs(table.iloc[1, -1] - tree.final[0].score) <= 2 * bounds.U32 * abs(tree.final[0].score)  # shown as float32
     final = beam.final_table(tree)
     assert final["rank"].tolist() == [1, 2, 3]
 
@@ -324,7 +348,9 @@ def test_cli_beam_json_matches_generate(tiny_dirs, tiny_gpt2, capsys):
     rows, scores = generate_beams(tiny_gpt2, PROMPT, 3, 5, 0.5, "never")
     for hypothesis, row in zip(result["final"], rows):
         assert hypothesis["token_ids"] == row[: len(hypothesis["token_ids"])]
-    assert [h["score"] for h in result["final"]] == pytest.approx(scores, abs=1e-5)
+    for hypothesis, row, score in zip(result["final"], rows, scores):
+        n = len(hypothesis["token_ids"])
+        assert abs(hypothesis["score"] - score) <= bounds.continuation_bound(tiny_gpt2.model, prompt_ids(tiny_gpt2, PROMPT), row[:n]) / n**0.5
     assert {"id", "parent", "step", "token_id", "logprob", "cumulative", "score", "status"} <= set(result["nodes"][1])
     assert main(["beam", PROMPT, "--model", tiny_dirs["gpt2"], "--num-beams", "2", "--max-new-tokens", "3"]) == 0
     assert "rank" in capsys.readouterr().out

@@ -21,6 +21,7 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
+from tests import bounds
 from lmviz import heads, models
 from lmviz.cli import main
 from lmviz.errors import LmvizError
@@ -45,8 +46,9 @@ def test_seed_004_neighbour_table_on_embedded_model(smollm):
     top = logits.topk(k=10)
     result = heads.neighbours(smollm, SEED_TEXT, k=10)
     assert result.input_ids.tolist() == SEED_IDS
-    assert torch.equal(result.top_ids, top.indices[0])
-    assert torch.allclose(result.top_scores, top.values[0], atol=1e-5)
+    with torch.no_grad():
+        bound = bounds.linear_bound(model.model.embed_tokens(ids)[0], model.lm_head.weight)
+    bounds.assert_top_k(result.top_ids, result.top_scores, logits[0], bound)
     assert [list(row) for row in result.top_tokens] == [[shown(tokenizer, i) for i in row] for row in top.indices[0]]
     own = logits[0].gather(1, ids[0][:, None])
     assert result.self_rank.tolist() == (logits[0] > own).sum(dim=1).tolist()
@@ -72,8 +74,9 @@ def test_cosine_neighbours(tiny_dirs, tiny_gpt2):
         cosines = F.normalize(e, dim=-1) @ F.normalize(reference.lm_head.weight, dim=-1).T
     top = cosines.topk(7)
     result = heads.neighbours(tiny_gpt2, text, k=7, metric="cosine")
-    assert torch.equal(result.top_ids, top.indices)
-    assert torch.allclose(result.top_scores, top.values, atol=1e-5)
+    with torch.no_grad():  # normalising first or dividing after: a few more roundings of each unit-sized score
+        bound = bounds.linear_bound(F.normalize(e, dim=-1), F.normalize(reference.lm_head.weight, dim=-1)) + 8 * bounds.U32
+    bounds.assert_top_k(result.top_ids, result.top_scores, cosines, bound)
     assert result.top_scores.max() <= 1 + 1e-5
     # with tied weights every token is its own nearest direction (cosine 1)
     assert torch.equal(result.top_ids[:, 0], ids) and torch.allclose(result.top_scores[:, 0], torch.ones(len(ids)))
@@ -90,7 +93,10 @@ def test_untied_model_says_so_and_scores_against_the_output_matrix(tiny_dirs, ti
         top = reference.lm_head(reference.model.embed_tokens(ids))[0].topk(5)
     result = heads.neighbours(tiny_llama, text, k=5)
     assert not result.tied
-    assert torch.equal(result.top_ids, top.indices) and torch.allclose(result.top_scores, top.values, atol=1e-6)
+    with torch.no_grad():
+        scores = reference.lm_head(reference.model.embed_tokens(ids))[0]
+        bound = bounds.linear_bound(reference.model.embed_tokens(ids)[0], reference.lm_head.weight)
+    bounds.assert_top_k(result.top_ids, result.top_scores, scores, bound)
 
 
 def test_long_text_in_chunks_equals_one_pass(tiny_dirs, tiny_gpt2, monkeypatch):
@@ -127,17 +133,22 @@ def test_fill_mask_matches_transformers(tiny_dirs, tiny_bert):
     text = "paris is the [MASK] of france and [MASK] is the capital of england"
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        logits = reference(input_ids=ids).logits[0]
+        out = reference(input_ids=ids, output_hidden_states=True)
+        logits = out.logits[0]
+        transformed = reference.cls.predictions.transform(out.hidden_states[-1][0])  # what the decoder reads
+    decoder = reference.cls.predictions.decoder
     where = (ids[0] == tokenizer.mask_token_id).nonzero().flatten()
     result = heads.fill_mask(tiny_bert, text, k=4)
     assert result.mask_positions.tolist() == where.tolist() and len(where) == 2
     for m, position in enumerate(where):
-        top = logits[position].topk(4)
-        assert torch.equal(result.top_ids[m], top.indices)
-        assert torch.allclose(result.top_logits[m], top.values, atol=1e-5)
-        assert torch.allclose(result.top_probs[m], torch.softmax(logits[position], -1)[top.indices], atol=1e-6)
-        assert torch.allclose(result.top_logprobs[m], torch.log_softmax(logits[position], -1)[top.indices], atol=1e-5)
-        assert list(result.top_tokens[m]) == [tokenizer.convert_ids_to_tokens(int(i)) for i in top.indices]
+        bound = bounds.linear_bound(transformed[position], decoder.weight, decoder.bias)  # (vocab,)
+        bounds.assert_top_k(result.top_ids[m], result.top_logits[m], logits[position], bound)
+        chosen = result.top_ids[m]
+        eps = 2 * bounds.log_softmax_bound(logits[position], bound.max())  # lmviz's and the reference's
+        log_p = torch.log_softmax(logits[position].double(), -1)[chosen]
+        assert ((result.top_logprobs[m].double() - log_p).abs() <= eps).all()
+        assert ((result.top_probs[m].double() - log_p.exp()).abs() <= bounds.prob_bound(log_p.exp(), eps)).all()
+        assert list(result.top_tokens[m]) == [tokenizer.convert_ids_to_tokens(int(i)) for i in chosen]
     frame = result.frame(0)
     assert frame["id"].tolist() == result.top_ids[0].tolist()
 
@@ -155,7 +166,13 @@ def test_head_anatomy_is_read_from_the_model(tiny_dirs, tiny_bert):
         part = reference
         for name in step.path.split("."):
             part = getattr(part, name)
-    assert anatomy.recompute_max_diff < 1e-4
+    # the diagnostic the page shows: lmviz's by-hand head against the model's logits, within rounding
+    with torch.no_grad():
+        out = reference(**AutoTokenizer.from_pretrained(tiny_dirs["bert"])(anatomy.recompute_text, return_tensors="pt"),
+                        output_hidden_states=True)
+        transformed = reference.cls.predictions.transform(out.hidden_states[-1][0])
+    decoder = reference.cls.predictions.decoder
+    assert anatomy.recompute_max_diff <= float(bounds.linear_bound(transformed, decoder.weight, decoder.bias).max())
     # the head by hand, written out independently: dense -> gelu -> LayerNorm -> E^T + output bias
     ids = AutoTokenizer.from_pretrained(tiny_dirs["bert"])("the capital of france is paris", return_tensors="pt")
     with torch.no_grad():
@@ -164,7 +181,7 @@ def test_head_anatomy_is_read_from_the_model(tiny_dirs, tiny_bert):
         h = F.gelu(out.hidden_states[-1] @ p.transform.dense.weight.T + p.transform.dense.bias)
         h = F.layer_norm(h, (h.shape[-1],), p.transform.LayerNorm.weight, p.transform.LayerNorm.bias, 1e-12)
         by_hand = h @ reference.bert.embeddings.word_embeddings.weight.T + p.bias
-    assert torch.allclose(by_hand, out.logits, atol=1e-4)
+    bounds.assert_linear_close(by_hand[0], out.logits[0], h[0], reference.bert.embeddings.word_embeddings.weight, p.bias)
 
 
 def test_mlm_loss_three_ways_agree_with_transformers(tiny_dirs, tiny_bert):
@@ -185,17 +202,19 @@ def test_mlm_loss_three_ways_agree_with_transformers(tiny_dirs, tiny_bert):
 
     result = heads.mlm_loss(tiny_bert, text, chosen)
     assert torch.equal(result.input_ids, masked[0]) and torch.equal(result.labels, labels[0])
-    assert result.model_loss == pytest.approx(float(out.loss), abs=1e-5)
-    assert result.cross_entropy == pytest.approx(float(ce), abs=1e-5)
-    assert torch.allclose(result.per_example_loss, nll, atol=1e-4)
-    assert result.seed_loss == pytest.approx(float(nll.sum()) / (3 + 1e-5), abs=1e-5)
+    # the same forward pass; float32 log-softmax on each side, and float32 means of 3 terms
+    eps = 2 * float(bounds.log_softmax_bound(out.logits[0]).max()) + bounds.sum_bound(3, float(nll.sum()))
+    assert abs(result.model_loss - float(out.loss)) <= eps
+    assert abs(result.cross_entropy - float(ce)) <= eps
+    assert ((result.per_example_loss - nll).abs() <= eps).all()
+    assert abs(result.seed_loss - float(nll.sum()) / (3 + 1e-5)) <= eps
     assert result.seed_loss < result.cross_entropy  # the 1e-5 in the denominator
     assert result.n_masked == 3
 
     padded = heads.mlm_loss(tiny_bert, text, chosen, max_predictions=8)
     assert padded.positions.tolist() == chosen + [0] * 5
     assert padded.label_weights.tolist() == [1.0] * 3 + [0.0] * 5
-    assert padded.seed_loss == pytest.approx(result.seed_loss, abs=1e-6)
+    assert abs(padded.seed_loss - result.seed_loss) <= bounds.sum_bound(8, result.numerator)  # zero-weight rows
     assert padded.denominator == pytest.approx(3 + 1e-5)
     assert len(padded.frame()) == 8
 
@@ -243,13 +262,14 @@ def test_classifier_logits_labels_and_losses(tiny_classifier_dirs):
     own = pooled @ reference.classifier.weight.T + reference.classifier.bias  # logitsOwnCalculation
     result = heads.classify(lm, "this is an example")
     assert result.labels == ("negative", "positive") and not result.generic_labels
-    assert torch.allclose(result.logits, logits, atol=1e-6)
-    assert torch.allclose(result.logits_by_hand, own, atol=1e-5)
-    assert torch.allclose(result.pooled, pooled, atol=1e-6)
-    assert torch.allclose(result.probs, torch.softmax(logits, -1), atol=1e-6)
-    loss_fct = nn.CrossEntropyLoss()
-    expected = [float(loss_fct(logits[None], torch.tensor([i]))) for i in range(2)]
-    assert result.loss_per_label.tolist() == pytest.approx(expected, abs=1e-6)
+    # one forward pass on each side, the same operations on the same input
+    assert torch.equal(result.logits, logits) and torch.equal(result.pooled, pooled)
+    bounds.assert_linear_close(result.logits_by_hand, own, pooled, reference.classifier.weight, reference.classifier.bias)
+    eps = bounds.log_softmax_bound(logits)
+    p = torch.softmax(logits.double(), -1)
+    assert ((result.probs.double() - p).abs() <= bounds.prob_bound(p, eps)).all()
+    expected = -torch.log_softmax(logits.double(), -1)  # the loss if each label were the true one
+    assert ((torch.tensor(result.loss_per_label.tolist()) - expected).abs() <= 2 * eps).all()
     assert result.frame()["label"].tolist() == ["negative", "positive"]
 
 
@@ -263,8 +283,9 @@ def test_classifier_without_label_names_and_decoder_classifier(tiny_classifier_d
         out = reference(input_ids=ids, output_hidden_states=True)
     result = heads.classify(lm, "The capital of France")
     assert len(result.labels) == 3 and result.generic_labels
-    assert torch.allclose(result.logits, out.logits[0], atol=1e-6)
-    assert torch.allclose(result.logits_by_hand, out.hidden_states[-1][0, -1] @ reference.score.weight.T, atol=1e-5)
+    assert torch.equal(result.logits, out.logits[0])  # one forward pass on each side, the same operations
+    last = out.hidden_states[-1][0, -1]
+    bounds.assert_linear_close(result.logits_by_hand, last @ reference.score.weight.T, last, reference.score.weight)
 
 
 def test_random_head_like_nn_linear(tiny_dirs, tiny_gpt2):
@@ -283,8 +304,11 @@ def test_random_head_like_nn_linear(tiny_dirs, tiny_gpt2):
         head = heads.random_head(tiny_gpt2, ["negative", "positive"], pooling=pooling, seed=3)
         result = heads.classify_with_head(tiny_gpt2, head, text)
         logits = pooled @ head.weight.T + head.bias
-        assert torch.allclose(result.logits, logits, atol=1e-5)
-        assert torch.allclose(result.probs, torch.softmax(logits, -1), atol=1e-6)
+        # pooled from the trace (the same forward pass) in float32, here too; the head's product in another order
+        bounds.assert_linear_close(result.logits, logits, pooled, head.weight, head.bias)
+        eps = bounds.log_softmax_bound(logits, float(bounds.linear_bound(pooled, head.weight, head.bias).max()))
+        p = torch.softmax(logits.double(), -1)
+        assert ((result.probs.double() - p).abs() <= bounds.prob_bound(p, 2 * eps)).all()
         assert result.loss_per_label.tolist() == pytest.approx(
             [float(F.cross_entropy(logits[None], torch.tensor([i]))) for i in range(2)], abs=1e-5)
 
@@ -398,11 +422,10 @@ def test_antiberty_conversion_matches_the_shipped_weights():
     mlm = models.load(folders["mlm"])
     result = heads.fill_mask(mlm, sequence[:20] + "[MASK]" + sequence[21:], k=5)  # no spaces needed
     assert result.input_ids.tolist() == ids[0].tolist()
-    top = logits[21].topk(5)
-    assert torch.equal(result.top_ids[0], top.indices)
-    assert torch.allclose(result.top_logits[0], top.values, atol=1e-4)
+    bound = bounds.linear_bound(h[21], state["bert.embeddings.word_embeddings.weight"], state["cls.predictions.bias"])
+    bounds.assert_top_k(result.top_ids[0], result.top_logits[0], logits[21], bound)
     assert heads.mlm_head_anatomy(mlm).decoder_same_storage
 
     classifier = heads.classify(models.load(folders["chain"]), sequence)
     assert classifier.labels == ("Heavy", "Light")
-    assert torch.allclose(classifier.logits, chain, atol=1e-4)
+    bounds.assert_linear_close(classifier.logits, chain, pooled, state["cls.chain.weight"], state["cls.chain.bias"])

@@ -20,7 +20,9 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from lmviz import cli, lens, models
 from lmviz import trace as tracing
+from lmviz.architectures import LogitTransform, head_error_bound
 from lmviz.errors import LmvizError
+from tests import bounds
 
 TEXT = "The capital of France is Paris, and the capital of England is"
 
@@ -50,60 +52,78 @@ def own_logits(lm, t) -> torch.Tensor:
 
 @torch.no_grad()
 def reference(model, input_ids: torch.Tensor, normalize: bool, watched=(), k: int = 10) -> dict:
-    """Every lens statistic, from full logits, in float64."""
+    """Every lens statistic, from full logits, in float64; with `logit_error` (layer+1, pos), the bound on
+    how far lmviz's float32 logits may be from these (same products, another order: see tests/bounds.py)."""
     out = model(input_ids[None], output_hidden_states=True)
     hidden = out.hidden_states  # tuple of L+1 tensors (1, pos, d); the last one already normed
     norm = FINAL_NORM[model.config.model_type](model)
     cap = getattr(model.config, "final_logit_softcapping", None)
+    unembed = model.lm_head if hasattr(model, "lm_head") else model.embed_out
 
     def head(h):
-        logits = model.lm_head(h) if hasattr(model, "lm_head") else model.embed_out(h)
+        logits = unembed(h)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    rows = [head(norm(h) if normalize else h) for h in hidden[:-1]]
+    inputs = [norm(h) if normalize else h for h in hidden[:-1]] + [hidden[-1]]
+    rows = [head(h) for h in inputs[:-1]]
     rows.append(out.logits if normalize else head(hidden[-1]))
     logits = torch.cat(rows).double()  # (layer+1, pos, vocab)
+    transform = LogitTransform(softcap=cap)
+    logit_error = torch.cat([head_error_bound(h, unembed, transform).amax(-1) for h in inputs]).double()
     logp = torch.log_softmax(logits, dim=-1)
     final = torch.log_softmax(out.logits[0].double(), dim=-1)  # (pos, vocab)
     next_ids = input_ids[1:]
     target = logits[:, :-1].gather(-1, next_ids.view(1, -1, 1).expand(logits.shape[0], -1, 1))  # (layer+1, pos-1, 1)
-    gap = 1e-5 * logits.abs().amax(-1, keepdim=True)[:, :-1]  # logits closer than rounding count as ties
+    gap = 2 * logit_error[..., None]  # logits closer than lmviz's rounding allows count as ties
     watched = list(watched)
     w_logits = logits[..., watched]  # (layer+1, pos, w)
-    w_gap = 1e-5 * logits.abs().amax(-1, keepdim=True)
     top = torch.topk(logits, k, dim=-1)
     return {
         "logits": logits,
+        "logit_error": logit_error,
         "top_ids": top.indices,
         "top_probs": logp.gather(-1, top.indices).exp(),
         "entropy": -(logp.exp() * logp).sum(-1),
         "kl": (final.exp() * (final - logp)).sum(-1),
         "nll": -logp[:, :-1].gather(-1, next_ids.view(1, -1, 1).expand(logp.shape[0], -1, 1))[..., 0],
-        "rank_low": (logits[:, :-1] > target + gap).sum(-1),
-        "rank_high": (logits[:, :-1] > target - gap).sum(-1),
+        "rank_low": (logits[:, :-1] > target + gap[:, :-1]).sum(-1),
+        "rank_high": (logits[:, :-1] > target - gap[:, :-1]).sum(-1),
         "watched_probs": logp[..., watched].exp(),
-        "watched_rank_low": (logits.unsqueeze(-2) > (w_logits + w_gap).unsqueeze(-1)).sum(-1),
-        "watched_rank_high": (logits.unsqueeze(-2) > (w_logits - w_gap).unsqueeze(-1)).sum(-1),
+        "watched_rank_low": (logits.unsqueeze(-2) > (w_logits + gap).unsqueeze(-1)).sum(-1),
+        "watched_rank_high": (logits.unsqueeze(-2) > (w_logits - gap).unsqueeze(-1)).sum(-1),
     }
 
 
 def assert_matches(result: lens.LensResult, ref: dict) -> None:
+    """lmviz's lens against the float64 reference, every tolerance from tests/bounds.py."""
     n = ref["logits"].shape[0]
     assert result.top_ids.shape == ref["top_ids"].shape and result.n_layers == n - 1
+    error = ref["logit_error"]  # (layer+1, pos)
+    eps = bounds.log_softmax_bound(ref["logits"], error)  # (layer+1, pos): log-probabilities
     # top-k: same tokens in the same order, unless two logits are within rounding of each other
     top_logits = ref["logits"].gather(-1, result.top_ids)
-    assert torch.allclose(top_logits, ref["logits"].gather(-1, ref["top_ids"]), rtol=1e-5, atol=1e-5)
+    assert ((top_logits - ref["logits"].gather(-1, ref["top_ids"])).abs() <= 2 * error[..., None]).all()
     assert (result.top_ids == ref["top_ids"]).float().mean() > 0.99
-    torch.testing.assert_close(result.top_probs.double(), ref["top_probs"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(result.entropy.double(), ref["entropy"], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(result.kl_to_final.double(), ref["kl"].clamp_min(0), rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(result.next_token_nll[:, :-1].double(), ref["nll"], rtol=1e-4, atol=1e-4)
+    assert ((result.top_probs.double() - ref["top_probs"]).abs() <= bounds.prob_bound(ref["top_probs"], eps[..., None])).all()
+    p = ref["logits"].softmax(-1)
+    assert ((result.entropy.double() - ref["entropy"]).abs() <= bounds.entropy_bound(p, eps)).all()
+    vocab = ref["logits"].shape[-1]
+    kl_bound = 2 * (eps + eps[-1:]) + bounds.sum_bound(vocab, 1.0) * (1 + ref["logits"].abs().amax(-1))
+    assert ((result.kl_to_final.double() - ref["kl"].clamp_min(0)).abs() <= kl_bound).all()
+    assert ((result.next_token_nll[:, :-1].double() - ref["nll"]).abs() <= eps[:, :-1]).all()
     assert torch.isnan(result.next_token_nll[:, -1]).all() and (result.next_token_rank[:, -1] == -1).all()
     rank = result.next_token_rank[:, :-1]
     assert ((ref["rank_low"] <= rank) & (rank <= ref["rank_high"])).all()
-    torch.testing.assert_close(result.watched_probs.double(), ref["watched_probs"], rtol=1e-4, atol=1e-7)
+    watched_bound = bounds.prob_bound(ref["watched_probs"], eps[..., None])
+    assert ((result.watched_probs.double() - ref["watched_probs"]).abs() <= watched_bound).all()
     assert ((ref["watched_rank_low"] <= result.watched_ranks) & (result.watched_ranks <= ref["watched_rank_high"])).all()
-    assert result.max_final_error < 1e-4
+    assert result.max_final_error <= float(error[-1].max())
+
+
+def assert_top_ids(top_ids: torch.Tensor, logits: torch.Tensor, error: torch.Tensor) -> None:
+    """top_ids (pos, k) are the k best of logits (pos, vocab), in order, up to logits within 2·error of each other."""
+    best = logits.topk(top_ids.shape[-1], -1).values
+    assert ((logits.gather(-1, top_ids) - best).abs() <= 2 * error[:, None]).all()
 
 
 def reference_model(directory: str):
@@ -140,10 +160,13 @@ def test_last_row_is_the_models_own_output(tiny_llama):
     t = tracing.trace(tiny_llama, TEXT)
     result = lens.run_logit_lens(tiny_llama, t, k=5)
     logits = own_logits(tiny_llama, t)
-    final = torch.log_softmax(logits.double(), -1)
-    assert torch.equal(result.top_ids[-1], logits.topk(5, -1).indices)
+    error = head_error_bound(t.hidden[-1], tiny_llama.unembed, tiny_llama.arch.logit_transform).amax(-1)  # (pos,)
+    assert_top_ids(result.top_ids[-1], logits, error)
     assert (result.kl_to_final[-1] == 0).all()
-    torch.testing.assert_close(result.entropy[-1].double(), -(final.exp() * final).sum(-1), rtol=1e-5, atol=1e-6)
+    final = torch.log_softmax(logits.double(), -1)
+    eps = bounds.log_softmax_bound(logits, error)
+    assert ((result.entropy[-1].double() - -(final.exp() * final).sum(-1)).abs()
+            <= bounds.entropy_bound(final.exp(), eps)).all()
 
 
 def test_norm_applied_exactly_once(tiny_neox):
@@ -153,7 +176,8 @@ def test_norm_applied_exactly_once(tiny_neox):
     logits = own_logits(tiny_neox, t)
     assert (twice - logits).abs().max() > 1e-2
     result = lens.run_logit_lens(tiny_neox, t, k=3)
-    assert torch.equal(result.top_ids[-1], logits.topk(3, -1).indices)
+    error = head_error_bound(t.hidden[-1], tiny_neox.unembed, tiny_neox.arch.logit_transform).amax(-1)
+    assert_top_ids(result.top_ids[-1], logits, error)
 
 
 def test_non_linear_head_goes_through_the_module(tiny_dirs, tiny_llama):
@@ -297,9 +321,13 @@ def test_cli_lens_json(tiny_dirs, capsys):
     ref = reference(model, ids, normalize=False, k=3)
     assert out["normalized"] is False and len(out["tokens"]) == len(ids)
     assert torch.tensor(out["top_ids"]).shape == (4, len(ids), 3)
-    assert out["top_ids"] == ref["top_ids"].tolist()
-    torch.testing.assert_close(torch.tensor(out["top_probs"]).double(), ref["top_probs"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(out["entropy"]).double(), ref["entropy"], rtol=1e-4, atol=1e-4)
+    for layer in range(4):
+        assert_top_ids(torch.tensor(out["top_ids"][layer]), ref["logits"][layer], ref["logit_error"][layer])
+    eps = bounds.log_softmax_bound(ref["logits"], ref["logit_error"])
+    got = torch.tensor(out["top_probs"]).double()
+    assert ((got - ref["top_probs"]).abs() <= bounds.prob_bound(ref["top_probs"], eps[..., None])).all()
+    entropy_bound = bounds.entropy_bound(ref["logits"].softmax(-1), eps)
+    assert ((torch.tensor(out["entropy"]).double() - ref["entropy"]).abs() <= entropy_bound).all()
     assert out["next_token_nll"][0][-1] is None and out["watched"]["tokens"] == [" Paris"]
     assert math.isfinite(out["max_final_error"])
 

@@ -19,9 +19,12 @@ from transformers import (
 )
 
 from lmviz import sampling
+from lmviz import trace as tracing
+from lmviz.architectures import head_error_bound
 from lmviz.cli import main
 from lmviz.errors import LmvizError
 from lmviz.sampling import SamplingSettings
+from tests import bounds
 
 PROMPT = "This weekend I plan to"
 
@@ -40,10 +43,26 @@ def vocab_order(dist: sampling.Distribution, values: torch.Tensor) -> torch.Tens
 
 
 def next_logits(lm, text: str = PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input ids and last-position logits from a plain forward pass (not through lmviz)."""
+    """Input ids and the last-position logits lmviz samples from, after checking them against a plain forward
+    pass (not through lmviz) within the rounding bound of the head. Both sides of every comparison below then
+    start from the same logits, so a filter's boundary can't move between them."""
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
     with torch.no_grad():
-        return ids, lm.model(ids).logits[0, -1].float()
+        plain = lm.model(ids).logits[0, -1].float()
+    t = tracing.trace(lm, text)
+    bound = head_error_bound(t.hidden[-1, -1:], lm.unembed, lm.arch.logit_transform)[0]
+    assert ((t.last_logits - plain).abs() <= bound).all()
+    return ids, t.last_logits
+
+
+def assert_softmax_close(got: torch.Tensor, scores: torch.Tensor) -> None:
+    """got (float32, vocabulary order) against softmax(scores) in float64: zero where a score is -inf, and
+    within twice the float32 softmax bound elsewhere (lmviz's rounding and the reference's)."""
+    kept = torch.isfinite(scores)
+    assert (got[~kept] == 0).all()
+    p = torch.softmax(scores[kept].double(), -1)
+    eps = 2 * bounds.log_softmax_bound(scores[kept])
+    assert ((got[kept].double() - p).abs() <= bounds.prob_bound(p, eps)).all()
 
 
 # ------------------------------------------------------------------ toy mode
@@ -125,7 +144,7 @@ def test_top_k_above_vocabulary_is_clamped_and_said(tiny_gpt2):
     assert dist.settings.top_k == logits.numel()
     assert any("more than the" in note and "keeps every token" in note for note in dist.notes)
     assert dist.n_kept == logits.numel()
-    assert torch.allclose(vocab_order(dist, dist.probs), torch.softmax(logits, -1), atol=1e-7)
+    assert_softmax_close(vocab_order(dist, dist.probs), logits)
 
 
 # ------------------------------------------------- distribution vs transformers
@@ -165,17 +184,21 @@ def test_distribution_equals_transformers_processors_on_the_embedded_model(smoll
     dist = sampling.next_token(smollm, PROMPT, settings)
     assert dist.vocab_size == 49152 and len(dist) == 49152  # the full vocabulary, no top-50 shortcut
     expected_scores = transformers_scores(settings, ids, logits)
-    expected = torch.softmax(expected_scores, -1)
-    assert torch.allclose(vocab_order(dist, dist.probs), expected, atol=1e-6)
+    expected = torch.softmax(expected_scores.double(), -1)
+    assert_softmax_close(vocab_order(dist, dist.probs), expected_scores)
     assert torch.equal(vocab_order(dist, dist.probs) > 0, torch.isfinite(expected_scores))
     assert dist.n_kept == int(torch.isfinite(expected_scores).sum())
-    assert math.isclose(float(dist.probs.sum()), 1.0, abs_tol=1e-5)
+    # a distribution: its float32 probabilities add up to 1 within their own rounding and the sum's
+    eps = 2 * bounds.log_softmax_bound(expected_scores[torch.isfinite(expected_scores)])
+    assert abs(float(dist.probs.double().sum()) - 1.0) <= float(torch.expm1(eps)) + bounds.sum_bound(len(dist))
     # the model's own distribution and log-probabilities, untouched by the settings
-    assert torch.allclose(vocab_order(dist, dist.model_probs), torch.softmax(logits, -1), atol=1e-6)
-    assert torch.allclose(vocab_order(dist, dist.model_logprobs), torch.log_softmax(logits, -1), atol=1e-4)
+    assert_softmax_close(vocab_order(dist, dist.model_probs), logits)
+    model_eps = 2 * bounds.log_softmax_bound(logits)
+    assert ((vocab_order(dist, dist.model_logprobs).double() - torch.log_softmax(logits.double(), -1)).abs()
+            <= model_eps).all()
     # entropy and effective vocabulary of the final distribution, in float64 here
-    p = expected.double()
-    assert math.isclose(dist.entropy, float(-torch.special.xlogy(p, p).sum()), abs_tol=1e-4)
+    p = expected
+    assert abs(dist.entropy - float(-torch.special.xlogy(p, p).sum())) <= float(bounds.entropy_bound(p, eps))
     cumulative = torch.sort(p, descending=True).values.cumsum(0)
     assert abs(dist.effective_vocab - (int((cumulative < 0.9).sum()) + 1)) <= 1
 
@@ -218,8 +241,8 @@ def test_repetition_penalty_against_plain_torch(tiny_llama):
     penalized = logits.clone()
     seen = torch.unique(ids[0])
     penalized[seen] = torch.where(logits[seen] < 0, logits[seen] * 1.5, logits[seen] / 1.5)
-    assert torch.allclose(vocab_order(dist, dist.probs), torch.softmax(penalized, -1), atol=1e-6)
-    assert torch.allclose(vocab_order(dist, dist.tempered_probs), torch.softmax(penalized, -1), atol=1e-6)
+    assert_softmax_close(vocab_order(dist, dist.probs), penalized)
+    assert_softmax_close(vocab_order(dist, dist.tempered_probs), penalized)
 
 
 def test_temperature_zero_is_greedy(smollm):
@@ -261,8 +284,9 @@ def test_sweep_against_a_loop_of_plain_softmaxes(smollm):
     sweep = sampling.temperature_sweep(logits, temps)
     for i, t in enumerate(temps.tolist()):
         p = torch.softmax(logits.double() / t, -1)
-        assert math.isclose(float(sweep.entropy[i]), float(-torch.special.xlogy(p, p).sum()), abs_tol=1e-5)
-        assert math.isclose(float(sweep.top_prob[i]), float(p.max()), abs_tol=1e-6)
+        eps = 2 * bounds.log_softmax_bound(logits / t)  # the sweep's float32 rounding and the division's
+        assert abs(float(sweep.entropy[i]) - float(-torch.special.xlogy(p, p).sum())) <= float(bounds.entropy_bound(p, eps))
+        assert abs(float(sweep.top_prob[i]) - float(p.max())) <= float(bounds.prob_bound(p.max(), eps))
         cumulative = torch.sort(p, descending=True).values.cumsum(0)
         assert abs(int(sweep.effective_vocab[i]) - (int((cumulative < 0.9).sum()) + 1)) <= 1
     assert (sweep.entropy.diff() > 0).all() and (sweep.top_prob.diff() < 0).all()
@@ -393,13 +417,15 @@ def test_cli_text_json_kept_tokens_most_probable_first(smollm, capsys):
     ids, logits = next_logits(smollm)
     scores = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(50), TopPLogitsWarper(0.9),
                                   MinPLogitsWarper(0.01)])(ids, logits.unsqueeze(0).clone())[0]
-    probs = torch.softmax(scores, -1)
+    probs = torch.softmax(scores.double(), -1)
     kept = torch.nonzero(torch.isfinite(scores)).flatten()
     expected_ids = kept[torch.argsort(probs[kept], descending=True, stable=True)].tolist()
     assert result["token_ids"] == expected_ids
     assert result["tokens"][0] == " visit"
-    assert torch.allclose(torch.tensor(result["probs"], dtype=torch.float64), probs[expected_ids].double(), atol=1e-6)
-    assert math.isclose(sum(result["probs"]), 1.0, abs_tol=1e-5)
+    eps = 2 * bounds.log_softmax_bound(scores[kept])
+    got = torch.tensor(result["probs"], dtype=torch.float64)
+    assert ((got - probs[expected_ids]).abs() <= bounds.prob_bound(probs[expected_ids], eps)).all()
+    assert abs(sum(result["probs"]) - 1.0) <= float(torch.expm1(eps)) + bounds.sum_bound(len(expected_ids))
     assert result["probs"] == sorted(result["probs"], reverse=True)
 
 

@@ -128,7 +128,7 @@ def test_beam_page(page, server_url):
 def test_loss_page(page, server_url):
     open_page(page, server_url, "loss")
     body = page.inner_text("body")
-    assert "erplexity" in body and "visit" not in body.lower()[:0]
+    assert "erplexity" in body and "Tokens scored" in body
     screenshot(page, "loss")
     set_sidebar_text(page, "The cat sat on the mat. The dog sat on the log.")
     assert "erplexity" in page.inner_text("body")
@@ -152,5 +152,5 @@ def test_bad_text_on_every_page(page, server_url, text):
     for path in ["", "lens", "sampling", "beam", "loss", "heads"]:
         open_page(page, server_url, path, text=text)
         assert_no_error_box(page)
-        assert page.locator('[data-testid="stSidebarUserContent"] textarea').input_value() == text.replace("\x07", "\x07")
+        assert page.locator('[data-testid="stSidebarUserContent"] textarea').input_value() == text
     screenshot(page, f"bad-text-{len(text)}")

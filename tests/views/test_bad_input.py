@@ -47,10 +47,28 @@ def test_masked_model_on_a_causal_page(page, tiny_dirs):
     assert "needs a causal model" in at.warning[0].value
 
 
+BAD_URL = {"text": "This weekend I plan to", "lens_k": "999", "sampling_temperature": "-3", "beam_beams": "1000",
+           "heads_k": "999", "heads_mask_k": "nan", "heads_seed": "-1", "heads_metric": "x", "heads_pooling": "x",
+           "lens_stat": "x", "beam_lp": "inf", "loss_max_length": "0", "loss_view": "x", "lens_window": "(0, 99999)",
+           "beam_frame": "599", "lens_layer": "99", "lens_pos": "99", "loss_stride": "-5"}
+# what each page's controls hold after BAD_URL: the defaults (SmolLM2, 5 tokens, 30 layers)
+DEFAULTS = {
+    "home": {},
+    "lens": {"lens_k": 10, "lens_stat": "top1_prob", "lens_window": (0, 4), "lens_layer": 30},  # lens_pos: only in the by-position table
+    "sampling": {"sampling_temperature": 1.0},
+    "beam": {"beam_beams": 3, "beam_lp": 1.0},
+    "loss": {"loss_view": "Token by token", "loss_max_length": 1024, "loss_stride": 512},
+    "heads": {"heads_k": 10, "heads_mask_k": 5, "heads_seed": 0, "heads_metric": "dot", "heads_pooling": "last"},
+}
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_out_of_range_url_values_fall_back_to_defaults(page, smollm):
     at = app(page)
-    at.query_params.update({"text": "This weekend I plan to", "lens_k": "999", "sampling_temperature": "-3",
-                            "beam_beams": "1000", "heads_k": "999", "heads_mask_k": "nan", "heads_seed": "-1", "heads_metric": "x", "heads_pooling": "x", "lens_stat": "x", "beam_lp": "inf", "loss_max_length": "0", "loss_view": "x", "lens_window": "(0, 99999)", "beam_frame": "59", "lens_layer": "99", "lens_pos": "99", "loss_stride": "-5"})
+    at.query_params.update(BAD_URL)
     at.run()
-    assert not at.exception
+    assert not at.exception and not at.error
+    for key, default in DEFAULTS[page].items():
+        value = at.session_state[key]
+        assert (tuple(value) if isinstance(value, list) else value) == default, (page, key, value)
+    assert at.session_state["text"] == "This weekend I plan to"

@@ -2,7 +2,10 @@
 
 import torch
 
+from lmviz import trace as tracing
+from lmviz.architectures import head_error_bound
 from lmviz.sampling import lecture_number
+from tests import bounds
 from tests.views import app, frame_with, run_page
 
 PROMPT = "This weekend I plan to"
@@ -25,10 +28,16 @@ def test_default_page_distribution_table_and_lecture_table(smollm):
     table = frame_with(at, "p final")
     ids = torch.tensor([smollm.tokenizer(PROMPT)["input_ids"]])
     with torch.no_grad():
-        probs = torch.softmax(smollm.model(ids).logits[0, -1].float(), -1)
-    top = torch.topk(probs, 20)
-    assert table["id"].tolist() == top.indices.tolist()
-    assert torch.allclose(torch.tensor(table["p final"].tolist()), top.values, atol=1e-6)
+        logits = smollm.model(ids).logits[0, -1].float()  # a plain forward pass
+    # the page samples from the trace's last logits: the same pass, the head on one row (tests/bounds.py)
+    error = head_error_bound(tracing.trace(smollm, PROMPT).hidden[-1, -1:], smollm.unembed,
+                             smollm.arch.logit_transform).max()
+    eps = bounds.log_softmax_bound(logits, error) + bounds.log_softmax_bound(logits)
+    log_p = torch.log_softmax(logits.double(), -1)
+    shown_ids = torch.tensor(table["id"].tolist())
+    bounds.assert_top_k(shown_ids, log_p[shown_ids], log_p, eps)
+    p = log_p[shown_ids].exp()
+    assert ((torch.tensor(table["p final"].tolist()).double() - p).abs() <= bounds.prob_bound(p, eps)).all()
     assert set(table["status"]) == {"kept"}
     toy = at.dataframe[-2].value  # the lecture's table, then its shifted copy
     for row, values in LECTURE_ROWS.items():

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lmviz import beam, models  # noqa: E402
+from lmviz.cache import CACHE  # noqa: E402
 from lmviz.trace import encode  # noqa: E402
 
 PROMPT = "This weekend I plan to"
@@ -28,7 +29,7 @@ def main() -> None:
             )
 
     def run_lmviz():
-        beam.clear_cache()  # measure the search, not the result cache
+        CACHE.forget("beam")  # measure the search, not the result cache
         return beam.beam_search(lm, PROMPT, BEAMS, NEW_TOKENS, alternatives=5)  # as the page records it
 
     run_generate(), run_lmviz()  # warm up

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lmviz import heads, models, trace  # noqa: E402
+from lmviz.cache import CACHE  # noqa: E402
 
 PARAGRAPH = (
     "This weekend I plan to visit Paris with my friends. The capital of France is Paris, and the capital "
@@ -115,10 +116,9 @@ def main() -> None:
     print(f"cosine neighbours naive {base_time:.3f} s, +{base_mem:.0f} MB | lmviz {ours_time:.3f} s, "
           f"+{ours_mem:.0f} MB | time ratio {ours_time / base_time:.2f}x | same ids: {agree:.4f}")
 
-    trace.TRACES.clear()
-    heads._fitted.clear()
+    CACHE.clear()
     cold, _, head = measure(lambda: heads.fit_head(lm, EXAMPLES), 1)
-    heads._fitted.clear()
+    CACHE.forget("fitted head")  # keep the traces
     warm, _, _ = measure(lambda: heads.fit_head(lm, EXAMPLES), args.repeat)
     print(f"fit head (6 sentences) cold traces {cold:.3f} s | cached traces {warm:.3f} s | "
           f"train accuracy {head.train_accuracy:.2f}")

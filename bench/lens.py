@@ -105,11 +105,11 @@ def bare_topk(lm, t, k: int) -> float:
 def naive_lens(lm, t, k: int, watched: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Full logits for every layer at once, then log_softmax and the statistics."""
     n = t.n_layers
-    logits = torch.empty(n + 1, t.n_tokens, t.logits.shape[-1])  # (layer+1, pos, vocab): 3 GB at 512 tokens
+    logits = torch.empty(n + 1, t.n_tokens, lm.vocab_size)  # (layer+1, pos, vocab): 3 GB at 512 tokens
     for i in range(n):
         logits[i] = lm.logits_from_hidden(t.hidden[i])
-    logits[n] = t.logits
-    final = torch.log_softmax(t.logits, dim=-1)
+    logits[n] = trace.logits(lm, t)
+    final = torch.log_softmax(logits[n], dim=-1)
     p_final = final.exp()
     out = {"top_ids": [], "top_probs": [], "entropy": [], "kl": [], "nll": [], "rank": [], "watched": []}
     next_ids = t.input_ids[1:]

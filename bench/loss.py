@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lmviz import loss, models  # noqa: E402
+from lmviz.cache import CACHE  # noqa: E402
 
 MAX_LENGTH, STRIDE, TOKENS = 1024, 512, 8192
 
@@ -69,7 +70,7 @@ def hf_recipe(lm, text: str) -> dict:
 
 
 def lmviz_loss(lm, text: str) -> loss.LossReport:
-    loss.REPORTS.clear()  # measure the computation, not the cache
+    CACHE.forget("loss")  # measure the computation, not the cache
     return loss.loss_report(lm, text, max_length=MAX_LENGTH, stride=STRIDE, cross_check=False)
 
 

@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     models.configure_torch()
     lm = models.load(models.DEFAULT_MODEL)
-    logits = trace.trace(lm, "This weekend I plan to").logits[-1]
+    logits = trace.trace(lm, "This weekend I plan to").last_logits
     temps = sampling.temperatures(0.05, 10.0, args.points)
     print(f"model {lm.name}, vocabulary {logits.numel():,}, {args.points} temperatures 0.05..10, "
           f"torch threads {torch.get_num_threads()}, median of {args.repeat}")

@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from lmviz import architectures
-from lmviz.cache import CACHE, cached
+from lmviz.cache import cached
 from lmviz.decoding import Decoder
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
@@ -275,11 +275,6 @@ def check_beams(lm: LoadedModel, num_beams) -> int:
     if keep > lm.vocab_size:
         raise LmvizError(f"{num_beams} beams need {keep} candidates per step, more than the {lm.vocab_size} tokens.")
     return num_beams
-
-
-def clear_cache() -> None:
-    """Forget cached results (benchmarks use it to time the search itself)."""
-    CACHE.clear()
 
 
 # ------------------------------------------------------------------ beam search

@@ -138,6 +138,12 @@ class Cache:
             _, size = self._entries.pop(keep)
             self.bytes -= size
 
+    def forget(self, analysis: str) -> None:
+        """Drop every entry of one analysis (keys made by `cached(analysis, …)`), e.g. to time it afresh."""
+        with self._lock:
+            for key in [k for k in self._entries if isinstance(k, tuple) and k and k[0] == analysis]:
+                self.bytes -= self._entries.pop(key)[1]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

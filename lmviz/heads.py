@@ -800,7 +800,8 @@ def antiberty_available() -> bool:
 def _antiberty_tokenizer(vocab_file: str):
     """WordPiece over AntiBERTy's 25-token vocabulary that splits every residue letter on its own,
     so "EVQLV[MASK]SGG" works as well as AntiBERTy's own spaced "E V Q L V [MASK] S G G"."""
-    from tokenizers import Regex, Tokenizer, models as tk_models, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {line.strip(): i for i, line in enumerate(open(vocab_file, encoding="utf-8")) if line.strip()}

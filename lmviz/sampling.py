@@ -48,9 +48,9 @@ from transformers import (
 
 from lmviz import architectures
 from lmviz.cache import CACHE
+from lmviz.decoding import Decoder
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
-from lmviz.decoding import Decoder
 from lmviz.tokens import display_token, token_text
 
 # What removed a token, as stored in Distribution.removed_by (0 = still in the running).
@@ -734,8 +734,3 @@ def _in_vocab_order(values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tens
     out = torch.empty_like(values)
     out[token_ids] = values
     return out
-
-
-def forget_runs() -> None:
-    """Drop every remembered generation (tests use it to force a fresh run)."""
-    CACHE.clear()

@@ -4,9 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from lmviz.cache import Cache
 from lmviz import models
 from lmviz import trace as tracing
+from lmviz.cache import CACHE, Cache
 
 TEXTS = [
     "The capital of France is", "This weekend I plan to", "Once upon a time", "héllo wörld 東京 😀",
@@ -70,11 +70,11 @@ def test_generations_from_many_threads(smollm):
     def searched(prompt):
         return [h.token_ids for h in beam.beam_search(smollm, prompt, num_beams=3, max_new_tokens=5).final]
 
-    sampling.forget_runs()
-    beam.clear_cache()
+    CACHE.forget("generation")
+    CACHE.forget("beam")
     expected = {prompt: (sampled(prompt), searched(prompt)) for prompt in prompts}
-    sampling.forget_runs()
-    beam.clear_cache()
+    CACHE.forget("generation")
+    CACHE.forget("beam")
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda prompt: (prompt, sampled(prompt), searched(prompt)), prompts * 3))
     for prompt, sample_ids, beam_ids in got:

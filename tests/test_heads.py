@@ -21,10 +21,10 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from tests import bounds
 from lmviz import heads, models
 from lmviz.cli import main
 from lmviz.errors import LmvizError
+from tests import bounds
 
 SEED_TEXT = "This weekend I plan to"
 SEED_IDS = [1348, 16138, 339, 1252, 288]
@@ -72,7 +72,6 @@ def test_cosine_neighbours(tiny_dirs, tiny_gpt2):
     with torch.no_grad():
         e = reference.transformer.wte(ids)
         cosines = F.normalize(e, dim=-1) @ F.normalize(reference.lm_head.weight, dim=-1).T
-    top = cosines.topk(7)
     result = heads.neighbours(tiny_gpt2, text, k=7, metric="cosine")
     with torch.no_grad():  # normalising first or dividing after: a few more roundings of each unit-sized score
         bound = bounds.linear_bound(F.normalize(e, dim=-1), F.normalize(reference.lm_head.weight, dim=-1)) + 8 * bounds.U32
@@ -89,8 +88,6 @@ def test_untied_model_says_so_and_scores_against_the_output_matrix(tiny_dirs, ti
     assert not report.tied and not report.same_storage and report.saved_parameters == 0
     text = "Paris with my friends"
     ids = torch.tensor([tiny_llama.tokenizer(text)["input_ids"]])
-    with torch.no_grad():
-        top = reference.lm_head(reference.model.embed_tokens(ids))[0].topk(5)
     result = heads.neighbours(tiny_llama, text, k=5)
     assert not result.tied
     with torch.no_grad():

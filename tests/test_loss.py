@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmviz.cache import CACHE
 from lmviz import loss
+from lmviz.architectures import head_error_bound
+from lmviz.cache import CACHE
 from lmviz.cli import main
 from lmviz.errors import LmvizError
 from lmviz.plots import loss as loss_plots
-from lmviz.architectures import head_error_bound
 from tests import bounds
 from tests.tiny_models import CORPUS
 
@@ -354,7 +354,7 @@ def test_context_curve_with_stride_one_is_exact(tiny_gpt2_f64):
             nlls.append(float(nll[-1]))
             worst = max(worst, float(bound[-1]))
         assert abs(mean - sum(nlls) / len(nlls)) <= worst
-        last_mean, last_worst = mean, worst
+        last_worst = worst
     assert abs(curve.mean_nll[-1] - loss.loss_report(tiny_gpt2, text).mean_nll) <= 2 * last_worst
     assert curve.scored == len(ids) - 1
 

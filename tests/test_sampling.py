@@ -21,6 +21,7 @@ from transformers import (
 from lmviz import sampling
 from lmviz import trace as tracing
 from lmviz.architectures import head_error_bound
+from lmviz.cache import CACHE
 from lmviz.cli import main
 from lmviz.errors import LmvizError
 from lmviz.sampling import SamplingSettings
@@ -328,7 +329,7 @@ def test_greedy_steps_equal_generate(smollm):
     (SamplingSettings(repetition_penalty=1.3), 7, 10, dict(top_k=0, repetition_penalty=1.3)),
 ], ids=["T0.8-p0.9-until-eos", "T1.2-k40-minp", "T1-penalty"])
 def test_seeded_sampling_equals_generate(smollm, settings, seed, steps, reference):
-    sampling.forget_runs()
+    CACHE.forget("generation")
     generation = sampling.generate(smollm, PROMPT, settings, steps=steps, seed=seed)
     expected = generate_reference(smollm, steps, seed, do_sample=True, **reference)
     assert generation.token_ids == expected
@@ -357,10 +358,10 @@ def test_step_distributions_equal_generate_scores(smollm):
 
 def test_same_seed_same_text_and_continuing_equals_starting_over(smollm):
     settings = SamplingSettings(temperature=1.0, top_p=0.95)
-    sampling.forget_runs()
+    CACHE.forget("generation")
     first = sampling.generate(smollm, PROMPT, settings, steps=4, seed=5)
     continued = sampling.generate(smollm, PROMPT, settings, steps=8, seed=5)  # goes on from step 4
-    sampling.forget_runs()
+    CACHE.forget("generation")
     fresh = sampling.generate(smollm, PROMPT, settings, steps=8, seed=5)
     assert continued.token_ids[:4] == first.token_ids
     assert continued.token_ids == fresh.token_ids

@@ -16,9 +16,8 @@ import plotly.graph_objects as go
 
 from lmviz.beam import FINISHED, KEPT, PRUNED, BeamNode, BeamTree
 from lmviz.plots import FINISHED as FINISHED_COLOUR
-from lmviz.plots import HIGHLIGHT
+from lmviz.plots import HIGHLIGHT, REMOVED, safe_label, style
 from lmviz.plots import KEPT as KEPT_COLOUR
-from lmviz.plots import REMOVED, safe_label, style
 from lmviz.tokens import visible
 
 PHASES = ("expand", "evaluate", "prune")

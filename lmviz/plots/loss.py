@@ -11,7 +11,7 @@ import math
 
 import plotly.graph_objects as go
 
-from lmviz.loss import ContextCurve, LayerLoss, LossReport, ModelComparison, RANK_BUCKETS, LN2, rank_bucket
+from lmviz.loss import LN2, RANK_BUCKETS, ContextCurve, LayerLoss, LossReport, ModelComparison, rank_bucket
 from lmviz.plots import HIGHLIGHT, KEPT, safe_label, style
 from lmviz.tokens import visible
 

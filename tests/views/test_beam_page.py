@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tests import bounds
-
 from tests.views import frame_with, run_page
 
 PROMPT = "This weekend I plan to"

@@ -4,13 +4,12 @@ import importlib.util
 
 import pytest
 import torch
-
-from tests import bounds
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertForMaskedLM, BertForSequenceClassification
 
 import ui
 from lmviz.tokens import display_token
+from tests import bounds
 from tests.views import frame_with, run_page
 
 

@@ -4,7 +4,6 @@ import torch
 
 from lmviz import trace as tracing
 from lmviz.architectures import head_error_bound
-
 from lmviz.tokens import display_token
 from tests.views import run_page
 

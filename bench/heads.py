@@ -5,10 +5,10 @@ Run from the repo root: `.venv/bin/python bench/heads.py [--tokens 2048] [--repe
 On the embedded model it measures, in one run:
 - the seed's cell, `lm_head(embed(ids)).topk(10)` on the whole text at once
   (a (pos, vocab) matrix) plus `tokenizer.decode` of every neighbour
-  (the baseline), against `heads.neighbours` (CHUNK_BYTES of scores at a
+  (the baseline), against `embeddings.neighbours` (CHUNK_BYTES of scores at a
   time, reduced to top-k at once, each distinct token decoded once);
 - cosine neighbours: normalizing both whole matrices per call (baseline)
-  against `heads.neighbours(metric="cosine")`;
+  against `embeddings.neighbours(metric="cosine")`;
 - fitting a head on six labelled sentences (features from cold traces, then
   from cached ones), the page's "fitted in a second".
 Timings are the best of --repeat runs (the machine may be shared). Peak extra
@@ -30,7 +30,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lmviz import heads, models, trace  # noqa: E402
+from lmviz import classification, embeddings, models, trace  # noqa: E402
 from lmviz.cache import CACHE  # noqa: E402
 
 PARAGRAPH = (
@@ -95,9 +95,9 @@ def main() -> None:
         return top, [[tokenizer.decode(x) for x in row] for row in top]
 
     base_time, base_mem, base = measure(seed_cell, args.repeat)
-    ours_time, ours_mem, ours = measure(lambda: heads.neighbours(lm, text, k=10), args.repeat)
+    ours_time, ours_mem, ours = measure(lambda: embeddings.neighbours(lm, text, k=10), args.repeat)
     same = torch.equal(ours.top_ids, base[0])
-    chunk = max(1, heads.CHUNK_BYTES // (4 * lm.vocab_size))
+    chunk = max(1, embeddings.CHUNK_BYTES // (4 * lm.vocab_size))
     print(f"largest score matrix: seed cell ({len(ids)}, {lm.vocab_size}) = {len(ids) * lm.vocab_size * 4 / 2**20:.0f} MB"
           f" | lmviz ({min(chunk, len(ids))}, {lm.vocab_size}) = {min(chunk, len(ids)) * lm.vocab_size * 4 / 2**20:.0f} MB")
     print(f"dot neighbours   seed cell {base_time:.3f} s, +{base_mem:.0f} MB | lmviz {ours_time:.3f} s, "
@@ -111,15 +111,15 @@ def main() -> None:
             return (e @ w.T).topk(10).indices
 
     base_time, base_mem, base = measure(naive_cosine, args.repeat)
-    ours_time, ours_mem, ours = measure(lambda: heads.neighbours(lm, text, k=10, metric="cosine"), args.repeat)
+    ours_time, ours_mem, ours = measure(lambda: embeddings.neighbours(lm, text, k=10, metric="cosine"), args.repeat)
     agree = float((ours.top_ids == base).float().mean())
     print(f"cosine neighbours naive {base_time:.3f} s, +{base_mem:.0f} MB | lmviz {ours_time:.3f} s, "
           f"+{ours_mem:.0f} MB | time ratio {ours_time / base_time:.2f}x | same ids: {agree:.4f}")
 
     CACHE.clear()
-    cold, _, head = measure(lambda: heads.fit_head(lm, EXAMPLES), 1)
+    cold, _, head = measure(lambda: classification.fit_head(lm, EXAMPLES), 1)
     CACHE.forget("fitted head")  # keep the traces
-    warm, _, _ = measure(lambda: heads.fit_head(lm, EXAMPLES), args.repeat)
+    warm, _, _ = measure(lambda: classification.fit_head(lm, EXAMPLES), args.repeat)
     print(f"fit head (6 sentences) cold traces {cold:.3f} s | cached traces {warm:.3f} s | "
           f"train accuracy {head.train_accuracy:.2f}")
 

@@ -160,7 +160,7 @@ def run_sample(args):
 def _heads_model(args):
     """--model, where "antiberty" means the offline AntiBERTy masked LM (converted on first use)."""
     if args.model == "antiberty":
-        from lmviz.heads import prepare_antiberty
+        from lmviz.embedded.antiberty import prepare_antiberty
 
         args.model = prepare_antiberty(progress=lambda message: print(message, file=sys.stderr))["mlm"]
     return load_model(args)
@@ -175,12 +175,12 @@ def add_embed(commands, common) -> None:
 
 
 def run_embed(args):
-    from lmviz import heads
+    from lmviz import embeddings
 
     text = read_text(args)
     lm = _heads_model(args)
-    result = heads.neighbours(lm, text, k=args.k, metric=args.metric)
-    report = heads.tie_report(lm)
+    result = embeddings.neighbours(lm, text, k=args.k, metric=args.metric)
+    report = embeddings.tie_report(lm)
     out = {
         "model": lm.name, "text": text, "metric": result.metric, "tied": report.tied,
         "saved_parameters": report.saved_parameters, "input_ids": result.input_ids, "tokens": list(result.tokens),
@@ -200,11 +200,11 @@ def add_fill_mask(commands, common) -> None:
 
 
 def run_fill_mask(args):
-    from lmviz import heads
+    from lmviz import masked_lm
 
     text = read_text(args)
     lm = _heads_model(args)
-    result = heads.fill_mask(lm, text, k=args.k)
+    result = masked_lm.fill_mask(lm, text, k=args.k)
     masks, blocks = [], []
     for m, position in enumerate(result.mask_positions.tolist()):
         masks.append({

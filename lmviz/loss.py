@@ -12,50 +12,46 @@ The first token is never scored: nothing comes before it (a tokenizer that
 adds a BOS token makes the first *word* scoreable, because BOS is then the
 unscored first token).
 
-Text longer than the model's context is scored with strided sliding windows
-(the Hugging Face "perplexity of fixed-length models" recipe): window k starts
-at k * stride and holds at most `max_length` tokens; it scores only the tokens
-the previous window did not reach, and uses the rest as context. Every token
-after the first is scored exactly once, and the tokens are counted directly
-(the documentation's recipe subtracts one per window, which undercounts).
-With stride == max_length the step is max_length - 1, so consecutive windows
-overlap by one token and no token goes unscored for want of context.
+Text longer than the model's context is scored window by window
+(`lmviz.windows`); one text under two models is compared in `lmviz.compare`.
 
 Results are frozen dataclasses with shape comments:
 - `LossReport`: per-token NLL, rank, top guess, context; aggregates and formulas.
-- `ModelComparison`: one text under two models, per token when the tokenizers
-  agree, else per word (tokens mapped to character spans), plus bits per byte.
 - `LayerLoss`: the cross-entropy of the logit-lens prediction at every layer.
 - `ContextCurve`: loss against window length (how much context helps).
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from lmviz import trace as tracing
-from lmviz.architectures import head_error_bound
 from lmviz.cache import cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import token_text, visible
-from lmviz.trace import accepts_logits_to_keep, encode, max_tokens, trace
+from lmviz.trace import encode, max_tokens, trace
+from lmviz.windows import (
+    TARGETS_PER_CHUNK,
+    Progress,
+    Window,
+    check_window,
+    labels_loss,
+    plan_windows,
+    score_rows,
+    score_windows,
+)
 
 LN2 = math.log(2.0)
 RANK_BUCKETS = ((1, "top-1"), (10, "top-10"), (100, "top-100"), (None, "rest"))  # (upper rank, label)
-TARGETS_PER_CHUNK = 512  # scored positions projected to the vocabulary at once: bounds memory to ~100 MB
-TOKENS_PER_BATCH = 4096  # equal-shaped windows run together up to this many tokens per forward pass
-LOGITS_BUDGET = 256 * 2**20  # bytes of float32 logits one forward pass may return
-Progress = Callable[[int, int], None]  # (windows done, windows in all)
 
 
 def exp_or_inf(x: float) -> float:
@@ -67,60 +63,6 @@ def exp_or_inf(x: float) -> float:
 
 
 # ---------------------------------------------------------------- windows
-
-
-@dataclass(frozen=True)
-class Window:
-    """One forward pass of the sliding evaluation: tokens [begin, end) go in, [first, end) are scored."""
-
-    begin: int  # first token of the window (context starts here)
-    end: int  # one past the last token
-    first: int  # first scored token; begin < first, so every scored token has context
-
-    @property
-    def length(self) -> int:
-        return self.end - self.begin
-
-    @property
-    def n_scored(self) -> int:
-        return self.end - self.first
-
-
-def plan_windows(n_tokens: int, max_length: int, stride: int) -> list[Window]:
-    """Strided windows that score every token after the first exactly once.
-
-    Window k starts at k * step, step = min(stride, max_length - 1), and ends
-    max_length tokens later (or at the end of the text); it scores the tokens
-    from where the previous window ended. The first window scores 1 .. end-1.
-    """
-    check_window(max_length, stride)
-    if n_tokens < 2:
-        raise LmvizError("The text is a single token: there is nothing to score (the first token has no "
-                         "context). Type a longer text.")
-    step = min(stride, max_length - 1)
-    windows: list[Window] = []
-    previous_end = 1  # token 0 is never scored
-    begin = 0
-    while previous_end < n_tokens:
-        end = min(begin + max_length, n_tokens)
-        windows.append(Window(begin=begin, end=end, first=previous_end))
-        previous_end = end
-        begin += step
-    return windows
-
-
-def check_window(max_length: int, stride: int, context_length: int | None = None) -> None:
-    """Raise LmvizError for a window the evaluation cannot use."""
-    if max_length < 2:
-        raise LmvizError(f"max-length must be at least 2 tokens (one of context, one scored), not {max_length}.")
-    if context_length is not None and max_length > context_length:
-        raise LmvizError(f"max-length {max_length} is above the model's context of {context_length} tokens. "
-                         f"Use at most {context_length}.")
-    if stride <= 0:
-        raise LmvizError(f"stride must be a positive number of tokens, not {stride}.")
-    if stride > max_length:
-        raise LmvizError(f"stride {stride} is larger than max-length {max_length}: tokens between windows would "
-                         "never be scored. Use a stride of at most max-length.")
 
 
 # ---------------------------------------------------------------- the report
@@ -367,23 +309,6 @@ def _offsets(lm: LoadedModel, text: str, ids: list[int]) -> tuple[tuple[int, int
     return tuple((int(a), int(b)) for a, b in encoded["offset_mapping"])
 
 
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """The text cut into words with the whitespace that follows each (the first also keeps any leading
-    whitespace), so the spans tile the whole text: [(start, end), ...]."""
-    starts = [match.start() for match in re.finditer(r"\S+", text)]
-    if not starts:
-        return []
-    starts[0] = 0
-    return [(start, end) for start, end in zip(starts, starts[1:] + [len(text)])]
-
-
-def token_words(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
-    """The word (index into spans) of every token: the one holding the token's last character; -1 for a
-    token with no characters (a special token)."""
-    starts = [start for start, _ in spans]
-    return [bisect.bisect_right(starts, end - 1) - 1 if end > start else -1 for start, end in offsets]
-
-
 def _coverage(text: str, offsets: Sequence[tuple[int, int]]) -> tuple[int, int]:
     """(UTF-8 bytes, words) of the text covered by the scored tokens (all but the first)."""
     covered = bytearray(len(text) + 1)
@@ -392,105 +317,6 @@ def _coverage(text: str, offsets: Sequence[tuple[int, int]]) -> tuple[int, int]:
     n_bytes = sum(len(char.encode("utf-8")) for char, hit in zip(text, covered) if hit)
     n_words = sum(1 for match in re.finditer(r"\S+", text) if any(covered[match.start():match.end()]))
     return n_bytes, n_words
-
-
-def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(k, vocab) logits and (k,) targets -> NLL, rank, top id, top probability, each (k,)."""
-    logits = logits.float()
-    log_probs = torch.log_softmax(logits, dim=-1)  # (k, vocab)
-    target_logit = logits.gather(1, targets[:, None])  # (k, 1)
-    nll = -log_probs.gather(1, targets[:, None])[:, 0]
-    rank = (logits > target_logit).sum(dim=-1) + 1
-    top_log_prob, top_id = log_probs.max(dim=-1)
-    return nll.double(), rank.long(), top_id.long(), top_log_prob.double().exp()
-
-
-def _windowed(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
-              progress: Progress | None) -> tuple[torch.Tensor, ...]:
-    """Score every window's new tokens, (scored,) NLL, rank, top id, top probability in text order.
-
-    Windows of one shape run together as a batch. Logits are computed only
-    where they are needed: the model runs with logits_to_keep = the scored
-    tokens (they are each window's last ones), so the context positions never
-    reach the (…, vocab) head. A window whose scored logits would not fit in
-    LOGITS_BUDGET instead sends its final hidden states through the model's
-    head in chunks, after checking that head against the model's own output.
-    """
-    vocab = lm.vocab_size
-    keep_ok = accepts_logits_to_keep(lm.model)
-    groups: list[list[tuple[int, Window]]] = []  # consecutive windows of one shape, with where their rows go
-    cursor = 0
-    for window in windows:
-        last = groups[-1][0][1] if groups else None
-        fits = 1 + len(groups[-1]) <= _batch_size(window, vocab) if groups else False
-        if last is not None and (last.length, last.n_scored) == (window.length, window.n_scored) and fits:
-            groups[-1].append((cursor, window))
-        else:
-            groups.append([(cursor, window)])
-        cursor += window.n_scored
-    columns: list[list[torch.Tensor]] = [[], [], [], []]
-    done = 0
-    for group in groups:
-        shape = group[0][1]
-        batch = torch.stack([ids[w.begin:w.end] for _, w in group])  # (batch, length)
-        targets = torch.stack([ids[w.first:w.end] for _, w in group]).reshape(-1)  # (batch * n_scored,)
-        with torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
-            if keep_ok and shape.n_scored * vocab * 4 <= LOGITS_BUDGET:
-                # the last n_scored + 1 positions; all but the very last predict a scored token
-                logits = lm.model(input_ids=batch, use_cache=False, logits_to_keep=shape.n_scored + 1).logits
-                logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # (batch * n_scored, vocab)
-                parts = [_reduce(logits[i:i + TARGETS_PER_CHUNK], targets[i:i + TARGETS_PER_CHUNK])
-                         for i in range(0, len(targets), TARGETS_PER_CHUNK)]
-            else:
-                parts = _reduce_from_hidden(lm, batch, shape, targets, keep_ok)
-        for column, values in zip(columns, zip(*parts)):
-            column.extend(values)
-        done += len(group)
-        if progress:
-            progress(done, len(windows))
-    return tuple(torch.cat(column) for column in columns)
-
-
-def _batch_size(window: Window, vocab: int) -> int:
-    """How many windows of this shape run in one forward pass (bounded in tokens and in logits memory)."""
-    return max(1, min(TOKENS_PER_BATCH // window.length, LOGITS_BUDGET // max(1, window.n_scored * vocab * 4)))
-
-
-def _reduce_from_hidden(lm: LoadedModel, batch: torch.Tensor, shape: Window, targets: torch.Tensor,
-                        keep_ok: bool) -> list[tuple[torch.Tensor, ...]]:
-    """The scored logits of a long window in chunks: final hidden states -> the model's head."""
-    output = lm.model(input_ids=batch, use_cache=False, output_hidden_states=True,
-                      **({"logits_to_keep": 1} if keep_ok else {}))
-    final = output.hidden_states[-1]  # (batch, length, d_model), final norm already applied
-    own = output.logits[:, -1]  # (batch, vocab), the model's own head at the last position
-    mine = lm.logits_from_hidden(final[:, -1], normalize=False)
-    if not bool(((own.float() - mine).abs() <= head_error_bound(final[:, -1], lm.unembed, lm.arch.logit_transform)).all()):
-        raise LmvizError(f"lmviz's head for {lm.name} does not reproduce the model's logits "
-                         f"(max difference {float((own.float() - mine).abs().max()):.2e}).")
-    start = shape.first - shape.begin - 1  # the position predicting the first scored token
-    hidden = final[:, start:start + shape.n_scored].reshape(-1, final.shape[-1])  # (batch * n_scored, d_model)
-    return [_reduce(lm.logits_from_hidden(hidden[i:i + TARGETS_PER_CHUNK], normalize=False),
-                    targets[i:i + TARGETS_PER_CHUNK]) for i in range(0, len(targets), TARGETS_PER_CHUNK)]
-
-
-def _model_loss(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window]) -> float | None:
-    """The model's own labels= loss, window by window (context labels set to -100), weighted by the tokens
-    each window scores: an independent path through transformers' loss function. None for a model that
-    computes no loss. A model whose loss does not shift labels itself (lm.arch.labels_shift == 0) gets
-    them shifted here."""
-    if lm.arch.labels_shift is None:
-        return None
-    total = 0.0
-    with torch.inference_mode():
-        for window in windows:
-            inputs = ids[window.begin:window.end][None]
-            labels = inputs.clone()
-            labels[:, : window.first - window.begin] = -100  # context: not scored
-            if lm.arch.labels_shift == 0:  # row t must be scored against token t + 1
-                labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-            loss = lm.model(input_ids=inputs, labels=labels, use_cache=False).loss
-            total += float(loss) * window.n_scored
-    return total / sum(w.n_scored for w in windows)
 
 
 def _compute_report(lm: LoadedModel, text: str, max_length: int, stride: int, cross_check: bool,
@@ -503,13 +329,13 @@ def _compute_report(lm: LoadedModel, text: str, max_length: int, stride: int, cr
         # One window holds the whole text: reuse the cached forward pass the other pages share.
         traced, last = trace(lm, text), len(ids_list) - 1  # row i of the logits predicts token i + 1
         nll, rank, top_id, top_p = (torch.cat(c) for c in zip(*[
-            _reduce(tracing.logits(lm, traced, slice(i, min(last, i + TARGETS_PER_CHUNK))),
+            score_rows(tracing.logits(lm, traced, slice(i, min(last, i + TARGETS_PER_CHUNK))),
                     ids[i + 1:i + 1 + TARGETS_PER_CHUNK])
             for i in range(0, last, TARGETS_PER_CHUNK)]))
         if progress:
             progress(1, 1)
     else:
-        nll, rank, top_id, top_p = _windowed(lm, ids, windows, progress)
+        nll, rank, top_id, top_p = score_windows(lm, ids, windows, progress)
     context = torch.cat([torch.arange(w.first, w.end) - w.begin for w in windows])
     window_of = torch.cat([torch.full((w.n_scored,), k) for k, w in enumerate(windows)])
     with lm.lock:
@@ -523,7 +349,7 @@ def _compute_report(lm: LoadedModel, text: str, max_length: int, stride: int, cr
         top_tokens=tuple(visible(top_pieces[i]) for i in top_id.tolist()),
         context=context, window_of=window_of, windows=tuple(windows),
         max_length=max_length, stride=stride, n_bytes=n_bytes, n_words=n_words,
-        model_loss=_model_loss(lm, ids, windows) if cross_check else None,
+        model_loss=labels_loss(lm, ids, windows) if cross_check else None,
     )
 
 
@@ -550,126 +376,6 @@ def loss_report(lm: LoadedModel, text: str, max_length: int | None = None, strid
 
 
 # ---------------------------------------------------------------- (b) one text, two models
-
-
-@dataclass(frozen=True, eq=False)
-class ModelComparison:
-    """One text under two models. Dimensions: word = whitespace-separated words of the text (each with the
-    whitespace after it); tok = tokens, only when both tokenizers cut the text the same way.
-
-    A word's NLL is the sum of the NLL of the tokens ending in it, so word totals add up to the text's total
-    under either tokenizer. A word counts as `complete` for a model when all its tokens were scored (the
-    first word is not, for a model without a BOS token). Differences are B - A: positive = B more surprised.
-    """
-
-    text: str
-    model_a: str
-    model_b: str
-    words: tuple[str, ...]  # (word,) the text of each word, whitespace included: they join back to the text
-    nll_a: torch.Tensor  # (word,) float64 nats under A; NaN where no token of A was scored
-    nll_b: torch.Tensor  # (word,) float64 nats under B
-    complete_a: torch.Tensor  # (word,) bool, every token of A ending in this word was scored
-    complete_b: torch.Tensor  # (word,) bool
-    tokens_per_word_a: torch.Tensor  # (word,) int64
-    tokens_per_word_b: torch.Tensor  # (word,) int64
-    same_tokens: bool  # both tokenizers cut the text into the same pieces
-    token_nll_a: torch.Tensor | None  # (tok - 1,) per scored token, when same_tokens
-    token_nll_b: torch.Tensor | None
-    tokens: tuple[str, ...] | None  # (tok,) display strings, when same_tokens
-    bits_per_byte_a: float
-    bits_per_byte_b: float
-    perplexity_a: float  # per token of A's own tokenizer: not comparable across vocabularies
-    perplexity_b: float
-
-    @property
-    def both(self) -> torch.Tensor:
-        """(word,) bool: words complete under both models, the ones the totals below compare."""
-        return self.complete_a & self.complete_b
-
-    @property
-    def diff(self) -> torch.Tensor:
-        """(word,) NLL_B - NLL_A in nats; NaN where a word is not complete under both."""
-        return torch.where(self.both, self.nll_b - self.nll_a, torch.full_like(self.nll_a, float("nan")))
-
-    @property
-    def common_bits_a(self) -> float:
-        """Total bits A spends on the words both models scored fully."""
-        return float(self.nll_a[self.both].sum()) / LN2
-
-    @property
-    def common_bits_b(self) -> float:
-        return float(self.nll_b[self.both].sum()) / LN2
-
-    def frame(self):
-        """One row per word."""
-        import pandas as pd
-
-        return pd.DataFrame({
-            "word": [visible(w) for w in self.words],
-            "tokens A": self.tokens_per_word_a.tolist(),
-            "tokens B": self.tokens_per_word_b.tolist(),
-            "nll A (nats)": self.nll_a.tolist(),
-            "nll B (nats)": self.nll_b.tolist(),
-            "B - A (nats)": self.diff.tolist(),
-            "compared": self.both.tolist(),
-        })
-
-    def token_frame(self):
-        """One row per scored token, when both models use the same tokens (else None)."""
-        import pandas as pd
-
-        if not self.same_tokens:
-            return None
-        return pd.DataFrame({
-            "position": range(1, len(self.tokens)),
-            "token": self.tokens[1:],
-            "nll A (nats)": self.token_nll_a.tolist(),
-            "nll B (nats)": self.token_nll_b.tolist(),
-            "B - A (nats)": (self.token_nll_b - self.token_nll_a).tolist(),
-        })
-
-
-def _per_word(report: LossReport, spans: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
-    """(word,) summed NLL, complete flag, token count of one report."""
-    owner = token_words(report.offsets, spans)
-    n = len(spans)
-    nll = torch.zeros(n, dtype=torch.float64)
-    scored_any = torch.zeros(n, dtype=torch.bool)
-    complete = torch.ones(n, dtype=torch.bool)
-    count = torch.zeros(n, dtype=torch.long)
-    for position, word in enumerate(owner):
-        if word < 0:
-            continue
-        count[word] += 1
-        if position == 0:
-            complete[word] = False
-        else:
-            nll[word] += report.nll[position - 1]
-            scored_any[word] = True
-    nll[~scored_any] = float("nan")
-    complete &= scored_any
-    return nll, complete, count
-
-
-def compare_models(a: LossReport, b: LossReport) -> ModelComparison:
-    """Line up the reports of one text under two models, per word (and per token when they agree)."""
-    if a.text != b.text:
-        raise LmvizError("The two reports are of different texts; compare one text under two models.")
-    spans = word_spans(a.text)
-    nll_a, complete_a, count_a = _per_word(a, spans)
-    nll_b, complete_b, count_b = _per_word(b, spans)
-    same = a.pieces == b.pieces and a.offsets == b.offsets
-    return ModelComparison(
-        text=a.text, model_a=a.model_name, model_b=b.model_name,
-        words=tuple(a.text[s:e] for s, e in spans),
-        nll_a=nll_a, nll_b=nll_b, complete_a=complete_a, complete_b=complete_b,
-        tokens_per_word_a=count_a, tokens_per_word_b=count_b,
-        same_tokens=same,
-        token_nll_a=a.nll if same else None, token_nll_b=b.nll if same else None,
-        tokens=a.tokens if same else None,
-        bits_per_byte_a=a.bits_per_byte, bits_per_byte_b=b.bits_per_byte,
-        perplexity_a=a.perplexity, perplexity_b=b.perplexity,
-    )
 
 
 # ---------------------------------------------------------------- (c) loss by layer
@@ -811,7 +517,7 @@ def context_curve(lm: LoadedModel, text: str, lengths: Sequence[int] | None = No
         for done, w in enumerate(lengths):
             stride = max(1, min(w, round(w * stride_fraction)))
             windows = plan_windows(n, w, stride)
-            nll = _windowed(lm, tensor, windows, None)[0]
+            nll = score_windows(lm, tensor, windows, None)[0]
             context = torch.cat([torch.arange(v.first, v.end) - v.begin for v in windows])
             nlls.append(float(nll.mean()))
             contexts.append(float(context.double().mean()))

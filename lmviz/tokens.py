@@ -64,6 +64,14 @@ def display_token(tokenizer, token_id: int) -> str:
     return visible(token_text(tokenizer, token_id))
 
 
-def display_tokens(tokenizer, token_ids) -> list[str]:
-    """display_token for every id in a sequence."""
-    return [display_token(tokenizer, int(token_id)) for token_id in token_ids]
+def display_tokens(tokenizer, token_ids, cache: dict[int, str] | None = None) -> list[str]:
+    """display_token for every id in a sequence, decoding each distinct id once (pass `cache` to share
+    the decoded ids between calls)."""
+    cache = {} if cache is None else cache
+    out = []
+    for token_id in token_ids:
+        token_id = int(token_id)
+        if token_id not in cache:
+            cache[token_id] = display_token(tokenizer, token_id)
+        out.append(cache[token_id])
+    return out

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from lmviz import models
+from lmviz import embedded, models
 from tests import tiny_models
 
 os.environ.setdefault("LMVIZ_MAX_MODELS", "8")  # keep every test model in memory
@@ -124,7 +124,7 @@ def tiny_llama_f64(tiny_dirs) -> models.LoadedModel:
 @pytest.fixture(scope="session")
 def smollm_f64(smollm) -> models.LoadedModel:
     """The embedded model in float64 (from its converted copy): 1 GB, for the sliding-window check."""
-    return float64_model(str(models.cache_dir() / f"{models.DEFAULT_MODEL}-float32"))
+    return float64_model(str(embedded.cache_dir() / f"{models.DEFAULT_MODEL}-float32"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmviz import loss, sampling
+from lmviz import compare, loss, sampling
 from lmviz.plots import loss as loss_plots
 from lmviz.plots import sampling as sampling_plots
 
@@ -20,7 +20,7 @@ def test_surprisal_and_diff_html_escape_tokens(tiny_gpt2, tiny_llama):
     for mode in ("surprisal", "rank"):
         assert_inert(loss_plots.surprisal_html(report, mode))
     other = loss.loss_report(tiny_llama, HOSTILE)
-    assert_inert(loss_plots.diff_html(loss.compare_models(report, other)))
+    assert_inert(loss_plots.diff_html(compare.compare_models(report, other)))
 
 
 @pytest.mark.parametrize("seed", [None, 3])

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmviz import loss
+from lmviz import compare, loss, windows
 from lmviz.architectures import head_error_bound
 from lmviz.cache import CACHE
 from lmviz.cli import main
@@ -205,9 +205,9 @@ def test_sliding_window_matches_the_models_own_loss_per_window(tiny_gpt2_f64):
 
 
 def test_stride_equal_to_max_length_overlaps_by_one_token():
-    windows = loss.plan_windows(20, 8, 8)
-    assert [(w.begin, w.end, w.first) for w in windows] == [(0, 8, 1), (7, 15, 8), (14, 20, 15)]
-    covered = [p for w in windows for p in range(w.first, w.end)]
+    planned = windows.plan_windows(20, 8, 8)
+    assert [(w.begin, w.end, w.first) for w in planned] == [(0, 8, 1), (7, 15, 8), (14, 20, 15)]
+    covered = [p for w in planned for p in range(w.first, w.end)]
     assert covered == list(range(1, 20))
 
 
@@ -215,8 +215,8 @@ def test_long_windows_go_through_the_head_in_chunks(tiny_gpt2_f64, monkeypatch):
     """Windows too big for the logits budget use the final hidden states and the model's head, chunked."""
     tiny_gpt2 = tiny_gpt2_f64
     ids = ids_of(tiny_gpt2, LONG)
-    monkeypatch.setattr(loss, "LOGITS_BUDGET", 1000)
-    monkeypatch.setattr(loss, "TARGETS_PER_CHUNK", 7)
+    monkeypatch.setattr(windows, "LOGITS_BUDGET", 1000)
+    monkeypatch.setattr(windows, "TARGETS_PER_CHUNK", 7)
     CACHE.clear()
     report = loss.loss_report(tiny_gpt2, LONG, max_length=50, stride=30, cross_check=False)
     CACHE.clear()
@@ -269,7 +269,7 @@ def test_two_models_with_different_vocabularies_compare_per_word(tiny_gpt2, tiny
     text = "The capital of France is Paris, and naïve café 😀 too."
     a, b = loss.loss_report(tiny_gpt2, text), loss.loss_report(tiny_llama_bos, text)
     assert len(tiny_gpt2.tokenizer) != len(tiny_llama_bos.tokenizer)
-    comparison = loss.compare_models(a, b)
+    comparison = compare.compare_models(a, b)
     assert not comparison.same_tokens and comparison.token_frame() is None
     assert "".join(comparison.words) == text
     assert len(comparison.words) == len(text.split())
@@ -293,7 +293,7 @@ def test_two_models_with_different_vocabularies_compare_per_word(tiny_gpt2, tiny
 
 def test_two_models_with_one_tokenizer_compare_per_token(tiny_gpt2_f64, tiny_llama_f64):
     a, b = loss.loss_report(tiny_gpt2_f64, SHORT), loss.loss_report(tiny_llama_f64, SHORT)
-    comparison = loss.compare_models(a, b)
+    comparison = compare.compare_models(a, b)
     assert comparison.same_tokens
     frame = comparison.token_frame()
     ids = ids_of(tiny_gpt2_f64, SHORT)
@@ -306,7 +306,7 @@ def test_two_models_with_one_tokenizer_compare_per_token(tiny_gpt2_f64, tiny_lla
 
 def test_compare_needs_one_text(tiny_gpt2):
     with pytest.raises(LmvizError, match="different texts"):
-        loss.compare_models(loss.loss_report(tiny_gpt2, SHORT), loss.loss_report(tiny_gpt2, SHORT + " Yes."))
+        compare.compare_models(loss.loss_report(tiny_gpt2, SHORT), loss.loss_report(tiny_gpt2, SHORT + " Yes."))
 
 
 # ------------------------------------------------------------------ (c) by layer, (d) context
@@ -373,11 +373,11 @@ def test_context_curve_defaults_and_limit(tiny_gpt2):
 
 def test_word_spans_tile_the_text():
     text = "  Hello,  world!\n\nNew line "
-    spans = loss.word_spans(text)
+    spans = compare.word_spans(text)
     assert "".join(text[s:e] for s, e in spans) == text
     assert [text[s:e].strip() for s, e in spans] == text.split()
     offsets = [(0, 0), (2, 7), (7, 8), (8, 10), (10, 15), (15, 16), (16, 18), (18, 21)]
-    assert loss.token_words(offsets, spans) == [-1, 0, 0, 0, 1, 1, 1, 2]
+    assert compare.token_words(offsets, spans) == [-1, 0, 0, 0, 1, 1, 1, 2]
 
 
 def test_sample_texts():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from lmviz import models
+from lmviz import embedded, models
 from lmviz.architectures import head_error_bound
 from lmviz.errors import LmvizError
 
@@ -26,7 +26,7 @@ def test_embedded_model_facts(smollm):
 
 
 def test_embedded_copy_is_reused(smollm):
-    copy = models.cache_dir() / "smollm2-135m-float32"
+    copy = embedded.cache_dir() / "smollm2-135m-float32"
     assert (copy / "model.safetensors").exists()
     # The copy reloads with plain transformers and gives the same logits as the loaded model.
     reloaded = AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32)

@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from lmviz import heads
+from lmviz import classification, embeddings, masked_lm
+from lmviz.embedded import antiberty
 from lmviz.errors import LmvizError
 from lmviz.plots import heads as plots
 
@@ -26,7 +27,7 @@ negative: I hated the ending, it was boring."""
 def switch_to_antiberty(part: str, text: str) -> None:
     """Button callback: point the sidebar at an AntiBERTy folder (converted once) and a fitting text."""
     try:
-        folders = heads.prepare_antiberty()
+        folders = antiberty.prepare_antiberty()
     except LmvizError as error:
         st.session_state.heads_switch_error = str(error)
         return
@@ -54,7 +55,7 @@ ui.init_from_url("heads_seed", 0, ui.in_range(int, 0, 2**31 - 1))
 if st.session_state.get("heads_pooling_for", lm.kind) != lm.kind:  # another kind of model: its own default
     st.session_state.heads_pooling = "first" if lm.kind == "masked" else "last"
 st.session_state.heads_pooling_for = lm.kind
-ui.init_from_url("heads_pooling", "first" if lm.kind == "masked" else "last", ui.one_of(list(heads.POOLINGS)))
+ui.init_from_url("heads_pooling", "first" if lm.kind == "masked" else "last", ui.one_of(list(classification.POOLINGS)))
 
 tied_tab, masked_tab, class_tab = st.tabs(["Tied embeddings", "Masked LM", "Classification"])
 
@@ -67,7 +68,7 @@ with tied_tab:
         "parameters. Feeding each input token's embedding straight to the output layer, `lm_head(embed(ids))`, "
         "then lists the tokens whose embeddings point the same way: usually the token itself and its variants."
     )
-    report = heads.tie_report(lm)
+    report = embeddings.tie_report(lm)
     if report.output_shape is None:
         st.info(f"{lm.name} is a {lm.kind} model: its head predicts labels, so it has no output embeddings to "
                 "compare. Pick a causal or masked LM in the sidebar for this tab.", icon="ℹ️")
@@ -90,7 +91,7 @@ with tied_tab:
         metric = right.radio("Score", ["dot", "cosine"], key="heads_metric", horizontal=True,
                              format_func={"dot": "dot product (what lm_head computes)", "cosine": "cosine"}.get)
         with ui.user_errors(stop=False):
-            result = heads.neighbours(lm, text, k=k, metric=metric)
+            result = embeddings.neighbours(lm, text, k=k, metric=metric)
             if len(result.tokens) > MAX_GRID_ROWS:
                 st.caption(f"The grid shows the first {MAX_GRID_ROWS} of {len(result.tokens)} tokens; "
                            "the table below has them all.")
@@ -124,14 +125,14 @@ with masked_tab:
         st.info(f"{lm.name} is a {lm.kind} model. This tab needs a masked LM (BERT family), which sees the whole "
                 "text and fills in mask tokens: in the sidebar pick *Other* and give a BERT-style folder "
                 "written by save_pretrained, or a Hugging Face name where the hub is reachable.", icon="ℹ️")
-        if heads.antiberty_available():
+        if antiberty.antiberty_available():
             st.button("Use AntiBERTy (a real BERT masked LM over antibody sequences, works offline)",
                       on_click=switch_to_antiberty,
-                      args=("mlm", heads.ANTIBODY_HEAVY[:25] + "[MASK]" + heads.ANTIBODY_HEAVY[26:]))
+                      args=("mlm", antiberty.ANTIBODY_HEAVY[:25] + "[MASK]" + antiberty.ANTIBODY_HEAVY[26:]))
     else:
         st.subheader("The head, read from the model")
         with ui.user_errors(stop=False):
-            anatomy = heads.mlm_head_anatomy(lm, text)
+            anatomy = masked_lm.mlm_head_anatomy(lm, text)
             st.dataframe(pd.DataFrame([vars(step) for step in anatomy.steps]), hide_index=True, width="stretch")
             tie = ("is the very same tensor as" if anatomy.decoder_same_storage else
                    "holds the same values as" if anatomy.decoder_equal_values else "is NOT")
@@ -143,7 +144,7 @@ with masked_tab:
         st.subheader("Predictions at the masks")
         mask_k = st.slider("Tokens per mask (k)", 1, 20, key="heads_mask_k")
         with ui.user_errors(stop=False):
-            predictions = heads.fill_mask(lm, text, k=mask_k)
+            predictions = masked_lm.fill_mask(lm, text, k=mask_k)
             for m in range(len(predictions.mask_positions)):
                 chart, table = st.columns([3, 2])
                 chart.plotly_chart(plots.mask_figure(predictions, m), width="stretch")
@@ -152,15 +153,15 @@ with masked_tab:
                               f"{float(predictions.logsumexp[m]):.3f}")
         st.subheader("The masked-LM loss, three ways")
         with ui.user_errors(stop=False):
-            options = heads.maskable_tokens(lm, text)
+            options = masked_lm.maskable_tokens(lm, text)
             shown = dict(options)
             key = f"heads_mask_positions_{abs(hash((lm.name, text))) % 10**8}"  # new text, new choices
             chosen = st.multiselect("Tokens to mask (their true tokens become the labels)", list(shown),
-                                    default=heads.default_mask_positions(lm, text), key=key,
+                                    default=masked_lm.default_mask_positions(lm, text), key=key,
                                     format_func=lambda p: f"{p}: {shown[p]}")
             pad_to = st.number_input("Pad the predictions to (BERT's max_predictions_per_seq; 0 = no padding)",
                                      min_value=0, max_value=512, value=0, key="heads_max_predictions")
-            loss = heads.mlm_loss(lm, text, chosen, max_predictions=pad_to or None)
+            loss = masked_lm.mlm_loss(lm, text, chosen, max_predictions=pad_to or None)
             columns = st.columns(3)
             columns[0].metric("Seed's way (BERT's TensorFlow code)", f"{loss.seed_loss:.6f}")
             columns[1].metric("CrossEntropyLoss(ignore_index=-100)", f"{loss.cross_entropy:.6f}")
@@ -186,7 +187,7 @@ with class_tab:
     result = None
     if lm.kind == "classifier":
         with ui.user_errors(stop=False):
-            result = heads.classify(lm, text)
+            result = classification.classify(lm, text)
     else:
         st.caption(f"{lm.name} has no classification head, so here is one on top of it: a linear layer on its "
                    "pooled final hidden state, random like the seed's `nn.Linear(768, 2)` or fitted to examples.")
@@ -194,7 +195,7 @@ with class_tab:
         source = left.radio("Head", ["random", "fitted"], key="heads_source", horizontal=True,
                             format_func={"random": "random (as in the seed)", "fitted": "fitted to examples"}.get)
         pooling = right.selectbox(
-            "Pooling", list(heads.POOLINGS), key="heads_pooling",
+            "Pooling", list(classification.POOLINGS), key="heads_pooling",
             format_func={"last": "last token (decoder classifiers)", "first": "first token (BERT's [CLS])",
                          "mean": "mean over tokens"}.get)
         with ui.user_errors(stop=False):
@@ -202,15 +203,15 @@ with class_tab:
                 left, right = st.columns([3, 1])
                 labels = left.text_input("Labels, in id order (comma-separated)", key="heads_labels")
                 seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="heads_seed")
-                head = heads.random_head(lm, [label for label in labels.split(",")], pooling, seed=int(seed))
+                head = classification.random_head(lm, [label for label in labels.split(",")], pooling, seed=int(seed))
             else:
                 if "heads_examples" not in st.session_state:
                     st.session_state.heads_examples = EXAMPLES
                 examples = st.text_area("Examples, one `label: sentence` per line", key="heads_examples", height=170)
-                head = heads.fit_head(lm, heads.parse_examples(examples), pooling)
+                head = classification.fit_head(lm, classification.parse_examples(examples), pooling)
                 st.caption(f"Labels numbered in order of first appearance. Fitted by logistic regression on the pooled "
                            f"states: training accuracy {head.train_accuracy:.0%}, mean loss {head.train_loss:.3f}.")
-            result = heads.classify_with_head(lm, head, text)
+            result = classification.classify_with_head(lm, head, text)
         ui.sync_to_url("heads_source", "heads_pooling", "heads_labels", "heads_seed")
     if result is not None:
         if result.generic_labels:
@@ -230,8 +231,8 @@ with class_tab:
             facts.append(f"pooled · Wᵀ + b, computed by hand, matches the head's logits to {gap:.1e}.")
         facts.append("'loss if this label were true' is CrossEntropyLoss(logits, label) = −log p(label).")
         table.caption(" ".join(facts))
-    if lm.kind != "classifier" and heads.antiberty_available():
+    if lm.kind != "classifier" and antiberty.antiberty_available():
         st.caption("A real trained classifier works offline too: AntiBERTy's heavy/light-chain head "
                    "(labels from its config's id2label).")
         st.button("Use AntiBERTy's chain classifier", on_click=switch_to_antiberty,
-                  args=("chain", heads.ANTIBODY_HEAVY))
+                  args=("chain", antiberty.ANTIBODY_HEAVY))

@@ -87,8 +87,9 @@ facts[0].metric("Layers (+ embeddings)", f"{n_layers} + 1")
 facts[1].metric("Tokens", f"{n_pos:,}")
 facts[2].metric("Output's top-1 after the last token", result.token(result.top_ids[-1, -1, 0]))
 facts[3].metric("max |lens(last) − model logits|", f"{result.max_final_error:.1e}",
-                help="The lens's head applied to the last hidden state, against the model's own logits: "
-                "~0 means lmviz found the model's real head (unembedding and soft-capping).")
+                help="lmviz's head (final norm, unembedding, logit scale or cap) against the model's own logits "
+                "after the last token. It must stay within float rounding: lmviz checks this on every load and "
+                "every trace, and refuses a model whose head it can't reproduce.")
 
 # ------------------------------------------------------------------ heatmap
 st.subheader("Every layer's guess")

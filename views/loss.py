@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from lmviz import loss, models
+from lmviz import compare, loss, models
 from lmviz.plots import loss as plots
 
 st.title("Loss & perplexity")
@@ -223,7 +223,7 @@ elif view == VIEWS[2]:
     b = report_for(lm_b, text, min(max_length, lm_b.context_length), min(stride, lm_b.context_length), check,
                    f"Scoring with {lm_b.name}…")
     with ui.user_errors():
-        comparison = loss.compare_models(a, b)
+        comparison = compare.compare_models(a, b)
     cards = st.columns(4)
     cards[0].metric("Bits per byte, A", f"{comparison.bits_per_byte_a:.4f}", border=True,
                     help="Total bits over the bytes of text scored: fair across vocabularies.")

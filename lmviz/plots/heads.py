@@ -1,10 +1,12 @@
-"""Figures for lmviz.heads: the embedding-neighbour grid, mask predictions, class scores."""
+"""Figures for the heads page (lmviz.embeddings, masked_lm, classification): the embedding-neighbour grid, mask predictions, class scores."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from lmviz.heads import Classification, MaskPredictions, Neighbours
+from lmviz.classification import Classification
+from lmviz.embeddings import Neighbours
+from lmviz.masked_lm import MaskPredictions
 from lmviz.plots import HIGHLIGHT, KEPT, REMOVED, safe_label, style
 
 

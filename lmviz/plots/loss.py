@@ -11,7 +11,8 @@ import math
 
 import plotly.graph_objects as go
 
-from lmviz.loss import LN2, RANK_BUCKETS, ContextCurve, LayerLoss, LossReport, ModelComparison, rank_bucket
+from lmviz.compare import ModelComparison
+from lmviz.loss import LN2, RANK_BUCKETS, ContextCurve, LayerLoss, LossReport, rank_bucket
 from lmviz.plots import HIGHLIGHT, KEPT, safe_label, style
 from lmviz.tokens import visible
 

@@ -32,10 +32,10 @@ def test_causal_model_tied_table_and_classification(smollm):
     classes = frame_with(at, "loss if this label were true")
     assert classes["label"].tolist() == ["negative", "positive"]
     # the page's default head: random, seed 0, pooled from the last token's final hidden state
-    from lmviz import heads
+    from lmviz import classification
 
-    head = heads.random_head(smollm, ["negative", "positive"], "last", seed=0)
-    pooled = heads.pooled_hidden(smollm, "This weekend I plan to", "last")
+    head = classification.random_head(smollm, ["negative", "positive"], "last", seed=0)
+    pooled = classification.pooled_hidden(smollm, "This weekend I plan to", "last")
     bound = bounds.linear_bound(pooled, head.weight, head.bias)
     assert ((torch.tensor(classes["logit"].tolist()) - torch.tensor(classes["pooled @ W.T + b"].tolist())).abs()
             <= bound).all()

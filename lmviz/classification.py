@@ -240,7 +240,7 @@ def classify(lm: LoadedModel, text: str) -> Classification:
     input_ids = torch.tensor([ids])
     pooled = weight = bias = by_hand = None
     pooling = "unknown to lmviz for this architecture (the model's logits are shown as they are)"
-    with lm.lock, torch.inference_mode():
+    with torch.inference_mode():
         output = model(input_ids=input_ids, output_hidden_states=True)
         logits = output.logits[0].float()  # (label,)
         classifier = getattr(model, "classifier", None)

@@ -135,7 +135,7 @@ def neighbours(lm: LoadedModel, text: str, k: int = 10, metric: str = "dot") -> 
     if len(ids) > limit:
         raise LmvizError(f"The text is {len(ids)} tokens long; at most {limit} here. Shorten it.")
     input_ids = torch.tensor(ids)
-    with lm.lock, torch.inference_mode():
+    with torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
         embed, unembed = lm.model.get_input_embeddings(), lm.model.get_output_embeddings()
         weight = unembed.weight  # (vocab, d_model)
         k = check_k(k, weight.shape[0])
@@ -158,6 +158,7 @@ def neighbours(lm: LoadedModel, text: str, k: int = 10, metric: str = "dot") -> 
             parts.append((top.indices, top.values, e_norms, rank))
         top_ids = torch.cat([p[0] for p in parts])
         top_scores = torch.cat([p[1] for p in parts]).float()
+    with lm.lock:  # the tokenizer only
         cache: dict[int, str] = {}
         top_tokens = tuple(tuple(display_tokens(lm.tokenizer, row, cache)) for row in top_ids.tolist())
         tokens = tuple(display_tokens(lm.tokenizer, ids, cache))

@@ -135,7 +135,7 @@ def mlm_head_anatomy(lm: LoadedModel, text: str | None = None) -> MlmHeadAnatomy
     diff = None
     if text is not None:
         t = tracing.trace(lm, text)
-        with lm.lock, torch.inference_mode():
+        with torch.inference_mode():
             h = F.linear(t.hidden[-1], dense.weight, dense.bias)  # (pos, d_model)
             h = activation(h)
             h = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
@@ -335,13 +335,14 @@ def mlm_loss(lm: LoadedModel, text: str, positions: Sequence[int], max_predictio
     masked_positions = torch.tensor(chosen + [0] * pad)  # (pred,)
     label_ids = torch.tensor([ids[p] for p in chosen] + [0] * pad)  # (pred,)
     label_weights = torch.tensor([1.0] * len(chosen) + [0.0] * pad)  # (pred,)
-    with lm.lock, torch.inference_mode():
+    with torch.inference_mode():
         output = lm.model(input_ids=input_ids[None], labels=labels[None], output_hidden_states=True)
         sequence_output = output.hidden_states[-1][0]  # (pos, d_model)
         gathered = sequence_output[masked_positions]  # (pred, d_model)  gather_indexes
         head_logits = lm.logits_from_hidden(gathered)  # (pred, vocab)  the head on the gathered rows only
-        tokens = tuple(display_tokens(lm.tokenizer, ids))
         top1 = head_logits.argmax(dim=-1)  # (pred,)
+    with lm.lock:  # the tokenizer only
+        tokens = tuple(display_tokens(lm.tokenizer, ids))
         top1_tokens = tuple(display_tokens(lm.tokenizer, top1.tolist()))
     vocab = head_logits.shape[-1]
     log_probs = torch.log_softmax(head_logits, dim=-1)  # (pred, vocab)

@@ -451,39 +451,46 @@ class Captured:
     head_input: torch.Tensor | None = None  # what the unembedding read
 
 
-@contextmanager
-def capture_stream(arch: Architecture) -> Iterator[Captured]:
-    """Record the residual stream of the next forward pass made by this thread.
+class StreamRecorder:
+    """Hooks installed once per loaded model that record the residual stream for whichever thread asked.
 
-    The hooks are shared by every thread that uses the model; each records only
-    for the thread that installed it, so concurrent passes need no lock.
+    Registering and removing hooks while another thread runs the model is a race in torch
+    (a hook can be called with the wrong signature), so the hooks stay installed; each
+    one looks up this thread's `Captured` and does nothing when there is none.
     """
-    owner = threading.get_ident()
-    captured = Captured()
 
-    def before_first(module, args, kwargs):
-        if threading.get_ident() == owner:
+    def __init__(self, arch: Architecture):
+        self.local = threading.local()
+        if arch.blocks:
+            arch.blocks[0].register_forward_pre_hook(self._before_first, with_kwargs=True)
+            for block in arch.blocks:
+                block.register_forward_hook(self._after_block, with_kwargs=True)
+        if arch.unembed is not None:
+            arch.unembed.register_forward_pre_hook(self._before_head, with_kwargs=True)
+
+    def _before_first(self, module, args, kwargs):
+        captured = getattr(self.local, "captured", None)
+        if captured is not None:
             captured.block_input = _first_tensor(args, kwargs)
 
-    def after_block(module, args, kwargs, output):
-        if threading.get_ident() == owner:
+    def _after_block(self, module, args, kwargs, output):
+        captured = getattr(self.local, "captured", None)
+        if captured is not None:
             captured.block_outputs.append(_output_tensor(output))
 
-    def before_head(module, args, kwargs):
-        if threading.get_ident() == owner:
+    def _before_head(self, module, args, kwargs):
+        captured = getattr(self.local, "captured", None)
+        if captured is not None:
             captured.head_input = _first_tensor(args, kwargs)
 
-    handles = []
-    if arch.blocks:
-        handles.append(arch.blocks[0].register_forward_pre_hook(before_first, with_kwargs=True))
-        handles += [block.register_forward_hook(after_block, with_kwargs=True) for block in arch.blocks]
-    if arch.unembed is not None:
-        handles.append(arch.unembed.register_forward_pre_hook(before_head, with_kwargs=True))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    @contextmanager
+    def capture(self) -> Iterator[Captured]:
+        """Record the residual stream of the forward passes this thread makes inside the block."""
+        captured = self.local.captured = Captured()
+        try:
+            yield captured
+        finally:
+            self.local.captured = None
 
 
 # ---------------------------------------------------------------- generation

@@ -173,18 +173,6 @@ class Classification:
     def predicted(self) -> int:
         return int(self.logits.argmax())
 
-    def frame(self):
-        """One row per label, in id order: label id i, its name, logit i, probability, loss if true."""
-        import pandas as pd
-
-        frame = pd.DataFrame({"id": range(len(self.labels)), "label": list(self.labels),
-                              "logit": self.logits.tolist()})
-        if self.logits_by_hand is not None:
-            frame["pooled @ W.T + b"] = self.logits_by_hand.tolist()
-        frame["probability"] = self.probs.tolist()
-        frame["loss if this label were true"] = self.loss_per_label.tolist()
-        return frame
-
 
 def _scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax and the cross-entropy for each possible label, (label,) each."""

@@ -175,7 +175,7 @@ def add_embed(commands, common) -> None:
 
 
 def run_embed(args):
-    from lmviz import embeddings
+    from lmviz import embeddings, tables
 
     text = read_text(args)
     lm = _heads_model(args)
@@ -189,7 +189,8 @@ def run_embed(args):
     }
     tie = (f"tied: one ({report.input_shape[0]:,} x {report.input_shape[1]}) matrix, "
            f"{report.saved_parameters:,} parameters saved" if report.tied else "untied: separate output matrix")
-    return out, f"{lm.name}, {tie}; {result.metric} neighbours\n" + result.frame().to_string(index=False)
+    table = tables.neighbours_table(result).to_string(index=False)
+    return out, f"{lm.name}, {tie}; {result.metric} neighbours\n" + table
 
 
 def add_fill_mask(commands, common) -> None:
@@ -200,7 +201,7 @@ def add_fill_mask(commands, common) -> None:
 
 
 def run_fill_mask(args):
-    from lmviz import masked_lm
+    from lmviz import masked_lm, tables
 
     text = read_text(args)
     lm = _heads_model(args)
@@ -211,7 +212,7 @@ def run_fill_mask(args):
             "position": position, "top_ids": result.top_ids[m], "top_tokens": list(result.top_tokens[m]),
             "logits": result.top_logits[m], "probs": result.top_probs[m], "logprobs": result.top_logprobs[m],
         })
-        blocks.append(f"mask at position {position}\n" + result.frame(m).to_string(index=False))
+        blocks.append(f"mask at position {position}\n" + tables.mask_table(result, m).to_string(index=False))
     out = {"model": lm.name, "text": text, "input_ids": result.input_ids, "masks": masks}
     return out, "\n\n".join(blocks)
 
@@ -265,7 +266,7 @@ def add_loss(commands, common) -> None:
 
 
 def run_loss(args):
-    from lmviz import loss
+    from lmviz import loss, tables
 
     text = read_text(args)
     lm = load_model(args)
@@ -274,9 +275,10 @@ def run_loss(args):
     lines = [f"{lm.name}: {report.scored:,} tokens scored in {report.n_windows:,} window(s) of at most "
              f"{report.max_length:,} tokens (stride {report.stride:,}); context per token "
              "{} .. {}".format(*report.context_range())]
-    lines += [f"  {m.label:<28} {m.value:,.6g}" for m in report.metrics()]
-    frame = report.frame()[["position", "token", "id", "nll (nats)", "surprisal (bits)", "probability", "rank",
-                            "model's top guess", "context"]]
+    lines += [f"  {m.label:<28} {m.value:,.6g}" for m in tables.loss_metrics(report)]
+    frame = tables.loss_table(report)[[
+        "position", "token", "id", "nll (nats)", "surprisal (bits)", "probability", "rank", "model's top guess",
+        "context"]]
     return report.to_json(), "\n".join(lines) + "\n\n" + frame.to_string(index=False)
 
 
@@ -299,7 +301,7 @@ def add_lens(commands, common) -> None:
 def run_lens(args):
     import pandas as pd
 
-    from lmviz import lens
+    from lmviz import lens, tables
     from lmviz.trace import trace
 
     text = read_text(args)
@@ -339,7 +341,7 @@ def run_lens(args):
         grid.to_string(),
         "",
         f"top-{result.k} of the output layer (rows = rank, columns = positions):",
-        result.to_frame(layer=-1, values="token+prob")[shown].to_string(),
+        tables.lens_table(result, layer=-1, values="token+prob")[shown].to_string(),
     ]
     for j, token_id in enumerate(result.watched_ids):
         probs = ", ".join(f"{float(p):.3g}" for p in result.watched_probs[:, -1, j])

@@ -18,7 +18,6 @@ import torch
 
 from lmviz.errors import LmvizError
 from lmviz.loss import LN2, LossReport
-from lmviz.tokens import visible
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:
@@ -85,34 +84,6 @@ class ModelComparison:
     @property
     def common_bits_b(self) -> float:
         return float(self.nll_b[self.both].sum()) / LN2
-
-    def frame(self):
-        """One row per word."""
-        import pandas as pd
-
-        return pd.DataFrame({
-            "word": [visible(w) for w in self.words],
-            "tokens A": self.tokens_per_word_a.tolist(),
-            "tokens B": self.tokens_per_word_b.tolist(),
-            "nll A (nats)": self.nll_a.tolist(),
-            "nll B (nats)": self.nll_b.tolist(),
-            "B - A (nats)": self.diff.tolist(),
-            "compared": self.both.tolist(),
-        })
-
-    def token_frame(self):
-        """One row per scored token, when both models use the same tokens (else None)."""
-        import pandas as pd
-
-        if not self.same_tokens:
-            return None
-        return pd.DataFrame({
-            "position": range(1, len(self.tokens)),
-            "token": self.tokens[1:],
-            "nll A (nats)": self.token_nll_a.tolist(),
-            "nll B (nats)": self.token_nll_b.tolist(),
-            "B - A (nats)": (self.token_nll_b - self.token_nll_a).tolist(),
-        })
 
 
 def _per_word(report: LossReport, spans: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, ...]:

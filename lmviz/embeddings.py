@@ -104,16 +104,6 @@ class Neighbours:
     def k(self) -> int:
         return int(self.top_ids.shape[1])
 
-    def frame(self):
-        """The seed's table: one row per input token, its k nearest tokens in columns 1..k."""
-        import pandas as pd
-
-        frame = pd.DataFrame(list(self.top_tokens), columns=[str(j + 1) for j in range(self.k)])
-        frame.insert(0, "token", list(self.tokens))
-        frame.insert(1, "own rank", self.self_rank.tolist())
-        frame.insert(2, "|e|", self.input_norms.tolist())
-        return frame
-
 
 def neighbours(lm: LoadedModel, text: str, k: int = 10, metric: str = "dot") -> Neighbours:
     """The embedding-neighbour table of seed 004 for the tokens of `text`.

@@ -141,96 +141,13 @@ class LensResult:
 
     # ------------------------------------------------------------ tables
 
-    def to_frame(self, layer: int | None = None, position: int | None = None,
-                 values: str = "token", show_whitespace: bool = True):
-        """The seed-style top-k table as a pandas DataFrame.
 
-        layer=i (default: the last layer): rows = rank 0..k-1, columns = positions,
-        like seed 004's `pd.DataFrame([[decode(x) for x in y] for y in topk]).T`.
-        position=p: rows = layers 0..L, columns = rank, what one position looks like
-        as it goes up the model. values: "token" (the text), "prob", "id", or
-        "token+prob" ("·visit 0.231").
-        """
-        import pandas as pd
-
-        if values not in ("token", "prob", "id", "token+prob"):
-            raise LmvizError("values must be one of: token, prob, id, token+prob.")
-        if layer is not None and position is not None:
-            raise LmvizError("Give a layer or a position, not both.")
-        if position is not None:
-            position = self._check_position(position)
-            ids, probs = self.top_ids[:, position], self.top_probs[:, position]  # (layer+1, k)
-            cells = self._cells(ids, probs, values, show_whitespace)
-            frame = pd.DataFrame(cells, index=pd.Index(range(self.n_layers + 1), name="layer"))
-            frame.columns.name = "rank"
-            return frame
-        layer = self._check_layer(-1 if layer is None else layer)
-        ids, probs = self.top_ids[layer], self.top_probs[layer]  # (pos, k)
-        cells = self._cells(ids, probs, values, show_whitespace)
-        frame = pd.DataFrame(cells).T  # (k, pos): rows = rank, columns = position
-        frame.index.name, frame.columns.name = "rank", "position"
-        return frame
-
-    def to_long_frame(self):
-        """Every (layer, position, rank) as one row, with that cell's statistics: for CSV export."""
-        import pandas as pd
-
-        n_layers, n_pos, k = self.top_ids.shape
-        layer = torch.arange(n_layers).view(-1, 1, 1).expand(n_layers, n_pos, k).reshape(-1)
-        pos = torch.arange(n_pos).view(1, -1, 1).expand(n_layers, n_pos, k).reshape(-1)
-        cell = lambda t: t.unsqueeze(-1).expand(n_layers, n_pos, k).reshape(-1).numpy()  # noqa: E731
-        ids = self.top_ids.reshape(-1).tolist()
-        next_ids = self.input_ids[1:].tolist() + [None]
-        frame = pd.DataFrame({
-            "layer": layer.numpy(),
-            "position": pos.numpy(),
-            "input_token": [self.tokens[p] for p in pos.tolist()],
-            "next_token": [None if next_ids[p] is None else self.tokens[p + 1] for p in pos.tolist()],
-            "rank": torch.arange(k).repeat(n_layers * n_pos).numpy(),
-            "token_id": ids,
-            "token": [visible(self.pieces[i]) for i in ids],
-            "prob": self.top_probs.reshape(-1).numpy(),
-            "entropy": cell(self.entropy),
-            "kl_to_final": cell(self.kl_to_final),
-            "next_token_nll": cell(self.next_token_nll),
-            "next_token_rank": cell(self.next_token_rank),
-        })
-        frame["normalized"] = self.normalized
-        return frame
-
-    def watched_frame(self, position: int):
-        """(layer+1) rows: probability and rank of each watched token at one position."""
-        import pandas as pd
-
-        position = self._check_position(position)
-        rows = []
-        for j, token_id in enumerate(self.watched_ids):
-            for layer in range(self.n_layers + 1):
-                rows.append({
-                    "layer": layer,
-                    "token": visible(self.pieces[token_id]),
-                    "token_id": token_id,
-                    "prob": float(self.watched_probs[layer, position, j]),
-                    "rank": int(self.watched_ranks[layer, position, j]),
-                })
-        return pd.DataFrame(rows, columns=["layer", "token", "token_id", "prob", "rank"])
-
-    def _cells(self, ids: torch.Tensor, probs: torch.Tensor, values: str, show_whitespace: bool) -> list[list]:
-        if values == "id":
-            return ids.tolist()
-        if values == "prob":
-            return probs.tolist()
-        names = [[self.token(i, show_whitespace) for i in row] for row in ids.tolist()]
-        if values == "token":
-            return names
-        return [[f"{name} {p:.3f}" for name, p in zip(row, prow)] for row, prow in zip(names, probs.tolist())]
-
-    def _check_layer(self, layer: int) -> int:
+    def check_layer(self, layer: int) -> int:
         if not -(self.n_layers + 1) <= layer <= self.n_layers:
             raise LmvizError(f"Layer {layer} does not exist: this model has layers 0 to {self.n_layers}.")
         return layer % (self.n_layers + 1)
 
-    def _check_position(self, position: int) -> int:
+    def check_position(self, position: int) -> int:
         if not -self.n_tokens <= position < self.n_tokens:
             raise LmvizError(f"Position {position} does not exist: the text has positions 0 to {self.n_tokens - 1}.")
         return position % self.n_tokens

@@ -16,7 +16,8 @@ Text longer than the model's context is scored window by window
 (`lmviz.windows`); one text under two models is compared in `lmviz.compare`.
 
 Results are frozen dataclasses with shape comments:
-- `LossReport`: per-token NLL, rank, top guess, context; aggregates and formulas.
+- `LossReport`: per-token NLL, rank, top guess, context, and the aggregates (their formulas
+  and explanations are presentation: `lmviz.tables.loss_metrics`).
 - `LayerLoss`: the cross-entropy of the logit-lens prediction at every layer.
 - `ContextCurve`: loss against window length (how much context helps).
 """
@@ -66,17 +67,6 @@ def exp_or_inf(x: float) -> float:
 
 
 # ---------------------------------------------------------------- the report
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One aggregate with the formula that produces it (LaTeX) and a sentence that explains it."""
-
-    key: str
-    label: str
-    value: float
-    formula: str
-    note: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,45 +172,11 @@ class LossReport:
         """e^(total NLL / words): perplexity per word instead of per token."""
         return exp_or_inf(self.total_nll / self.n_words) if self.n_words else float("nan")
 
-    def metrics(self) -> list[Metric]:
-        """The aggregates, each with its formula, in teaching order."""
-        items = [
-            Metric("scored", "Tokens scored", self.scored, r"N = \text{tokens} - 1",
-                   "Every token after the first; the first has no context to predict it from."),
-            Metric("accuracy", "Accuracy", self.accuracy,
-                   r"\frac{1}{N}\sum_i [\arg\max_v p(v \mid x_{<i}) = x_i]",
-                   "How often the model's top guess was the actual next token."),
-            Metric("log_likelihood", "Log-likelihood", self.log_likelihood, r"\sum_i \ln p(x_i \mid x_{<i})",
-                   "The log of the probability of the whole text, in nats. Summing logs avoids the underflow "
-                   "of multiplying thousands of small probabilities."),
-            Metric("mean_nll", "Mean NLL = H", self.mean_nll,
-                   r"H = -\frac{1}{N}\sum_i \ln p(x_i \mid x_{<i})",
-                   "Nats per token. With one-hot targets, cross-entropy is exactly the mean negative "
-                   "log-likelihood: the training loss."),
-            Metric("perplexity", "Perplexity (base e)", self.perplexity, r"\mathrm{PPL} = e^{H}",
-                   "As uncertain as a uniform choice among this many tokens."),
-            Metric("perplexity_base2", "Perplexity (base 2)", self.perplexity_base2,
-                   r"2^{H_2},\quad H_2 = -\frac{1}{N}\sum_i \log_2 p(x_i \mid x_{<i}) = H / \ln 2",
-                   "The same number: the base cancels out, as long as the log and the power share it."),
-            Metric("bits_per_token", "Bits per token", self.bits_per_token, r"H_2 = H / \ln 2",
-                   "Cross-entropy in bits."),
-            Metric("bits_per_byte", "Bits per byte", self.bits_per_byte,
-                   r"\frac{-\sum_i \log_2 p(x_i \mid x_{<i})}{\text{UTF-8 bytes}}",
-                   f"Total bits over the {self.n_bytes:,} bytes the scored tokens cover: does not depend on "
-                   "how the tokenizer cuts the text, so models with different vocabularies compare fairly."),
-            Metric("word_perplexity", "Perplexity per word", self.word_perplexity,
-                   r"e^{-\sum_i \ln p(x_i \mid x_{<i}) / \text{words}}",
-                   f"The same total over the {self.n_words:,} words the scored tokens touch instead of the tokens."),
-        ]
-        if self.model_loss is not None:
-            items.append(Metric("model_loss", "labels= loss", self.model_loss,
-                                r"\texttt{model(ids, labels=ids).loss}",
-                                "The loss transformers computes itself, over the same scored tokens: it must "
-                                f"equal the mean NLL (difference {abs(self.model_loss - self.mean_nll):.1e})."))
-        return items
-
     def summary(self) -> dict[str, float | int | None]:
-        return {m.key: m.value for m in self.metrics()}
+        """The aggregates by name (what the CLI's --json prints)."""
+        keys = ["scored", "accuracy", "log_likelihood", "mean_nll", "perplexity", "perplexity_base2", "bits_per_token",
+                "bits_per_byte", "word_perplexity"] + (["model_loss"] if self.model_loss is not None else [])
+        return {key: getattr(self, key) for key in keys}
 
     # ------------------------------------------------------------ context
 
@@ -236,30 +192,6 @@ class LossReport:
         """(scored,) the rank bucket of each scored token: top-1 / top-10 / top-100 / rest."""
         return [rank_bucket(r) for r in self.rank.tolist()]
 
-    def frame(self):
-        """One row per token (the first, unscored, included) as a pandas DataFrame."""
-        import pandas as pd
-
-        n = self.n_tokens
-        nan = [float("nan")]
-        frame = pd.DataFrame({
-            "position": range(n),
-            "token": self.tokens,
-            "id": self.input_ids.tolist(),
-            "nll (nats)": nan + self.nll.tolist(),
-            "surprisal (bits)": nan + self.surprisal_bits.tolist(),
-            "probability": nan + self.probs.tolist(),
-            "rank": [None] + self.rank.tolist(),
-            "top-1 correct": [None] + self.correct.tolist(),
-            "model's top guess": [""] + list(self.top_tokens),
-            "p(top guess)": nan + self.top_probs.tolist(),
-            "context": [0] + self.context.tolist(),
-            "window": [None] + self.window_of.tolist(),
-        })
-        frame["rank"] = frame["rank"].astype("Int64")
-        frame["window"] = frame["window"].astype("Int64")
-        frame["top-1 correct"] = frame["top-1 correct"].astype("boolean")
-        return frame
 
     def to_json(self) -> dict:
         """Plain values for the CLI's --json."""
@@ -411,18 +343,6 @@ class LayerLoss:
         """(layer+1,) e^H per layer."""
         return torch.exp(self.mean_nll)
 
-    def frame(self):
-        import pandas as pd
-
-        layers = list(range(self.n_layers + 1))
-        return pd.DataFrame({
-            "layer": layers,
-            "name": ["embeddings"] + [f"layer {i}" for i in layers[1:-1]] + [f"layer {self.n_layers} (output)"],
-            "cross-entropy (nats)": self.mean_nll.tolist(),
-            "bits per token": (self.mean_nll / LN2).tolist(),
-            "perplexity": self.perplexity.tolist(),
-        })
-
 
 def layer_loss(lm: LoadedModel, text: str, normalize: bool = True) -> LayerLoss:
     """Cross-entropy of the logit lens at every layer, from the logit-lens backend (lmviz.lens)."""
@@ -472,14 +392,6 @@ class ContextCurve:
     @property
     def perplexity(self) -> tuple[float, ...]:
         return tuple(exp_or_inf(h) for h in self.mean_nll)
-
-    def frame(self):
-        import pandas as pd
-
-        return pd.DataFrame({
-            "window length": self.lengths, "stride": self.strides, "mean context": self.mean_context,
-            "cross-entropy (nats)": self.mean_nll, "perplexity": self.perplexity,
-        })
 
 
 def default_lengths(n_tokens: int, limit: int) -> list[int]:

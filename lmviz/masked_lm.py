@@ -185,18 +185,6 @@ class MaskPredictions:
     top_logprobs: torch.Tensor  # (mask, k) float32
     logsumexp: torch.Tensor  # (mask,) the softmax normaliser: logprob = logit - logsumexp
 
-    def frame(self, mask: int):
-        """The top-k table at mask number `mask` (0-based, in text order)."""
-        import pandas as pd
-
-        return pd.DataFrame({
-            "token": list(self.top_tokens[mask]),
-            "id": self.top_ids[mask].tolist(),
-            "logit": self.top_logits[mask].tolist(),
-            "probability": self.top_probs[mask].tolist(),
-            "log-probability": self.top_logprobs[mask].tolist(),
-        })
-
 
 def fill_mask(lm: LoadedModel, text: str, k: int = 5) -> MaskPredictions:
     """Top-k tokens (logit, probability, log-probability) at every mask token of `text`."""
@@ -287,21 +275,6 @@ class MlmLoss:
     @property
     def n_masked(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
-
-    def frame(self):
-        """The seed's per-prediction table, padding rows included."""
-        import pandas as pd
-
-        return pd.DataFrame({
-            "masked_lm_position": self.positions.tolist(),
-            "true token": [self.tokens[p] if w > 0 else "(padding)"
-                           for p, w in zip(self.positions.tolist(), self.label_weights.tolist())],
-            "masked_lm_id": self.label_ids.tolist(),
-            "label_weight": self.label_weights.tolist(),
-            "per_example_loss": self.per_example_loss.tolist(),
-            "p(true token)": self.per_example_loss.neg().exp().tolist(),
-            "model's top guess": list(self.top1_tokens),
-        })
 
 
 def mlm_loss(lm: LoadedModel, text: str, positions: Sequence[int], max_predictions: int | None = None) -> MlmLoss:

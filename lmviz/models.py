@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from lmviz.architectures import Architecture, discover
+from lmviz.architectures import Architecture, StreamRecorder, discover
 from lmviz.embedded import DEFAULT_MODEL, EMBEDDED, converted_copy
 from lmviz.errors import LmvizError
 
@@ -50,6 +50,7 @@ class LoadedModel:
     tokenizer: object  # a transformers tokenizer
     kind: str  # "causal" | "masked" | "classifier"
     arch: Architecture  # blocks, final norm, head: where they are, verified on load
+    recorder: StreamRecorder  # hooks that read the residual stream for the thread that asks
     n_layers: int
     d_model: int
     vocab_size: int  # rows of the unembedding (may exceed len(tokenizer))
@@ -326,6 +327,7 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str) -> LoadedModel:
         tokenizer=tokenizer,
         kind=kind,
         arch=arch,
+        recorder=StreamRecorder(arch),
         n_layers=len(arch.blocks) or config.num_hidden_layers,
         d_model=config.hidden_size,
         vocab_size=vocab_size,

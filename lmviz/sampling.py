@@ -390,26 +390,6 @@ def label_tokens(lm: LoadedModel, token_ids) -> list[str]:
         return [display_token(lm.tokenizer, int(token_id)) for token_id in token_ids]
 
 
-def table(dist: Distribution, labels: list[str] | None = None):
-    """The rows of a distribution as a pandas DataFrame (labels: display strings, one per row)."""
-    import pandas as pd
-
-    frame = pd.DataFrame({
-        "rank": dist.rank.tolist(),
-        "id": dist.token_ids.tolist(),
-        "logit": dist.logits.tolist(),
-        "p (model, T=1)": dist.model_probs.tolist(),
-        "log p (model)": dist.model_logprobs.tolist(),
-        "p after T": dist.tempered_probs.tolist(),
-        "p final": dist.probs.tolist(),
-        "log p final": dist.logprobs.tolist(),
-        "status": dist.status(),
-    })
-    if labels is not None:
-        frame.insert(1, "token", labels)
-    return frame
-
-
 # ------------------------------------------------------------------ toy mode
 
 LECTURE_LOGITS = (1.0, -4.0, 2.0, 4.0, 3.0)  # seed 003's example vector
@@ -493,21 +473,6 @@ def lecture_number(value: float, digits: int = 4) -> str:
     """A probability written the way seed 003's table writes it: 0.03205 -> '.0321', 1 -> '1.0000'."""
     text = f"{value:.{digits}f}"
     return text[1:] if text.startswith("0.") else text
-
-
-def toy_frame(toy: ToyTable, shifted: bool = False):
-    """The lecture's table as a DataFrame of strings: a row x (or x + shift), then one row per
-    temperature, σ_T(x) written like the slides (.0321); one column per logit."""
-    import pandas as pd
-
-    x = toy.logits + toy.shift if shifted else toy.logits
-    probs = toy.shifted_probs if shifted else toy.probs
-    columns = [str(i + 1) for i in range(x.numel())]
-    rows = {("x + c" if shifted else "x"): [f"{v:g}" for v in x.tolist()]}
-    for t, row in zip(toy.temperatures, probs.tolist()):
-        name = f"σ_{t:g}(x + c)" if shifted else f"σ_{t:g}(x)"
-        rows[name + (" greedy" if t == 0 else "")] = [lecture_number(v) for v in row]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
 
 
 def probs_in_input_order(dist: Distribution) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmviz.architectures import capture_stream, head_error_bound
+from lmviz.architectures import head_error_bound
 from lmviz.cache import cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
@@ -149,7 +149,7 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     # the head reads hidden[-1] itself: the model need only compute its last row of logits (our check)
     last_only = verified and lm.arch.head_reads_last_hidden and accepts_logits_to_keep(lm.model)
     extra = {"logits_to_keep": 1} if last_only else {}
-    with capture_stream(lm.arch) as captured, torch.inference_mode():
+    with lm.recorder.capture() as captured, torch.inference_mode():
         output = lm.model(input_ids=input_ids, output_hidden_states=True, use_cache=False, **extra)
     with lm.lock:
         tokens = tuple(display_tokens(lm.tokenizer, ids))

@@ -161,7 +161,8 @@ def _reduce_from_hidden(lm: LoadedModel, batch: torch.Tensor, shape: Window, tar
     final = output.hidden_states[-1]  # (batch, length, d_model), final norm already applied
     own = output.logits[:, -1]  # (batch, vocab), the model's own head at the last position
     mine = lm.logits_from_hidden(final[:, -1], normalize=False)
-    if not bool(((own.float() - mine).abs() <= head_error_bound(final[:, -1], lm.unembed, lm.arch.logit_transform)).all()):
+    bound = head_error_bound(final[:, -1], lm.unembed, lm.arch.logit_transform)
+    if not bool(((own.float() - mine).abs() <= bound).all()):
         raise LmvizError(f"lmviz's head for {lm.name} does not reproduce the model's logits "
                          f"(max difference {float((own.float() - mine).abs().max()):.2e}).")
     start = shape.first - shape.begin - 1  # the position predicting the first scored token

@@ -103,4 +103,5 @@ def continuation_bound(model, prefix: list[int], continuation: list[int]) -> flo
     bound of that step's logits (from a plain pass, for their size), plus FLOAT64_SLACK for a float64 model."""
     logits = model(input_ids=torch.tensor([prefix + continuation])).logits[0].double()
     steps = logits[len(prefix) - 1: len(prefix) - 1 + len(continuation)]
-    return float(2 * log_softmax_bound(steps).sum()) + FLOAT64_SLACK * len(continuation) * (1 + float(steps.abs().max()))
+    slack = FLOAT64_SLACK * len(continuation) * (1 + float(steps.abs().max()))
+    return float(2 * log_softmax_bound(steps).sum()) + slack

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from lmviz import beam
+from lmviz import beam, tables
 from lmviz.cli import main
 from lmviz.errors import LmvizError
 from tests import bounds
@@ -291,10 +291,10 @@ def test_greedy_stops_at_eos(tiny_llama, monkeypatch):
 def test_comparison_table_scores_alike(tiny_gpt2):
     tree = beam.beam_search(tiny_gpt2, PROMPT, 3, 5, 1.0, False)
     greedy, sampled = beam.greedy(tiny_gpt2, PROMPT, 5), beam.sample(tiny_gpt2, PROMPT, 5, seed=3)
-    table = beam.comparison_table(tree, greedy, sampled)
+    table = tables.comparison_table(tree, greedy, sampled)
     assert table["log-prob (sum)"].tolist() == pytest.approx([greedy.logprob, tree.final[0].logprob, sampled.logprob])
     assert abs(table.iloc[1, -1] - tree.final[0].score) <= 2 * bounds.U32 * abs(tree.final[0].score)  # shown as float32
-    final = beam.final_table(tree)
+    final = tables.final_table(tree)
     assert final["rank"].tolist() == [1, 2, 3]
 
 

@@ -12,7 +12,7 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from lmviz import classification, models
+from lmviz import classification, models, tables
 from lmviz.errors import LmvizError
 from tests import bounds
 
@@ -38,7 +38,7 @@ def test_classifier_logits_labels_and_losses(tiny_classifier_dirs):
     assert ((result.probs.double() - p).abs() <= bounds.prob_bound(p, eps)).all()
     expected = -torch.log_softmax(logits.double(), -1)  # the loss if each label were the true one
     assert ((torch.tensor(result.loss_per_label.tolist()) - expected).abs() <= 2 * eps).all()
-    assert result.frame()["label"].tolist() == ["negative", "positive"]
+    assert tables.classification_table(result)["label"].tolist() == ["negative", "positive"]
 
 
 def test_classifier_without_label_names_and_decoder_classifier(tiny_classifier_dirs):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from lmviz import cli, lens, models
+from lmviz import cli, lens, models, tables
 from lmviz import trace as tracing
 from lmviz.architectures import LogitTransform, head_error_bound
 from lmviz.errors import LmvizError
@@ -200,7 +200,7 @@ def test_embedded_model_matches_reference(smollm, normalize):
     model = smollm.model  # LlamaForCausalLM: reference() reaches model.model.norm and model.lm_head itself
     assert_matches(result, reference(model, t.input_ids, normalize, watched))
     assert result.token(result.top_ids[-1, -1, 0]) == "·visit"
-    assert result.to_frame().iloc[0].tolist()[-1] == "·visit"
+    assert tables.lens_table(result).iloc[0].tolist()[-1] == "·visit"
 
 
 def test_raw_mode_reproduces_seed_004_tables(smollm):
@@ -215,8 +215,8 @@ def test_raw_mode_reproduces_seed_004_tables(smollm):
             logits = model.lm_head(hidden_states[layer])
         seed_ids = pd.DataFrame([[int(x) for x in y] for y in logits.topk(k=10).indices[0]]).T
         seed_text = pd.DataFrame([[tokenizer.decode(x) for x in y] for y in logits.topk(k=10).indices[0]]).T
-        ours_ids = result.to_frame(layer=layer, values="id")
-        ours_text = result.to_frame(layer=layer, show_whitespace=False)
+        ours_ids = tables.lens_table(result, layer=layer, values="id")
+        ours_text = tables.lens_table(result, layer=layer, show_whitespace=False)
         assert ours_ids.values.tolist() == seed_ids.values.tolist()
         assert ours_text.shape == seed_text.shape == (10, 5)
         readable = seed_text.map(lambda s: "\ufffd" not in s).values  # decode() loses partial UTF-8 bytes; we keep them
@@ -226,22 +226,22 @@ def test_raw_mode_reproduces_seed_004_tables(smollm):
 def test_frames(tiny_gpt2):
     t = tracing.trace(tiny_gpt2, TEXT)
     result = lens.run_logit_lens(tiny_gpt2, t, k=4)
-    by_layer = result.to_frame(layer=1)
+    by_layer = tables.lens_table(result, layer=1)
     assert by_layer.shape == (4, t.n_tokens) and by_layer.index.name == "rank"
     assert by_layer.iloc[0, 2] == result.token(result.top_ids[1, 2, 0])
-    by_pos = result.to_frame(position=3, values="prob")
+    by_pos = tables.lens_table(result, position=3, values="prob")
     assert by_pos.shape == (3, 4) and by_pos.index.name == "layer"
     assert torch.equal(torch.tensor(by_pos.values.tolist()), result.top_probs[:, 3])
-    both = result.to_frame(position=-1, values="token+prob")
+    both = tables.lens_table(result, position=-1, values="token+prob")
     assert both.iloc[2, 0].endswith(f"{float(result.top_probs[2, -1, 0]):.3f}")
-    long = result.to_long_frame()
+    long = tables.lens_long_table(result)
     assert len(long) == 3 * t.n_tokens * 4
     row = long[(long.layer == 2) & (long.position == 1) & (long["rank"] == 0)].iloc[0]
     assert row.token_id == result.top_ids[2, 1, 0] and row.next_token == t.tokens[2]
     with pytest.raises(LmvizError, match="layers 0 to 2"):
-        result.to_frame(layer=3)
+        tables.lens_table(result, layer=3)
     with pytest.raises(LmvizError, match="positions 0 to"):
-        result.to_frame(position=99)
+        tables.lens_table(result, position=99)
 
 
 def test_layer_rows_keep_the_last_layer():

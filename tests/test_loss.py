@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmviz import compare, loss, windows
+from lmviz import compare, loss, tables, windows
 from lmviz.architectures import head_error_bound
 from lmviz.cache import CACHE
 from lmviz.cli import main
@@ -110,7 +110,7 @@ def test_aggregates_follow_their_formulas(tiny_llama_bos):
     assert report.bits_per_byte == pytest.approx(float(bits.sum()) / len(text.encode("utf-8")), rel=1e-12)
     assert report.n_words == len(text.split())
     assert report.word_perplexity == pytest.approx(math.exp(float(nll.sum()) / len(text.split())), rel=1e-12)
-    values = {m.key: m.value for m in report.metrics()}
+    values = {m.key: m.value for m in tables.loss_metrics(report)}
     assert values["mean_nll"] == report.mean_nll and values["model_loss"] == report.model_loss
 
 
@@ -270,7 +270,7 @@ def test_two_models_with_different_vocabularies_compare_per_word(tiny_gpt2, tiny
     a, b = loss.loss_report(tiny_gpt2, text), loss.loss_report(tiny_llama_bos, text)
     assert len(tiny_gpt2.tokenizer) != len(tiny_llama_bos.tokenizer)
     comparison = compare.compare_models(a, b)
-    assert not comparison.same_tokens and comparison.token_frame() is None
+    assert not comparison.same_tokens and tables.token_comparison_table(comparison) is None
     assert "".join(comparison.words) == text
     assert len(comparison.words) == len(text.split())
     for report, nll in ((a, comparison.nll_a), (b, comparison.nll_b)):
@@ -295,7 +295,7 @@ def test_two_models_with_one_tokenizer_compare_per_token(tiny_gpt2_f64, tiny_lla
     a, b = loss.loss_report(tiny_gpt2_f64, SHORT), loss.loss_report(tiny_llama_f64, SHORT)
     comparison = compare.compare_models(a, b)
     assert comparison.same_tokens
-    frame = comparison.token_frame()
+    frame = tables.token_comparison_table(comparison)
     ids = ids_of(tiny_gpt2_f64, SHORT)
     expected_a, _, _, bound_a = reference_scores_and_bound(tiny_gpt2_f64.model, ids)
     expected_b, _, _, bound_b = reference_scores_and_bound(tiny_llama_f64.model, ids)
@@ -337,7 +337,7 @@ def test_loss_by_layer_against_hand_made_lens(tiny_llama, normalize):
     eps = bounds.log_softmax_bound(logits, error[:, :-1]) + bounds.log_softmax_bound(logits)
     assert ((result.nll - expected).abs() <= eps).all()
     assert abs(float(result.mean_nll[-1]) - loss.loss_report(tiny_llama, SHORT).mean_nll) <= 2 * float(eps[-1].max())
-    assert list(result.frame()["layer"]) == list(range(tiny_llama.n_layers + 1))
+    assert list(tables.layer_loss_table(result)["layer"]) == list(range(tiny_llama.n_layers + 1))
 
 
 def test_context_curve_with_stride_one_is_exact(tiny_gpt2_f64):
@@ -402,7 +402,7 @@ def test_surprisal_html_escapes_and_keeps_the_text(tiny_gpt2):
 
 def test_frame_has_one_row_per_token(tiny_gpt2):
     report = loss.loss_report(tiny_gpt2, SHORT)
-    frame = report.frame()
+    frame = tables.loss_table(report)
     assert len(frame) == report.n_tokens
     assert math.isnan(frame["nll (nats)"][0])
     assert frame["nll (nats)"][1:].tolist() == pytest.approx(report.nll.tolist())

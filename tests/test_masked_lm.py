@@ -15,7 +15,7 @@ from transformers import (
     BertForMaskedLM,
 )
 
-from lmviz import classification, masked_lm, models
+from lmviz import classification, masked_lm, models, tables
 from lmviz.cli import main
 from lmviz.embedded import antiberty
 from lmviz.errors import LmvizError
@@ -46,7 +46,7 @@ def test_fill_mask_matches_transformers(tiny_dirs, tiny_bert):
         assert ((result.top_logprobs[m].double() - log_p).abs() <= eps).all()
         assert ((result.top_probs[m].double() - log_p.exp()).abs() <= bounds.prob_bound(log_p.exp(), eps)).all()
         assert list(result.top_tokens[m]) == [tokenizer.convert_ids_to_tokens(int(i)) for i in chosen]
-    frame = result.frame(0)
+    frame = tables.mask_table(result, 0)
     assert frame["id"].tolist() == result.top_ids[0].tolist()
 
 
@@ -113,7 +113,7 @@ def test_mlm_loss_three_ways_agree_with_transformers(tiny_dirs, tiny_bert):
     assert padded.label_weights.tolist() == [1.0] * 3 + [0.0] * 5
     assert abs(padded.seed_loss - result.seed_loss) <= bounds.sum_bound(8, result.numerator)  # zero-weight rows
     assert padded.denominator == pytest.approx(3 + 1e-5)
-    assert len(padded.frame()) == 8
+    assert len(tables.mlm_loss_table(padded)) == 8
 
 
 def test_mlm_bad_input(tiny_bert, tiny_gpt2):

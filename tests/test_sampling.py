@@ -18,7 +18,7 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
-from lmviz import sampling
+from lmviz import sampling, tables
 from lmviz import trace as tracing
 from lmviz.architectures import head_error_bound
 from lmviz.cache import CACHE
@@ -73,7 +73,7 @@ def test_toy_reproduces_the_lecture_table_digit_for_digit():
     toy = sampling.toy_softmax([1, -4, 2, 4, 3], [1, 0.3, 10])
     for t, row in zip(toy.temperatures, toy.probs.tolist()):
         assert [sampling.lecture_number(p) for p in row] == LECTURE[t]
-    frame = sampling.toy_frame(toy)
+    frame = tables.toy_table(toy)
     assert frame.loc["σ_0.3(x)"].tolist() == LECTURE[0.3]
     assert frame.loc["x"].tolist() == ["1", "-4", "2", "4", "3"]
 
@@ -86,7 +86,7 @@ def test_toy_against_plain_softmax_and_shift_invariance():
         assert torch.allclose(row, expected, rtol=1e-12, atol=0)
         assert torch.allclose(shifted, expected, rtol=1e-12, atol=0)
     assert toy.max_shift_change < 1e-12
-    shifted_row = sampling.toy_frame(toy, shifted=True).loc["x + c"].tolist()
+    shifted_row = tables.toy_table(toy, shifted=True).loc["x + c"].tolist()
     assert shifted_row == ["124.25", "119.25", "125.25", "127.25", "126.25"]
 
 
@@ -265,7 +265,7 @@ def test_top_keeps_rows_and_full_vocabulary_summaries(smollm):
     cut = dist.top(10, include=(last,))
     assert len(cut) == 11 and int(cut.token_ids[-1]) == last and cut.rank[-1] == 49152
     assert cut.entropy == dist.entropy and cut.n_kept == dist.n_kept
-    frame = sampling.table(cut, sampling.label_tokens(smollm, cut.token_ids.tolist()))
+    frame = tables.distribution_table(cut, sampling.label_tokens(smollm, cut.token_ids.tolist()))
     assert frame["token"].iloc[0] == "·visit" and frame["rank"].tolist()[:3] == [1, 2, 3]
 
 

@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 import ui
-from lmviz import beam
+from lmviz import beam, tables
 from lmviz.plots import beam as plots
 
 st.title("Beam search")
@@ -109,10 +109,10 @@ if tree.num_beams == 1:
     )
 
 st.subheader("Finished hypotheses")
-st.dataframe(beam.final_table(tree), hide_index=True, width="stretch")
+st.dataframe(tables.final_table(tree), hide_index=True, width="stretch")
 
 st.subheader("Greedy vs beam search vs sampling")
-st.dataframe(beam.comparison_table(tree, greedy, sampled), hide_index=True, width="stretch")
+st.dataframe(tables.comparison_table(tree, greedy, sampled), hide_index=True, width="stretch")
 best = tree.final[0]
 st.markdown(
     "**Why the default length penalty (1.0) is not neutral.** Every token adds a negative log-probability, so "

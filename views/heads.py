@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from lmviz import classification, embeddings, masked_lm
+from lmviz import classification, embeddings, masked_lm, tables
 from lmviz.embedded import antiberty
 from lmviz.errors import LmvizError
 from lmviz.plots import heads as plots
@@ -96,7 +96,7 @@ with tied_tab:
                 st.caption(f"The grid shows the first {MAX_GRID_ROWS} of {len(result.tokens)} tokens; "
                            "the table below has them all.")
             st.plotly_chart(plots.neighbours_figure(result, max_rows=MAX_GRID_ROWS), width="stretch")
-            st.dataframe(result.frame(), hide_index=True, width="stretch",
+            st.dataframe(tables.neighbours_table(result), hide_index=True, width="stretch",
                          column_config={"|e|": st.column_config.NumberColumn(format="%.2f")})
             worst = int(result.self_rank.argmax())
             if metric == "dot" and int(result.self_rank[worst]) > 0:
@@ -148,7 +148,7 @@ with masked_tab:
             for m in range(len(predictions.mask_positions)):
                 chart, table = st.columns([3, 2])
                 chart.plotly_chart(plots.mask_figure(predictions, m), width="stretch")
-                table.dataframe(predictions.frame(m), hide_index=True, width="stretch")
+                table.dataframe(tables.mask_table(predictions, m), hide_index=True, width="stretch")
                 table.caption(f"log-probability = logit − logsumexp(logits) = logit − "
                               f"{float(predictions.logsumexp[m]):.3f}")
         st.subheader("The masked-LM loss, three ways")
@@ -174,7 +174,7 @@ with masked_tab:
                 "is the whole difference from CrossEntropyLoss, which averages over the tokens whose label is not −100. "
                 "Padding rows have label_weight 0 and count for nothing."
             )
-            st.dataframe(loss.frame(), hide_index=True, width="stretch")
+            st.dataframe(tables.mlm_loss_table(loss), hide_index=True, width="stretch")
 
 # ------------------------------------------------------------------ classification (seed 002)
 with class_tab:
@@ -221,7 +221,7 @@ with class_tab:
                 "only to whoever encoded the labels for training.", icon="⚠️")
         chart, table = st.columns([2, 3])
         chart.plotly_chart(plots.classification_figure(result), width="stretch")
-        table.dataframe(result.frame(), hide_index=True, width="stretch")
+        table.dataframe(tables.classification_table(result), hide_index=True, width="stretch")
         facts = [f"Head: {result.head_origin}. Input: {result.pooling}."]
         if result.weight is not None:
             facts.append(f"Weight matrix {tuple(result.weight.shape)}: row i → logit i → label i "

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from lmviz import lens, trace
+from lmviz import lens, tables, trace
 from lmviz.errors import LmvizError
 from lmviz.plots import lens as plots
 
@@ -125,7 +125,7 @@ if st.session_state.lens_table == "by layer":
     if not 0 <= st.session_state.lens_layer <= n_layers:
         st.session_state.lens_layer = n_layers
     table_columns[1].selectbox("Layer", list(range(n_layers + 1)), format_func=result.layer_label, key="lens_layer")
-    frame = result.to_frame(layer=st.session_state.lens_layer, values=values)[positions]
+    frame = tables.lens_table(result, layer=st.session_state.lens_layer, values=values)[positions]
     frame.columns = [f"{p} {result.tokens[p]}" for p in positions]
     caption = (f"Rows: rank 0 … {result.k - 1}; columns: the positions shown above — like seed 004's "
                "`pd.DataFrame(...).T`.")
@@ -136,7 +136,7 @@ else:
         st.session_state.lens_pos = n_pos - 1
     table_columns[1].selectbox("Position", list(range(n_pos)), key="lens_pos",
                                format_func=lambda p: f"{p} {result.tokens[p]}")
-    frame = result.to_frame(position=st.session_state.lens_pos, values=values)
+    frame = tables.lens_table(result, position=st.session_state.lens_pos, values=values)
     frame.index = [result.layer_label(layer) for layer in frame.index]
     caption = "Rows: layers, embeddings first; columns: rank. Read down to see the guess settle."
     name = f"lens_position{st.session_state.lens_pos}.csv"
@@ -146,7 +146,7 @@ downloads = st.columns(2)
 downloads[0].download_button("Download this table (CSV)", frame.to_csv().encode("utf-8"), file_name=name,
                              mime="text/csv", on_click="ignore")
 downloads[1].download_button(
-    "Download every layer × position × rank (CSV)", lambda: result.to_long_frame().to_csv(index=False).encode("utf-8"),
+    "Download every layer × position × rank (CSV)", lambda: tables.lens_long_table(result).to_csv(index=False).encode("utf-8"),
     file_name="logit_lens.csv", mime="text/csv", on_click="ignore",
 )
 
@@ -166,7 +166,7 @@ else:
                             format_func=lambda v: "probability" if v == "prob" else "rank")
     position = st.session_state.lens_watch_pos
     st.plotly_chart(plots.trajectories(result, position, st.session_state.lens_watch_value), width="stretch")
-    watched_frame = result.watched_frame(position)
+    watched_frame = tables.watched_table(result, position)
     wide = watched_frame.pivot(index="layer", columns="token", values=st.session_state.lens_watch_value)
     wide.index = [result.layer_label(layer) for layer in wide.index]
     with st.expander("As a table"):

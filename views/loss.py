@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from lmviz import compare, loss, models
+from lmviz import compare, loss, models, tables
 from lmviz.plots import loss as plots
 
 st.title("Loss & perplexity")
@@ -90,7 +90,7 @@ def fmt(value) -> str:
 
 
 def metric_cards(report: loss.LossReport) -> None:
-    metrics = report.metrics()
+    metrics = tables.loss_metrics(report)
     for start in range(0, len(metrics), 5):
         columns = st.columns(5)
         for column, metric in zip(columns, metrics[start:start + 5]):
@@ -153,7 +153,7 @@ if view == VIEWS[0]:
     st.plotly_chart(plots.surprisal_figure(
         report, "Surprisal of every token" + (" (coloured by rank bucket)" if report.scored <= 300 else "")),
         width="stretch")
-    frame = report.frame()
+    frame = tables.loss_table(report)
     st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)),
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ["nll (nats)", "surprisal (bits)", "probability", "p(top guess)"]})
@@ -176,7 +176,7 @@ elif view == VIEWS[1]:
                for name in ("a", "b")]
     a, b = reports
     rows = []
-    for ma, mb in zip(a.metrics()[1:], b.metrics()[1:]):  # the token counts are in the headings
+    for ma, mb in zip(tables.loss_metrics(a)[1:], tables.loss_metrics(b)[1:]):  # the token counts are in the headings
         rows.append({"metric": ma.label, "A": ma.value, "B": mb.value, "B − A": mb.value - ma.value})
     top = max(float(r.surprisal_bits.max()) for r in reports) * 1.05
     columns = st.columns(2)
@@ -242,7 +242,7 @@ elif view == VIEWS[2]:
     with st.container(height=360 if len(comparison.words) > 200 else "content"):
         st.html(plots.diff_html(comparison))
     st.plotly_chart(plots.word_diff_figure(comparison), width="stretch")
-    frame = comparison.token_frame() if comparison.same_tokens else comparison.frame()
+    frame = tables.token_comparison_table(comparison) if comparison.same_tokens else tables.word_comparison_table(comparison)
     st.caption("Both tokenizers cut this text the same way: one row per token." if comparison.same_tokens else
                "The tokenizers differ: one row per word (a word's NLL is the sum over the tokens ending in it).")
     st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)))
@@ -272,7 +272,7 @@ elif view == VIEWS[3]:
         + ("" if normalize else "Without the norm the early rows look odd: the unembedding was trained on normalized "
            "vectors, and raw hidden states have a very different scale.")
     )
-    st.dataframe(result.frame(), hide_index=True, width="stretch",
+    st.dataframe(tables.layer_loss_table(result), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ["cross-entropy (nats)", "bits per token", "perplexity"]})
 
@@ -300,6 +300,6 @@ else:
         "sees the whole text. The more context, the better the model predicts — most of the gain comes from the "
         "first few tokens."
     )
-    st.dataframe(curve.frame(), hide_index=True, width="stretch",
+    st.dataframe(tables.context_table(curve), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ["mean context", "cross-entropy (nats)", "perplexity"]})

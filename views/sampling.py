@@ -5,7 +5,7 @@ from dataclasses import replace
 import streamlit as st
 
 import ui
-from lmviz import sampling
+from lmviz import sampling, tables
 from lmviz.errors import LmvizError
 from lmviz.plots import sampling as plots
 
@@ -93,7 +93,7 @@ with next_tab:
         "dividing by the same positive number keeps every logit where it was relative to the others, so rank 1 "
         "stays rank 1 at any T; the filters then cut from the bottom (grey bars) and the rest is renormalized."
     )
-    frame = sampling.table(shown, labels)
+    frame = tables.distribution_table(shown, labels)
     st.dataframe(
         frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)),
         column_config={name: st.column_config.NumberColumn(format="%.4f")
@@ -213,11 +213,11 @@ with toy_tab:
         st.error(str(error), icon="🚫")
         toy = None
     if toy is not None:
-        st.dataframe(sampling.toy_frame(toy), width="stretch")
+        st.dataframe(tables.toy_table(toy), width="stretch")
         st.plotly_chart(plots.toy_figure(toy), width="stretch")
         st.markdown("**Adding a constant changes nothing.** Softmax only sees differences between logits, so logits "
                     "are not probabilities and have no unit: shift them all by c and every σ stays the same.")
     st.slider("Constant c added to every logit", -50.0, 50.0, step=0.5, key="sampling_toy_shift")
     if toy is not None:
-        st.dataframe(sampling.toy_frame(toy, shifted=True), width="stretch")
+        st.dataframe(tables.toy_table(toy, shifted=True), width="stretch")
         st.caption(f"Largest change in any probability: {toy.max_shift_change:.1e} (floating-point rounding).")

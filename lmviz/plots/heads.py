@@ -1,4 +1,5 @@
-"""Figures for the heads page (lmviz.embeddings, masked_lm, classification): the embedding-neighbour grid, mask predictions, class scores."""
+"""Figures for the heads page: the embedding-neighbour grid, mask predictions, class scores
+(results of lmviz.embeddings, masked_lm and classification)."""
 
 from __future__ import annotations
 

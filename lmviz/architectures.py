@@ -65,11 +65,6 @@ class LogitTransform:
         return logits
 
     @property
-    def linear(self) -> bool:
-        """True when the transform is a constant factor (so it commutes with sums)."""
-        return not self.softcap
-
-    @property
     def factor(self) -> float:
         return self.scale / self.divisor
 

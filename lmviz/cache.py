@@ -104,14 +104,6 @@ class Cache:
                 del self._computing[key]
             done.set()
 
-    def peek(self, key: Hashable):
-        """The value of `key` if it is cached, else None (counts as a use)."""
-        with self._lock:
-            if key not in self._entries:
-                return None
-            self._entries.move_to_end(key)
-            return self._entries[key][0]
-
     def remeasure(self, key: Hashable) -> None:
         """Measure an entry again after it grew (a generation run that took more steps)."""
         with self._lock:

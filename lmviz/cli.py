@@ -295,6 +295,8 @@ def add_lens(commands, common) -> None:
     parser.add_argument("--watch", default="",
                         help="comma-separated tokens to follow through the layers, e.g. 'Paris, London' "
                         "(a leading space is added; write ·Paris for the exact piece)")
+    parser.add_argument("--positions", default=None, metavar="A:B",
+                        help="only positions A .. B-1 (half-open, 0-based), e.g. 100:124; default: all")
     parser.set_defaults(handler=run_lens)
 
 
@@ -311,12 +313,14 @@ def run_lens(args):
     if t.truncated_from:
         print(f"lmviz: the text is {t.truncated_from:,} tokens long; truncated to the first {t.n_tokens:,}, "
               f"the most {lm.name} takes here.", file=sys.stderr)
-    result = lens.logit_lens(lm, t, k=args.k, normalize=not args.raw, watched_ids=watched)
+    window = lens.parse_positions(args.positions) if args.positions else None
+    result = lens.logit_lens(lm, t, k=args.k, normalize=not args.raw, watched_ids=watched, positions=window)
+    first, end = result.first_position, result.first_position + result.n_tokens
     pieces = [[[result.pieces[i] for i in cell] for cell in row] for row in result.top_ids.tolist()]
     input_pieces = lens.token_pieces(lm, t.input_ids.tolist())
     output = {
         "model": lm.name, "text": t.text, "normalized": result.normalized, "truncated_from": t.truncated_from,
-        "layers": result.n_layers + 1, "input_ids": t.input_ids,
+        "layers": result.n_layers + 1, "positions": [first, end], "input_ids": t.input_ids,
         "tokens": [input_pieces[i] for i in t.input_ids.tolist()], "display": list(t.tokens),
         "top_ids": result.top_ids, "top_tokens": pieces, "top_probs": result.top_probs,
         "entropy": result.entropy, "kl_to_final": result.kl_to_final,
@@ -325,9 +329,9 @@ def run_lens(args):
                     "probs": result.watched_probs, "ranks": result.watched_ranks},
         "max_final_error": result.max_final_error,
     }
-    shown = list(range(max(0, t.n_tokens - 12), t.n_tokens))  # the readable grid keeps the last 12 positions
+    shown = list(range(max(first, end - 12), end))  # the readable grid keeps the last 12 positions
     grid = pd.DataFrame(
-        [[result.token(result.top_ids[layer, p, 0]) for p in shown] for layer in range(result.n_layers + 1)],
+        [[result.token(result.top_ids[layer, p - first, 0]) for p in shown] for layer in range(result.n_layers + 1)],
         index=[result.layer_label(layer) for layer in range(result.n_layers + 1)],
         columns=[f"{p}:{t.tokens[p]}" for p in shown],
     )
@@ -337,7 +341,7 @@ def run_lens(args):
         f"max |lens(last) - model logits| = {result.max_final_error:.1e}",
         "",
         "top-1 prediction of every layer (rows) after each input token (columns)"
-        + (f", last {len(shown)} positions (--json has all):" if len(shown) < t.n_tokens else ":"),
+        + (f", last {len(shown)} positions (--json has all):" if len(shown) < end - first else ":"),
         grid.to_string(),
         "",
         f"top-{result.k} of the output layer (rows = rank, columns = positions):",
@@ -345,7 +349,7 @@ def run_lens(args):
     ]
     for j, token_id in enumerate(result.watched_ids):
         probs = ", ".join(f"{float(p):.3g}" for p in result.watched_probs[:, -1, j])
-        lines.append(f"watched '{result.token(token_id)}' at the last position, layer 0..{result.n_layers}: {probs}")
+        lines.append(f"watched '{result.token(token_id)}' at position {end - 1}, layer 0..{result.n_layers}: {probs}")
     return output, "\n".join(lines)
 
 

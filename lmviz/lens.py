@@ -85,6 +85,7 @@ class LensResult:
     max_final_error: float  # max |lmviz's head - the model's own logits| at the last position (~1e-6)
     pieces: Mapping[int, str]  # exact text of every id in top_ids and watched_ids
     truncated_from: int | None = None  # token count of the text before truncation, if it was cut
+    first_position: int = 0  # the text position of column 0 (a window of positions starts later)
 
     # ------------------------------------------------------------ shapes
 
@@ -365,6 +366,27 @@ def _check_inputs(lm: LoadedModel, trace: Trace, k: int, watched_ids: Sequence[i
     return watched
 
 
+def parse_positions(spec: str) -> tuple[int, int]:
+    """'A:B' -> (A, B): a half-open, 0-based window of positions, as the CLI's --positions takes it."""
+    parts = spec.split(":")
+    try:
+        first, end = (int(part) for part in parts)
+    except ValueError:
+        raise LmvizError(f"Positions must look like A:B (e.g. 100:124), not '{spec}'.") from None
+    return first, end
+
+
+def check_positions(positions: tuple[int, int] | None, n_pos: int) -> tuple[int, int]:
+    """(a, b) with 0 <= a < b <= n_pos, from None (all positions) or a half-open window (a, b)."""
+    if positions is None:
+        return 0, n_pos
+    first, end = (int(p) for p in positions)
+    if not 0 <= first < end <= n_pos:
+        raise LmvizError(f"Positions {first}:{end} are not a window of the text's positions 0:{n_pos} "
+                         "(half-open, 0-based, at least one position).")
+    return first, end
+
+
 def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torch.Tensor:
     """(layer*pos, d): hidden states (layer, pos, d) of layers 0..L-1, through the final norm when
     normalizing (recomputed for every vector), flattened layer-major."""
@@ -375,13 +397,15 @@ def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torc
 
 @torch.inference_mode()
 def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
-                   watched_ids: Sequence[int] = (), *, rows_per_block: int = 1024,
-                   vocab_block: int = 2048) -> LensResult:
+                   watched_ids: Sequence[int] = (), positions: tuple[int, int] | None = None, *,
+                   rows_per_block: int = 1024, vocab_block: int = 2048) -> LensResult:
     """The logit lens of a trace, computed now (see `logit_lens` for the cached version).
 
     k: top tokens kept per (layer, position). normalize: apply the final norm
     to layers 0..L-1 (False: raw, seed 004). watched_ids: token ids whose
-    probability and rank are recorded everywhere. rows_per_block and
+    probability and rank are recorded everywhere. positions=(a, b): only
+    positions a .. b-1 (half-open, 0-based), e.g. the window a heatmap shows;
+    the result's `first_position` is a. rows_per_block and
     vocab_block size the tiles: two buffers of about rows_per_block x
     vocab_block floats (8 MB each by default, so both stay in a 32 MB L3 cache)
     are live, whatever the text length; measured best on a 2-core CPU.
@@ -398,6 +422,8 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
                          "norm and projection) is not defined for it.")
     n_layers = trace.n_layers  # L: rows 0..L
     n_pos, vocab = trace.n_tokens, lm.vocab_size
+    first, end = check_positions(positions, n_pos)
+    n_out = end - first  # positions computed
     # the actual next token at every position (a placeholder at the last one, masked at the end)
     next_ids = torch.zeros(n_pos, dtype=torch.long)
     next_ids[:-1] = trace.input_ids[1:]
@@ -406,13 +432,13 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     # sum_v p_final z_v is linear in the hidden state when the head is: h . (W^T p_final) + b . p_final
     linear_u = head.linear and head.plain
 
-    out_values = torch.empty(n_layers + 1, n_pos, k)
-    out_ids = torch.empty(n_layers + 1, n_pos, k, dtype=torch.long)
-    out_lse = torch.empty(n_layers + 1, n_pos)
-    out_entropy = torch.empty(n_layers + 1, n_pos)
-    out_kl = torch.empty(n_layers + 1, n_pos, dtype=torch.float64)
-    out_target_logits = torch.empty(n_layers + 1, n_pos, 1 + len(watched))
-    out_ranks = torch.empty(n_layers + 1, n_pos, 1 + len(watched), dtype=torch.long)
+    out_values = torch.empty(n_layers + 1, n_out, k)
+    out_ids = torch.empty(n_layers + 1, n_out, k, dtype=torch.long)
+    out_lse = torch.empty(n_layers + 1, n_out)
+    out_entropy = torch.empty(n_layers + 1, n_out)
+    out_kl = torch.empty(n_layers + 1, n_out, dtype=torch.float64)
+    out_target_logits = torch.empty(n_layers + 1, n_out, 1 + len(watched))
+    out_ranks = torch.empty(n_layers + 1, n_out, 1 + len(watched), dtype=torch.long)
     # the head lmviz projects with, on the last position, against the model's own logits there (verified
     # on load and on every trace to be within rounding; shown on the page)
     max_error = float((tracing.logits(lm, trace, -1) - trace.last_logits).abs().max())
@@ -423,8 +449,9 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     else:  # the head runs whole: keep each block's full-vocabulary tile near 16 MB
         width = vocab
         block_pos = max(1, (2**22 // vocab) // (n_layers + 1))
-    for p0 in range(0, n_pos, block_pos):
-        p1 = min(n_pos, p0 + block_pos)
+    for p0 in range(first, end, block_pos):
+        p1 = min(end, p0 + block_pos)
+        o0, o1 = p0 - first, p1 - first  # where the block goes in the result
         n_block = p1 - p0
         n_lens = n_layers * n_block  # rows from the matrix product
         n_rows = n_lens + n_block
@@ -465,31 +492,32 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
             running.update(tile, v0, work, None if linear_u else p_final[:, v0:v1])
         lse = running.logsumexp()
         shape = (n_layers + 1, n_block)
-        out_values[:, p0:p1] = running.top_values.view(*shape, k)
-        out_ids[:, p0:p1] = running.top_ids.view(*shape, k)
-        out_lse[:, p0:p1] = lse.view(shape)
-        out_entropy[:, p0:p1] = running.entropy().view(shape)
+        out_values[:, o0:o1] = running.top_values.view(*shape, k)
+        out_ids[:, o0:o1] = running.top_ids.view(*shape, k)
+        out_lse[:, o0:o1] = lse.view(shape)
+        out_entropy[:, o0:o1] = running.entropy().view(shape)
         # KL(final ‖ row) = sum p_final (log p_final - z + lse) = -H(final) - u + mass * lse
         kl = p_final_mass * lse.double().view(shape) - running.u.double().view(shape) - final_entropy
-        out_kl[:, p0:p1] = kl
-        out_target_logits[:, p0:p1] = running.target_logits.view(*shape, -1)
-        out_ranks[:, p0:p1] = running.ranks().view(*shape, -1)
+        out_kl[:, o0:o1] = kl
+        out_target_logits[:, o0:o1] = running.target_logits.view(*shape, -1)
+        out_ranks[:, o0:o1] = running.ranks().view(*shape, -1)
 
     kl_to_final = out_kl.clamp_min(0).float()
     if normalize:
         kl_to_final[n_layers] = 0.0  # the same distribution, exactly
     log_probs = out_target_logits - out_lse.unsqueeze(-1)  # (layer+1, pos, 1+w)
     nll = -log_probs[..., 0]
-    nll[:, -1] = math.nan
     rank = out_ranks[..., 0].clone()
-    rank[:, -1] = -1
+    if end == n_pos:  # the text's last position has no next token
+        nll[:, -1] = math.nan
+        rank[:, -1] = -1
     top_probs = torch.exp(out_values - out_lse.unsqueeze(-1))
     pieces = token_pieces(lm, torch.unique(out_ids).tolist() + list(watched))
     return LensResult(
         model_name=lm.name,
         text=trace.text,
-        tokens=trace.tokens,
-        input_ids=trace.input_ids,
+        tokens=trace.tokens[first:end],
+        input_ids=trace.input_ids[first:end],
         top_ids=out_ids,
         top_probs=top_probs,
         entropy=out_entropy.clamp_min(0),
@@ -503,6 +531,7 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
         max_final_error=max_error,
         pieces=pieces,
         truncated_from=trace.truncated_from,
+        first_position=first,
     )
 
 
@@ -525,8 +554,9 @@ def token_pieces(lm: LoadedModel, ids: Sequence[int]) -> dict[int, str]:
 
 
 def logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
-               watched_ids: Sequence[int] = ()) -> LensResult:
-    """The logit lens of `trace` under `lm` (see run_logit_lens), cached per (text, k, mode, watched)."""
+               watched_ids: Sequence[int] = (), positions: tuple[int, int] | None = None) -> LensResult:
+    """The logit lens of `trace` under `lm` (see run_logit_lens), cached per (text, k, mode, watched, window)."""
     watched = _check_inputs(lm, trace, k, watched_ids)
-    key = (trace.text, trace.n_tokens, int(k), bool(normalize), watched)
-    return cached("lens", lm, key, lambda: run_logit_lens(lm, trace, k, normalize, watched))
+    window = check_positions(positions, trace.n_tokens)
+    key = (trace.text, trace.n_tokens, int(k), bool(normalize), watched, window)
+    return cached("lens", lm, key, lambda: run_logit_lens(lm, trace, k, normalize, watched, window))

@@ -44,6 +44,7 @@ def lens_table(result: lens.LensResult, layer: int | None = None, position: int 
     ids, probs = result.top_ids[layer], result.top_probs[layer]  # (pos, k)
     cells = _cells(result, ids, probs, values, show_whitespace)
     frame = pd.DataFrame(cells).T  # (k, pos): rows = rank, columns = position
+    frame.columns = range(result.first_position, result.first_position + result.n_tokens)
     frame.index.name, frame.columns.name = "rank", "position"
     return frame
 
@@ -58,7 +59,7 @@ def lens_long_table(result: lens.LensResult):
     next_ids = result.input_ids[1:].tolist() + [None]
     frame = pd.DataFrame({
         "layer": layer.numpy(),
-        "position": pos.numpy(),
+        "position": pos.numpy() + result.first_position,
         "input_token": [result.tokens[p] for p in pos.tolist()],
         "next_token": [None if next_ids[p] is None else result.tokens[p + 1] for p in pos.tolist()],
         "rank": torch.arange(k).repeat(n_layers * n_pos).numpy(),

@@ -343,3 +343,51 @@ def test_cli_lens_table_and_errors(tiny_dirs, capsys):
     assert cli.main(["lens", "Paris " * 300, "--model", tiny_dirs["gpt2"], "--k", "1", "--json"]) == 0
     captured = capsys.readouterr()
     assert "truncated" in captured.err and json.loads(captured.out)["truncated_from"] > 128
+
+
+def window_of(ref: dict, first: int, end: int) -> dict:
+    """The reference restricted to positions first .. end-1 (next-token entries stop one short at the text's end)."""
+    per_position = {key: value[:, first:end] for key, value in ref.items()
+                    if key not in ("nll", "rank_low", "rank_high")}
+    return {**per_position, **{key: ref[key][:, first:end] for key in ("nll", "rank_low", "rank_high")}}
+
+
+@pytest.mark.parametrize("window", [(6, 15), (2, 5), (0, 1)])
+def test_a_window_of_positions_equals_that_part_of_the_whole_lens(tiny_dirs, tiny_llama, window):
+    """Only the positions asked for are computed (what a heatmap shows), and they equal the full reference."""
+    t = tracing.trace(tiny_llama, TEXT)
+    watched = lens.resolve_watched(tiny_llama, [" Paris"])
+    ref = reference(reference_model(tiny_dirs["llama"]), t.input_ids, True, watched, k=5)
+    first, end = window if window != (6, 15) else (6, t.n_tokens)  # one window that reaches the text's end
+    result = lens.run_logit_lens(tiny_llama, t, k=5, watched_ids=watched, positions=(first, end),
+                                 rows_per_block=8, vocab_block=50)
+    assert result.first_position == first and result.n_tokens == end - first
+    assert result.tokens == t.tokens[first:end]
+    part = window_of(ref, first, end)
+    if end == t.n_tokens:
+        assert_matches(result, part)
+    else:  # every position has a next token: compare all columns
+        eps = bounds.log_softmax_bound(part["logits"], part["logit_error"])
+        assert ((result.next_token_nll.double() - part["nll"]).abs() <= eps).all()
+        assert ((result.top_probs.double() - part["top_probs"]).abs()
+                <= bounds.prob_bound(part["top_probs"], eps[..., None])).all()
+    assert list(tables.lens_table(result).columns) == list(range(first, end))
+
+
+def test_positions_must_be_a_window_of_the_text(tiny_llama):
+    t = tracing.trace(tiny_llama, TEXT)
+    for window in [(3, 3), (-1, 2), (0, t.n_tokens + 1)]:
+        with pytest.raises(LmvizError, match="not a window"):
+            lens.logit_lens(tiny_llama, t, positions=window)
+    with pytest.raises(LmvizError, match="A:B"):
+        lens.parse_positions("3-7")
+
+
+def test_cli_positions_window(tiny_dirs, capsys):
+    code = cli.main(["lens", TEXT, "--model", tiny_dirs["llama"], "--k", "2", "--positions", "2:6", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["positions"] == [2, 6] and torch.tensor(out["top_ids"]).shape == (4, 4, 2)  # [layer][A..B-1][k]
+    assert len(out["next_token_nll"][0]) == 4 and None not in out["next_token_nll"][0]  # 6 has a next token
+    assert cli.main(["lens", TEXT, "--model", tiny_dirs["llama"], "--positions", "5:2"]) == 2
+    assert "not a window" in capsys.readouterr().err

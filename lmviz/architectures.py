@@ -293,12 +293,21 @@ class Scale(nn.Module):
         return hidden * self.factor
 
 
-def _factor(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
-    """c with b = c·a up to float32 rounding, else None."""
+def _least_squares_scale(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    """The c that makes c·a closest to b (least squares, in float64); None when there is no such number."""
     if a is None or b is None or a.shape != b.shape or not bool(a.abs().max() > 0):
         return None
     a64, b64 = a.double().flatten(), b.double().flatten()
     c = float((a64 * b64).sum() / (a64 * a64).sum())
+    return c if c == c else None
+
+
+def _factor(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    """c with b = c·a up to float32 rounding, else None."""
+    c = _least_squares_scale(a, b)
+    if c is None:
+        return None
+    a64, b64 = a.double().flatten(), b.double().flatten()
     return c if bool(((b64 - c * a64).abs() <= 8 * 2.0**-24 * b64.abs().max()).all()) else None
 
 
@@ -403,8 +412,8 @@ def discover(model: nn.Module, kind: str) -> Architecture:
         raw = unembed(normed)
     model_logits = probe.logits.to(raw.dtype)
     candidates = [_config_transform(config)]
-    ratio = _measured_scale(raw, model_logits)
-    if ratio is not None:
+    ratio = _least_squares_scale(raw, model_logits)  # any other constant factor; verified below
+    if ratio is not None and ratio != 1.0:
         candidates.append(LogitTransform(scale=ratio))
     for transform in candidates:
         with torch.inference_mode():
@@ -422,19 +431,7 @@ def discover(model: nn.Module, kind: str) -> Architecture:
                         max_head_error=worst)
 
 
-def _measured_scale(raw: torch.Tensor, logits: torch.Tensor) -> float | None:
-    """A constant c with logits = c · raw, measured by least squares (verified by the caller)."""
-    if raw.shape != logits.shape:
-        return None
-    raw64, logits64 = raw.double().flatten(), logits.double().flatten()
-    denominator = float((raw64 * raw64).sum())
-    if denominator == 0.0:
-        return None
-    scale = float((raw64 * logits64).sum()) / denominator
-    return scale if scale != 1.0 and scale == scale else None
-
-
-# ---------------------------------------------------------------- reading the head's input
+# ---------------------------------------------------------------- reading the residual stream
 
 
 @dataclass

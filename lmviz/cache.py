@@ -160,3 +160,8 @@ CACHE = Cache(budget_bytes())
 def cached(analysis: str, lm, key: tuple, compute: Callable[[], T]) -> T:
     """`CACHE.get` with the usual key: (analysis, model name, model load serial, *key)."""
     return CACHE.get((analysis, *lm.cache_key, *key), compute)
+
+
+def is_cached_result(analysis: str, lm, key: tuple) -> bool:
+    """Whether `cached(analysis, lm, key, …)` would return a stored value without computing."""
+    return (analysis, *lm.cache_key, *key) in CACHE

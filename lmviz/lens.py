@@ -30,14 +30,14 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from lmviz import trace as tracing
 from lmviz.architectures import LogitTransform
-from lmviz.cache import cached
+from lmviz.cache import cached, is_cached_result
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import token_text, visible
@@ -66,12 +66,17 @@ class LensResult:
     at position p is about the token at p+1, so next-token figures are NaN
     (rank -1) at the last position. Probabilities are softmax over the full
     vocabulary in float32; entropies, KL and cross-entropies are in nats.
+
+    A result covers all positions or a window of them (`positions`). The
+    methods below, and the figures and tables built from a result, take text
+    positions; negative ones count from the window's end.
     """
 
     model_name: str
     text: str
     tokens: tuple[str, ...]  # (pos,) display strings of the input tokens
     input_ids: torch.Tensor  # (pos,) int64
+    next_ids: torch.Tensor  # (pos,) int64 the actual next token (-1 after the text's last token)
     top_ids: torch.Tensor  # (layer+1, pos, k) int64, most likely first
     top_probs: torch.Tensor  # (layer+1, pos, k) float32
     entropy: torch.Tensor  # (layer+1, pos) float32, H(layer) = -sum p log p
@@ -101,6 +106,11 @@ class LensResult:
     @property
     def k(self) -> int:
         return int(self.top_ids.shape[2])
+
+    @property
+    def positions(self) -> range:
+        """The text positions this result covers (all of them, or a window)."""
+        return range(self.first_position, self.first_position + self.n_tokens)
 
     def layer_label(self, layer: int) -> str:
         """'0 (embeddings)', '12', '30 (output)'."""
@@ -148,10 +158,23 @@ class LensResult:
             raise LmvizError(f"Layer {layer} does not exist: this model has layers 0 to {self.n_layers}.")
         return layer % (self.n_layers + 1)
 
-    def check_position(self, position: int) -> int:
-        if not -self.n_tokens <= position < self.n_tokens:
-            raise LmvizError(f"Position {position} does not exist: the text has positions 0 to {self.n_tokens - 1}.")
-        return position % self.n_tokens
+    def column(self, position: int) -> int:
+        """The column of a text position in this result's tensors (-1 = the window's last position)."""
+        if -self.n_tokens <= position < 0:
+            return position % self.n_tokens
+        if position not in self.positions:
+            raise LmvizError(f"Position {position} is not in this lens: it covers positions "
+                             f"{self.first_position} to {self.positions[-1]}.")
+        return position - self.first_position
+
+    def input_token(self, position: int) -> str:
+        """Display string of the input token at a text position."""
+        return self.tokens[self.column(position)]
+
+    def next_token(self, position: int) -> str | None:
+        """Display string of the token that actually follows a text position (None after the last)."""
+        next_id = int(self.next_ids[self.column(position)])
+        return None if next_id < 0 else self.token(next_id)
 
 
 # ---------------------------------------------------------------- which layers to show
@@ -398,6 +421,7 @@ def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torc
 @torch.inference_mode()
 def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
                    watched_ids: Sequence[int] = (), positions: tuple[int, int] | None = None, *,
+                   progress: Callable[[int, int], None] | None = None,
                    rows_per_block: int = 1024, vocab_block: int = 2048) -> LensResult:
     """The logit lens of a trace, computed now (see `logit_lens` for the cached version).
 
@@ -405,7 +429,8 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     to layers 0..L-1 (False: raw, seed 004). watched_ids: token ids whose
     probability and rank are recorded everywhere. positions=(a, b): only
     positions a .. b-1 (half-open, 0-based), e.g. the window a heatmap shows;
-    the result's `first_position` is a. rows_per_block and
+    the result's `first_position` is a. progress(done, total) is called after
+    each block of positions (a progress bar for a long text). rows_per_block and
     vocab_block size the tiles: two buffers of about rows_per_block x
     vocab_block floats (8 MB each by default, so both stay in a 32 MB L3 cache)
     are live, whatever the text length; measured best on a 2-core CPU.
@@ -432,6 +457,13 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     # sum_v p_final z_v is linear in the hidden state when the head is: h . (W^T p_final) + b . p_final
     linear_u = head.linear and head.plain
 
+    if head.linear:
+        width = min(vocab_block, vocab)
+        block_pos = max(1, rows_per_block // (n_layers + 1))
+    else:  # the head runs whole: keep each block's full-vocabulary tile near 16 MB
+        width = vocab
+        block_pos = max(1, (2**22 // vocab) // (n_layers + 1))
+    total_blocks = -(-n_out // block_pos)  # ceil
     out_values = torch.empty(n_layers + 1, n_out, k)
     out_ids = torch.empty(n_layers + 1, n_out, k, dtype=torch.long)
     out_lse = torch.empty(n_layers + 1, n_out)
@@ -443,12 +475,6 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     # on load and on every trace to be within rounding; shown on the page)
     max_error = float((tracing.logits(lm, trace, -1) - trace.last_logits).abs().max())
 
-    if head.linear:
-        width = min(vocab_block, vocab)
-        block_pos = max(1, rows_per_block // (n_layers + 1))
-    else:  # the head runs whole: keep each block's full-vocabulary tile near 16 MB
-        width = vocab
-        block_pos = max(1, (2**22 // vocab) // (n_layers + 1))
     for p0 in range(first, end, block_pos):
         p1 = min(end, p0 + block_pos)
         o0, o1 = p0 - first, p1 - first  # where the block goes in the result
@@ -501,6 +527,8 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
         out_kl[:, o0:o1] = kl
         out_target_logits[:, o0:o1] = running.target_logits.view(*shape, -1)
         out_ranks[:, o0:o1] = running.ranks().view(*shape, -1)
+        if progress is not None:
+            progress(o0 // block_pos + 1, total_blocks)
 
     kl_to_final = out_kl.clamp_min(0).float()
     if normalize:
@@ -512,12 +540,14 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
         nll[:, -1] = math.nan
         rank[:, -1] = -1
     top_probs = torch.exp(out_values - out_lse.unsqueeze(-1))
-    pieces = token_pieces(lm, torch.unique(out_ids).tolist() + list(watched))
+    next_ids = torch.cat([trace.input_ids[1:], torch.tensor([-1])])[first:end]
+    pieces = token_pieces(lm, torch.unique(out_ids).tolist() + list(watched) + next_ids[next_ids >= 0].tolist())
     return LensResult(
         model_name=lm.name,
         text=trace.text,
         tokens=trace.tokens[first:end],
         input_ids=trace.input_ids[first:end],
+        next_ids=next_ids,
         top_ids=out_ids,
         top_probs=top_probs,
         entropy=out_entropy.clamp_min(0),
@@ -553,10 +583,25 @@ def token_pieces(lm: LoadedModel, ids: Sequence[int]) -> dict[int, str]:
     return {int(i): memo[int(i)] for i in ids}
 
 
-def logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
-               watched_ids: Sequence[int] = (), positions: tuple[int, int] | None = None) -> LensResult:
-    """The logit lens of `trace` under `lm` (see run_logit_lens), cached per (text, k, mode, watched, window)."""
+def _key(lm: LoadedModel, trace: Trace, k: int, normalize: bool, watched_ids: Sequence[int],
+         positions: tuple[int, int] | None) -> tuple:
     watched = _check_inputs(lm, trace, k, watched_ids)
-    window = check_positions(positions, trace.n_tokens)
-    key = (trace.text, trace.n_tokens, int(k), bool(normalize), watched, window)
-    return cached("lens", lm, key, lambda: run_logit_lens(lm, trace, k, normalize, watched, window))
+    return (trace.text, trace.n_tokens, int(k), bool(normalize), watched, check_positions(positions, trace.n_tokens))
+
+
+def logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
+               watched_ids: Sequence[int] = (), positions: tuple[int, int] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> LensResult:
+    """The logit lens of `trace` under `lm` (see run_logit_lens), cached per (text, k, mode, watched, window).
+
+    Ask for the positions you show: a 24-position window of a 2,000-token text
+    costs a tenth of its forward pass, the whole lens five times it."""
+    key = _key(lm, trace, k, normalize, watched_ids, positions)
+    _, _, _, _, watched, window = key
+    return cached("lens", lm, key, lambda: run_logit_lens(lm, trace, k, normalize, watched, window, progress=progress))
+
+
+def is_cached(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
+              watched_ids: Sequence[int] = (), positions: tuple[int, int] | None = None) -> bool:
+    """Whether `logit_lens` with these arguments would answer from the cache at once."""
+    return is_cached_result("lens", lm, _key(lm, trace, k, normalize, watched_ids, positions))

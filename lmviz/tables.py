@@ -34,8 +34,8 @@ def lens_table(result: lens.LensResult, layer: int | None = None, position: int 
     if layer is not None and position is not None:
         raise LmvizError("Give a layer or a position, not both.")
     if position is not None:
-        position = result.check_position(position)
-        ids, probs = result.top_ids[:, position], result.top_probs[:, position]  # (layer+1, k)
+        column = result.column(position)
+        ids, probs = result.top_ids[:, column], result.top_probs[:, column]  # (layer+1, k)
         cells = _cells(result, ids, probs, values, show_whitespace)
         frame = pd.DataFrame(cells, index=pd.Index(range(result.n_layers + 1), name="layer"))
         frame.columns.name = "rank"
@@ -44,7 +44,7 @@ def lens_table(result: lens.LensResult, layer: int | None = None, position: int 
     ids, probs = result.top_ids[layer], result.top_probs[layer]  # (pos, k)
     cells = _cells(result, ids, probs, values, show_whitespace)
     frame = pd.DataFrame(cells).T  # (k, pos): rows = rank, columns = position
-    frame.columns = range(result.first_position, result.first_position + result.n_tokens)
+    frame.columns = result.positions
     frame.index.name, frame.columns.name = "rank", "position"
     return frame
 
@@ -56,12 +56,12 @@ def lens_long_table(result: lens.LensResult):
     pos = torch.arange(n_pos).view(1, -1, 1).expand(n_layers, n_pos, k).reshape(-1)
     cell = lambda t: t.unsqueeze(-1).expand(n_layers, n_pos, k).reshape(-1).numpy()  # noqa: E731
     ids = result.top_ids.reshape(-1).tolist()
-    next_ids = result.input_ids[1:].tolist() + [None]
+    next_tokens = [result.next_token(p) for p in result.positions]
     frame = pd.DataFrame({
         "layer": layer.numpy(),
         "position": pos.numpy() + result.first_position,
         "input_token": [result.tokens[p] for p in pos.tolist()],
-        "next_token": [None if next_ids[p] is None else result.tokens[p + 1] for p in pos.tolist()],
+        "next_token": [next_tokens[p] for p in pos.tolist()],
         "rank": torch.arange(k).repeat(n_layers * n_pos).numpy(),
         "token_id": ids,
         "token": [visible(result.pieces[i]) for i in ids],
@@ -76,8 +76,8 @@ def lens_long_table(result: lens.LensResult):
 
 
 def watched_table(result: lens.LensResult, position: int):
-    """(layer+1) rows: probability and rank of each watched token at one position."""
-    position = result.check_position(position)
+    """(layer+1) rows: probability and rank of each watched token at one (text) position."""
+    column = result.column(position)
     rows = []
     for j, token_id in enumerate(result.watched_ids):
         for layer in range(result.n_layers + 1):
@@ -85,8 +85,8 @@ def watched_table(result: lens.LensResult, position: int):
                 "layer": layer,
                 "token": visible(result.pieces[token_id]),
                 "token_id": token_id,
-                "prob": float(result.watched_probs[layer, position, j]),
-                "rank": int(result.watched_ranks[layer, position, j]),
+                "prob": float(result.watched_probs[layer, column, j]),
+                "rank": int(result.watched_ranks[layer, column, j]),
             })
     return pd.DataFrame(rows, columns=["layer", "token", "token_id", "prob", "rank"])
 

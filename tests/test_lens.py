@@ -391,3 +391,43 @@ def test_cli_positions_window(tiny_dirs, capsys):
     assert len(out["next_token_nll"][0]) == 4 and None not in out["next_token_nll"][0]  # 6 has a next token
     assert cli.main(["lens", TEXT, "--model", tiny_dirs["llama"], "--positions", "5:2"]) == 2
     assert "not a window" in capsys.readouterr().err
+
+
+def test_window_figures_and_tables_equal_those_of_the_whole_lens(tiny_llama):
+    """A window's heatmap, tables and trajectories name the same text positions, next tokens and values as
+    the whole lens's: also at the window's last column, whose next token lies outside the window."""
+    from lmviz.plots import lens as plots
+
+    t = tracing.trace(tiny_llama, TEXT)
+    watched = lens.resolve_watched(tiny_llama, [" Paris"])
+    whole = lens.logit_lens(tiny_llama, t, k=3, watched_ids=watched)
+    part = lens.logit_lens(tiny_llama, t, k=3, watched_ids=watched, positions=(4, 9))
+    positions, layers = [5, 6, 7, 8], [0, 1, 3]
+    assert [part.next_token(p) for p in positions] == [whole.next_token(p) for p in positions]
+    assert whole.next_token(t.n_tokens - 1) is None and part.next_token(8) == t.tokens[9]
+    for stat in lens.STATISTICS:
+        a, b = plots.heatmap(whole, stat, positions, layers), plots.heatmap(part, stat, positions, layers)
+        assert a.data[0].x == b.data[0].x and a.data[0].text == b.data[0].text
+        assert a.data[0].customdata == b.data[0].customdata
+    pd.testing.assert_frame_equal(tables.lens_table(whole, position=6), tables.lens_table(part, position=6))
+    pd.testing.assert_frame_equal(tables.lens_table(whole)[positions], tables.lens_table(part)[positions])
+    pd.testing.assert_frame_equal(tables.watched_table(whole, 8), tables.watched_table(part, 8))
+    full_rows = tables.lens_long_table(whole)
+    pd.testing.assert_frame_equal(tables.lens_long_table(part).reset_index(drop=True),
+                                  full_rows[full_rows.position.between(4, 8)].reset_index(drop=True))
+    assert plots.trajectories(whole, 7).data[0].y == plots.trajectories(part, 7).data[0].y
+    with pytest.raises(LmvizError, match="covers positions 4 to 8"):
+        tables.lens_table(part, position=2)
+
+
+def test_progress_is_reported_per_block_of_positions(tiny_llama):
+    t = tracing.trace(tiny_llama, TEXT)
+    calls = []
+    lens.run_logit_lens(tiny_llama, t, k=2, progress=lambda done, total: calls.append((done, total)),
+                        rows_per_block=8)  # 8 rows of (layer+1) per block
+    per_block = 8 // (tiny_llama.n_layers + 1)
+    total = -(-t.n_tokens // per_block)
+    assert total > 1 and calls == [(i, total) for i in range(1, total + 1)]
+    assert not lens.is_cached(tiny_llama, t, k=2)
+    lens.logit_lens(tiny_llama, t, k=2)
+    assert lens.is_cached(tiny_llama, t, k=2) and not lens.is_cached(tiny_llama, t, k=2, positions=(0, 3))

@@ -6,6 +6,7 @@ import ui
 from lmviz import lens, tables, trace
 from lmviz.errors import LmvizError
 from lmviz.plots import lens as plots
+from lmviz.tokens import visible
 
 st.title("Logit lens")
 st.caption(
@@ -78,39 +79,50 @@ try:
 except LmvizError as error:
     st.error(str(error), icon="🚫")
 
-with ui.user_errors(), st.spinner("Projecting every layer onto the vocabulary …"):
-    result = lens.logit_lens(lm, t, k=int(st.session_state.lens_k), normalize=normalized, watched_ids=watched)
+n_pos, n_layers = t.n_tokens, lm.n_layers
+k, stat = int(st.session_state.lens_k), st.session_state.lens_stat
 
-n_pos, n_layers = result.n_tokens, result.n_layers
+
+def lens_at(first: int, end: int, watched_ids=()) -> lens.LensResult:
+    """The lens of positions first .. end-1 only: the page never computes positions it does not show."""
+    with ui.user_errors(), st.spinner("Projecting every layer onto the vocabulary …"):
+        return lens.logit_lens(lm, t, k=k, normalize=normalized, watched_ids=watched_ids, positions=(first, end))
+
+
+# ------------------------------------------------------------------ heatmap window (chosen first: it is what runs)
+MAX_COLUMNS = 60
+ui.init_from_url("lens_window", (max(0, n_pos - 24), n_pos - 1), pair)
+low, high = st.session_state.lens_window
+low, high = min(max(0, low), n_pos - 1), min(max(0, high), n_pos - 1)
+st.session_state.lens_window = (min(low, high), max(low, high))
+low, high = st.session_state.lens_window
+clipped = high - low + 1 > MAX_COLUMNS
+if clipped:
+    low = high - MAX_COLUMNS + 1
+positions = list(range(low, high + 1))
+result = lens_at(low, high + 1)
+
 facts = st.columns(4)
 facts[0].metric("Layers (+ embeddings)", f"{n_layers} + 1")
 facts[1].metric("Tokens", f"{n_pos:,}")
-facts[2].metric("Output's top-1 after the last token", result.token(result.top_ids[-1, -1, 0]))
+last_top = int(t.last_logits.argmax())
+facts[2].metric("Output's top-1 after the last token", visible(lens.token_pieces(lm, [last_top])[last_top]))
 facts[3].metric("max |lens(last) − model logits|", f"{result.max_final_error:.1e}",
                 help="lmviz's head (final norm, unembedding, logit scale or cap) against the model's own logits "
                 "after the last token. It must stay within float rounding: lmviz checks this on every load and "
                 "every trace, and refuses a model whose head it can't reproduce.")
 
-# ------------------------------------------------------------------ heatmap
 st.subheader("Every layer's guess")
-MAX_COLUMNS = 60
-window_default = (max(0, n_pos - 24), n_pos - 1)
-ui.init_from_url("lens_window", window_default, pair)
-low, high = st.session_state.lens_window
-low, high = min(max(0, low), n_pos - 1), min(max(0, high), n_pos - 1)
-st.session_state.lens_window = (min(low, high), max(low, high))
 window_columns = st.columns([3, 1])
 if n_pos > 1:
-    window_columns[0].slider("Positions shown", 0, n_pos - 1, key="lens_window")
+    window_columns[0].slider("Positions shown", 0, n_pos - 1, key="lens_window",
+                             help=f"Only the positions shown are computed (at most {MAX_COLUMNS} at once).")
 window_columns[1].number_input("Layer stride (the output layer is always kept)", min_value=1, max_value=64, step=1,
                                key="lens_stride")
-low, high = st.session_state.lens_window
-if high - low + 1 > MAX_COLUMNS:
+if clipped:
     st.caption(f"Showing the last {MAX_COLUMNS} positions of the window, so that cells stay readable.")
-    low = high - MAX_COLUMNS + 1
-positions = list(range(low, high + 1))
 layers = lens.layer_rows(n_layers, int(st.session_state.lens_stride))
-st.plotly_chart(plots.heatmap(result, st.session_state.lens_stat, positions, layers), width="stretch")
+st.plotly_chart(plots.heatmap(result, stat, positions, layers), width="stretch")
 st.caption("Cell text: that layer's most likely next token (**bold** when it is the actual next token). "
            "Hover a cell for its top tokens.")
 
@@ -125,8 +137,8 @@ if st.session_state.lens_table == "by layer":
     if not 0 <= st.session_state.lens_layer <= n_layers:
         st.session_state.lens_layer = n_layers
     table_columns[1].selectbox("Layer", list(range(n_layers + 1)), format_func=result.layer_label, key="lens_layer")
-    frame = tables.lens_table(result, layer=st.session_state.lens_layer, values=values)[positions]
-    frame.columns = [f"{p} {result.tokens[p]}" for p in positions]
+    frame = tables.lens_table(result, layer=st.session_state.lens_layer, values=values)
+    frame.columns = [f"{p} {result.input_token(p)}" for p in positions]
     caption = (f"Rows: rank 0 … {result.k - 1}; columns: the positions shown above — like seed 004's "
                "`pd.DataFrame(...).T`.")
     name = f"lens_layer{st.session_state.lens_layer}.csv"
@@ -135,24 +147,39 @@ else:
     if not 0 <= st.session_state.lens_pos < n_pos:
         st.session_state.lens_pos = n_pos - 1
     table_columns[1].selectbox("Position", list(range(n_pos)), key="lens_pos",
-                               format_func=lambda p: f"{p} {result.tokens[p]}")
-    frame = tables.lens_table(result, position=st.session_state.lens_pos, values=values)
+                               format_func=lambda p: f"{p} {t.tokens[p]}")
+    position = st.session_state.lens_pos
+    frame = tables.lens_table(lens_at(position, position + 1), position=position, values=values)
     frame.index = [result.layer_label(layer) for layer in frame.index]
     caption = "Rows: layers, embeddings first; columns: rank. Read down to see the guess settle."
-    name = f"lens_position{st.session_state.lens_pos}.csv"
+    name = f"lens_position{position}.csv"
 st.dataframe(frame, width="stretch", height=min(560, 38 + 35 * len(frame)))
 st.caption(caption)
 downloads = st.columns(2)
-downloads[0].download_button("Download this table (CSV)", frame.to_csv().encode("utf-8"), file_name=name,
+downloads[0].download_button("Download this table (CSV)", lambda: frame.to_csv().encode("utf-8"), file_name=name,
                              mime="text/csv", on_click="ignore")
-downloads[1].download_button(
-    "Download every layer × position × rank (CSV)", lambda: tables.lens_long_table(result).to_csv(index=False).encode("utf-8"),
-    file_name="logit_lens.csv", mime="text/csv", on_click="ignore",
-)
+
+
+def download_everything(full: lens.LensResult) -> None:
+    downloads[1].download_button(
+        "Download every layer × position × rank (CSV)", file_name="logit_lens.csv", mime="text/csv",
+        data=lambda: tables.lens_long_table(full).to_csv(index=False).encode("utf-8"), on_click="ignore")
+
+
+if lens.is_cached(lm, t, k=k, normalize=normalized):
+    download_everything(lens.logit_lens(lm, t, k=k, normalize=normalized))
+elif downloads[1].button(f"Compute every layer × position ({n_pos:,} positions) for download",
+                         help="The page computes only the positions it shows; the whole lens takes about "
+                         "five forward passes' time on a long text."):
+    bar = downloads[1].progress(0.0, text="Computing every position …")
+    full = lens.logit_lens(lm, t, k=k, normalize=normalized,
+                           progress=lambda done, total: bar.progress(done / total, text=f"Positions: {done}/{total} blocks"))
+    bar.empty()
+    download_everything(full)
 
 # ------------------------------------------------------------------ watched tokens
 st.subheader("Watched tokens")
-if not result.watched_ids:
+if not watched:
     st.caption("Type tokens to watch above (e.g. ' Paris, London') to follow their probability and rank "
                "through the layers.")
 else:
@@ -161,17 +188,18 @@ else:
         st.session_state.lens_watch_pos = n_pos - 1
     watch_controls = st.columns([2, 1])
     watch_controls[0].selectbox("After position", list(range(n_pos)), key="lens_watch_pos",
-                                format_func=lambda p: f"{p} {result.tokens[p]}")
+                                format_func=lambda p: f"{p} {t.tokens[p]}")
     watch_controls[1].radio("Show", ["prob", "rank"], key="lens_watch_value", horizontal=True,
                             format_func=lambda v: "probability" if v == "prob" else "rank")
     position = st.session_state.lens_watch_pos
-    st.plotly_chart(plots.trajectories(result, position, st.session_state.lens_watch_value), width="stretch")
-    watched_frame = tables.watched_table(result, position)
+    at_position = lens_at(position, position + 1, watched)
+    st.plotly_chart(plots.trajectories(at_position, position, st.session_state.lens_watch_value), width="stretch")
+    watched_frame = tables.watched_table(at_position, position)
     wide = watched_frame.pivot(index="layer", columns="token", values=st.session_state.lens_watch_value)
-    wide.index = [result.layer_label(layer) for layer in wide.index]
+    wide.index = [at_position.layer_label(layer) for layer in wide.index]
     with st.expander("As a table"):
         st.dataframe(wide, width="stretch")
-        st.download_button("Download (CSV)", watched_frame.to_csv(index=False).encode("utf-8"),
+        st.download_button("Download (CSV)", lambda: watched_frame.to_csv(index=False).encode("utf-8"),
                            file_name=f"lens_watched_position{position}.csv", mime="text/csv", on_click="ignore")
 
 ui.sync_to_url(*SETTINGS, "lens_window", "lens_layer", "lens_pos", "lens_watch_pos")

@@ -25,8 +25,8 @@ def _short(token: str) -> str:
 
 
 def position_labels(result: LensResult, positions: Sequence[int]) -> list[str]:
-    """'3 ·plan': the position and its input token (escaped), unique per column."""
-    return [f"{p} {safe_label(result.tokens[p])}" for p in positions]
+    """'3 ·plan': the text position and its input token (escaped), unique per column."""
+    return [f"{p} {safe_label(result.input_token(p))}" for p in positions]
 
 
 def layer_labels(result: LensResult, layers: Sequence[int]) -> list[str]:
@@ -41,7 +41,8 @@ def heatmap(result: LensResult, statistic: str, positions: Sequence[int], layers
     when it is the actual next token); the hover lists the top `hover_k`.
     """
     label, lower_is_better = STATISTICS[statistic]
-    values = result.statistic(statistic)[list(layers)][:, list(positions)].numpy().astype(float)  # (rows, cols)
+    columns = [result.column(p) for p in positions]
+    values = result.statistic(statistic)[list(layers)][:, columns].numpy().astype(float)  # (rows, cols)
     colour = values
     colorbar: dict = {"title": {"text": label.replace(" (", "<br>(", 1), "side": "right"}}
     zmin = zmax = None
@@ -52,24 +53,24 @@ def heatmap(result: LensResult, statistic: str, positions: Sequence[int], layers
                         ticktext=["0"] + [f"{10**i:,}" for i in range(1, top + 1)])
     elif statistic in ("top1_prob", "next_token_prob"):
         zmin, zmax = 0.0, 1.0
-    next_ids = result.input_ids[1:].tolist() + [None]
+    next_ids = result.next_ids[columns].tolist()
     k = min(hover_k, result.k)
-    top_ids = result.top_ids[list(layers)][:, list(positions), :k].tolist()  # (rows, cols, k)
-    top_probs = result.top_probs[list(layers)][:, list(positions), :k].tolist()
+    top_ids = result.top_ids[list(layers)][:, columns, :k].tolist()  # (rows, cols, k)
+    top_probs = result.top_probs[list(layers)][:, columns, :k].tolist()
     text, hover = [], []
     for r, layer in enumerate(layers):
         text_row, hover_row = [], []
         for c, p in enumerate(positions):
             ids, probs = top_ids[r][c], top_probs[r][c]
             first = safe_label(_short(result.token(ids[0])))
-            hit = next_ids[p] is not None and ids[0] == next_ids[p]
-            text_row.append(f"<b>{first}</b>" if hit else first)
-            following = "—" if next_ids[p] is None else safe_label(result.tokens[p + 1])
+            text_row.append(f"<b>{first}</b>" if ids[0] == next_ids[c] else first)
+            following = result.next_token(p)
+            following = "—" if following is None else safe_label(following)
             value = values[r, c]
             shown_value = "—" if not math.isfinite(value) else (f"{value:,.0f}" if statistic == "next_token_rank"
                                                                  else f"{value:.4g}")
             lines = [f"<b>layer {safe_label(result.layer_label(layer))}</b>, position {p}",
-                     f"after {safe_label(result.tokens[p])} (actual next: {following})",
+                     f"after {safe_label(result.input_token(p))} (actual next: {following})",
                      f"{label}: {shown_value}"]
             lines += [f"{i + 1}. {safe_label(result.token(t))}  {q:.3f}" for i, (t, q) in enumerate(zip(ids, probs))]
             hover_row.append("<br>".join(lines))
@@ -92,18 +93,19 @@ def heatmap(result: LensResult, statistic: str, positions: Sequence[int], layers
 
 
 def trajectories(result: LensResult, position: int, value: str = "prob") -> go.Figure:
-    """Probability (log axis) or rank of each watched token at one position, layer by layer."""
-    position = position % result.n_tokens
+    """Probability (log axis) or rank of each watched token at one (text) position, layer by layer."""
+    column = result.column(position)
+    position = result.positions[column]
     layers = list(range(result.n_layers + 1))
     figure = go.Figure()
     for j, token_id in enumerate(result.watched_ids):
         name = safe_label(result.token(token_id))
         if value == "rank":
-            ys = (result.watched_ranks[:, position, j] + 1).tolist()  # 1 = top-1, for the log axis
+            ys = (result.watched_ranks[:, column, j] + 1).tolist()  # 1 = top-1, for the log axis
             hover = "layer %{x}<br>rank %{customdata:,}<extra>" + name + "</extra>"
-            custom = result.watched_ranks[:, position, j].tolist()
+            custom = result.watched_ranks[:, column, j].tolist()
         else:
-            custom = result.watched_probs[:, position, j].tolist()
+            custom = result.watched_probs[:, column, j].tolist()
             ys = [max(p, PROB_FLOOR) for p in custom]  # p can be 1e-40 at layer 0; keep the axis readable
             hover = "layer %{x}<br>p = %{customdata:.4g}<extra>" + name + "</extra>"
         figure.add_trace(go.Scatter(x=layers, y=ys, mode="lines+markers", name=name, customdata=custom,
@@ -114,7 +116,7 @@ def trajectories(result: LensResult, position: int, value: str = "prob") -> go.F
         figure.update_yaxes(type="log", range=[math.log10(PROB_FLOOR), 0.05], dtick=1,
                             title={"text": f"probability (log; below {PROB_FLOOR:.0e} at the floor)"})
     figure.update_xaxes(title={"text": "layer (0 = embeddings)"}, tickmode="linear", dtick=max(1, len(layers) // 15))
-    after = safe_label(result.tokens[position])
+    after = safe_label(result.input_token(position))
     style(figure, title=f"Watched tokens after position {position} ({after}), layer by layer", height=420)
     return figure
 

@@ -88,3 +88,27 @@ def test_long_text_is_truncated_with_a_notice(tiny_gpt2, tiny_dirs):
     assert "only the first 128" in at.warning[0].value
     assert at.slider(key="lens_window").value == (0, 127)  # the window from before is cut to the new text
     assert any("last 60 positions" in caption.value for caption in at.caption)
+
+
+def test_a_long_text_computes_only_the_positions_shown(smollm):
+    """At 300 tokens the page projects the heatmap's window (and one position for the tables), never the
+    whole lens, until "Compute every layer × position" is clicked; then the CSV holds every position."""
+    from lmviz.cache import CACHE
+
+    text = " ".join(f"Item {i} is on shelf {i % 7}." for i in range(40))
+    n_pos = tracing.trace(smollm, text).n_tokens
+    assert n_pos > 250
+    at = page(text=text, lens_table="by position")
+    assert not at.exception and not at.error
+
+    def windows():
+        return sorted(key[-1] for key in list(CACHE._entries) if key[0] == "lens" and key[3] == text)
+
+    # the heatmap's window; the table's position, and the watched tokens' (the same, with watched ids)
+    assert windows() == [(n_pos - 24, n_pos), (n_pos - 1, n_pos), (n_pos - 1, n_pos)]
+    labels = lambda: [button.proto.label for button in at.get("download_button")]  # noqa: E731
+    assert not any(label.startswith("Download every") for label in labels())  # the whole lens is not computed
+    compute = next(button for button in at.button if button.label.startswith("Compute every layer"))
+    compute.click().run()
+    assert not at.exception and (0, n_pos) in windows()
+    assert "Download every layer × position × rank (CSV)" in labels()

@@ -12,12 +12,13 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from lmviz import models
+from lmviz import compute, models
 from lmviz.errors import LmvizError
 
 DEFAULT_TEXT = "This weekend I plan to"
 OTHER_MODEL = "Other (type a name or folder)…"
 MAX_CHARS = int(os.environ.get("LMVIZ_MAX_CHARS", "20000"))
+compute.configure_threads(server=True)  # the server shares its cores between compute slots (lmviz.compute)
 
 
 def init_from_url(key: str, default, cast=str) -> None:

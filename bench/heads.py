@@ -30,7 +30,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lmviz import classification, embeddings, models, trace  # noqa: E402
+from lmviz import classification, compute, embeddings, models, trace  # noqa: E402
 from lmviz.cache import CACHE  # noqa: E402
 
 PARAGRAPH = (
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    models.configure_torch()
+    compute.configure_threads()
     lm = models.load(models.DEFAULT_MODEL)
     model, tokenizer = lm.model, lm.tokenizer
     ids = tokenizer(PARAGRAPH * (args.tokens // 30 + 2))["input_ids"][: args.tokens]

@@ -1,44 +1,63 @@
-"""Many people at once: N browser sessions against one server, each on a page with its own text.
+"""A classroom on one server: N sessions at once, the server measured apart from its clients.
 
-Starts `streamlit run app.py` on a free local port, opens N Playwright
-contexts in one chromium (each a separate Streamlit session), loads the page
-with a different text in each (via ?text=…), and waits until every session
-has finished rendering. Prints p50/p95 time to a rendered page, the peak
-RSS of the server process, and the server's CPU time per session: the
-browsers run on the same cores as the server, so on a small machine the
-wall-clock figures include the clients' own rendering. The baseline, measured in the same run, is one
-session alone on the same server.
+Starts `streamlit run app.py` pinned to some cores (`taskset`; default: all
+but the last) and drives N sessions from this process, pinned to the
+remaining core. The clients speak Streamlit's own websocket protocol, as a
+browser tab does, but render nothing: each session sends "run this page"
+(the page's URL path and query string, as a browser sends on opening a link),
+reads the server's messages until the script has finished, and counts an
+error for every exception or error box on the page. So the times are the
+server's: from the request to the last element of a complete page.
 
-    .venv/bin/python bench/load.py --sessions 10 30 --page lens
+Scenario: N students open the link at once, each with their own ~50-token
+text; each opens the logit lens, then (same session) the sampling page.
+Printed per N: p50/p95 time to a complete page, errors, the server's peak
+RSS and CPU seconds per session. The baseline, measured in the same run, is
+one session alone on the same server.
+
+    .venv/bin/python bench/load.py --sessions 10 30
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, start_server  # noqa: E402
+from tests.browser.conftest import free_port, start_server  # noqa: E402
 
-TEXTS = [
-    "The capital of France is", "This weekend I plan to", "Once upon a time, there was a",
-    "The quick brown fox jumps over the", "In 1969, the first person to walk on the Moon was",
-    "To make a cup of tea, first", "The largest planet in the solar system is", "My favourite food is",
-]
+SUBJECTS = ["The capital of France", "A recipe for bread", "The history of the bicycle", "How rain forms",
+            "The rules of chess", "Why the sky is blue", "The life of a honeybee", "How a compass works"]
+PAGES = ("lens", "sampling")
+LIMIT_S = 600  # liveness: a page not finished by then counts as an error
+
+
+def student_text(i: int) -> str:
+    """A different ~50-token text for each session (so nothing is shared through the cache)."""
+    subject = SUBJECTS[i % len(SUBJECTS)]
+    return (f"{subject}, explained for student number {i}: this short paragraph is long enough to fill a "
+            f"screen of the logit lens, and it ends with a sentence that the model has to continue, so that "
+            f"every layer has something to predict about {subject.lower()} and number {i} in the")
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB (from /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -46,7 +65,7 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (from /proc/PID/stat)."""
+    """User + system CPU seconds a process has used (from /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -62,65 +81,147 @@ class PeakMemory(threading.Thread):
             time.sleep(0.1)
 
 
-def render_times(browser, base: str, page: str, n: int, salt: str) -> list[float]:
-    """Open n sessions at once; seconds from navigation to a finished render, per session."""
-    contexts = [browser.new_context(viewport={"width": 1400, "height": 900}) for _ in range(n)]
-    tabs = [context.new_page() for context in contexts]
-    started = {}
-    for i, tab in enumerate(tabs):
-        text = f"{TEXTS[i % len(TEXTS)]} ({salt} {i})"
-        url = f"{base}/{page}?" + urllib.parse.urlencode({"text": text})
-        started[i] = time.perf_counter()
-        tab.goto(url, wait_until="commit")
-    done: dict[int, float] = {}
-    deadline = time.time() + 600
-    while len(done) < n and time.time() < deadline:
-        for i, tab in enumerate(tabs):
-            if i in done:
-                continue
-            ready = tab.locator('[data-testid="stSidebarUserContent"] textarea').count() > 0
-            if ready and tab.locator(IDLE).count() > 0 and tab.locator('[data-testid="stMain"] h1').count() > 0:
-                done[i] = time.perf_counter() - started[i]
-        time.sleep(0.05)
-    for context in contexts:
-        context.close()
-    if len(done) < n:
-        raise RuntimeError(f"only {len(done)} of {n} sessions rendered within 600 s")
-    return sorted(done.values())
+@dataclass
+class PageLoad:
+    page: str
+    seconds: float
+    errors: list[str] = field(default_factory=list)
+    elements: Counter = field(default_factory=Counter)  # element kind -> how many the page drew
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+def problems(message: ForwardMsg) -> list[str]:
+    """Exceptions and error boxes in one message from the server."""
+    if message.WhichOneof("type") != "delta" or message.delta.WhichOneof("type") != "new_element":
+        return []
+    element = message.delta.new_element
+    kind = element.WhichOneof("type")
+    if kind == "exception":
+        return [f"exception: {element.exception.type}: {element.exception.message[:200]}"]
+    if kind == "alert" and element.alert.format == element.alert.ERROR:
+        return [f"error box: {element.alert.body[:200]}"]
+    return []
+
+
+async def open_page(connection, page: str, query: str) -> PageLoad:
+    """Ask for a page as a browser opening /page?query does; wait until its script has finished."""
+    request = BackMsg()
+    request.rerun_script.query_string = query
+    request.rerun_script.page_name = page
+    started = time.perf_counter()
+    await connection.send(request.SerializeToString())
+    errors: list[str] = []
+    elements: Counter = Counter()
+    while True:
+        try:
+            raw = await asyncio.wait_for(connection.recv(), timeout=LIMIT_S)
+        except ConnectionClosed:
+            return PageLoad(page, time.perf_counter() - started, errors + ["connection closed"], elements)
+        message = ForwardMsg.FromString(raw)
+        errors += problems(message)
+        if message.WhichOneof("type") == "delta" and message.delta.WhichOneof("type") == "new_element":
+            elements[message.delta.new_element.WhichOneof("type")] += 1
+        if message.WhichOneof("type") == "script_finished":
+            status = message.script_finished
+            if status == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                continue  # st.navigation reran the script for the page asked for
+            if status != ForwardMsg.FINISHED_SUCCESSFULLY:
+                errors.append(f"script finished with status {status}")
+            return PageLoad(page, time.perf_counter() - started, errors, elements)
+
+
+async def student(url: str, i: int, salt: str, delay: float = 0.0, **params) -> list[PageLoad]:
+    """One session: the lens page, then the sampling page, with this student's own text (params: more
+    URL query parameters)."""
+    await asyncio.sleep(delay)
+    query = urllib.parse.urlencode({"text": f"{student_text(i)} ({salt})", **params})
+    try:
+        connection = await connect(url, subprotocols=["streamlit"], max_size=2**30, ping_interval=None)
+    except OSError as error:
+        return [PageLoad(page, 0.0, [f"could not connect: {error}"]) for page in PAGES]
+    loads = []
+    try:
+        for page in PAGES:
+            try:
+                loads.append(await open_page(connection, page, query))
+            except asyncio.TimeoutError:
+                loads.append(PageLoad(page, LIMIT_S, [f"not finished within {LIMIT_S} s"]))
+    finally:
+        await connection.close()
+    return loads
+
+
+async def classroom(url: str, n: int, salt: str, arrival: float = 0.0) -> list[PageLoad]:
+    """n sessions; session i starts at i/n x `arrival` seconds (0: all at once)."""
+    sessions = await asyncio.gather(*(student(url, i, salt, arrival * i / n) for i in range(n)))
+    return [load for loads in sessions for load in loads]
+
+
+def compute_policy(server_cpus: set[int]) -> str:
+    """lmviz.compute's policy as the server sees it (its affinity is server_cpus)."""
+    from lmviz import compute
+
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, server_cpus)
+    try:
+        policy = compute.policy()
+    finally:
+        os.sched_setaffinity(0, saved)
+    return f"{policy['slots']} compute slot(s) x {policy['threads_per_slot']} torch thread(s)"
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[10, 30])
-    parser.add_argument("--page", default="lens", help="url path of the page (empty for the home page)")
+    parser.add_argument("--arrival", type=float, default=0.0,
+                        help="seconds over which the sessions start, evenly (default 0: all at once)")
+    cpus = sorted(os.sched_getaffinity(0))
+    parser.add_argument("--server-cpus", default=",".join(map(str, cpus[:-1] or cpus)),
+                        help="cores the server runs on (taskset -c); the clients take the others")
     args = parser.parse_args()
+    server_cpus = {int(c) for c in args.server_cpus.split(",")}
+    client_cpus = set(cpus) - server_cpus or set(cpus)
+    os.sched_setaffinity(0, client_cpus)
     port = free_port()
-    server = start_server(port)
-    base = f"http://127.0.0.1:{port}"
+    server = start_server(port, wrapper=["taskset", "-c", args.server_cpus])
+    url = f"ws://127.0.0.1:{port}/_stcore/stream"
     memory = PeakMemory(server.pid)
     memory.start()
+    print(f"server on cores {sorted(server_cpus)} (pid {server.pid}), clients on {sorted(client_cpus)}; "
+          f"compute policy: {compute_policy(server_cpus)}")
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            render_times(browser, base, args.page, 1, "warm-up")  # loads the model
-            alone = render_times(browser, base, args.page, 1, "alone")[0]
-            print(f"page /{args.page}: one session alone renders in {alone:.2f} s (baseline)")
-            for n in args.sessions:
-                cpu_before = cpu_seconds(server.pid)
-                times = render_times(browser, base, args.page, n, f"run{n}")
-                server_cpu = cpu_seconds(server.pid) - cpu_before
-                p50, p95 = percentile(times, 50), percentile(times, 95)
-                print(f"N={n:3d}: p50 {p50:6.2f} s  p95 {p95:6.2f} s  ({p50 / alone:.1f}x / {p95 / alone:.1f}x alone)"
-                      f"  peak server RSS {memory.peak:.0f} MB  server CPU {server_cpu / n:.2f} s/session")
-            browser.close()
+        asyncio.run(classroom(url, 1, "warm-up"))  # loads the model
+        alone = {load.page: load.seconds for load in asyncio.run(classroom(url, 1, "alone"))}
+        print("one session alone (baseline): " + ", ".join(f"/{page} {s:.2f} s" for page, s in alone.items()))
+        for n in args.sessions:
+            cpu_before = cpu_seconds(server.pid)
+            started = time.perf_counter()
+            loads = asyncio.run(classroom(url, n, f"run{n}", args.arrival))
+            wall = time.perf_counter() - started
+            server_cpu = cpu_seconds(server.pid) - cpu_before
+            times = [load.seconds for load in loads]
+            errors = [error for load in loads for error in load.errors]
+            p50, p95 = percentile(times, 50), percentile(times, 95)
+            per_page = ", ".join(f"/{page} p95 {percentile([l.seconds for l in loads if l.page == page], 95):.2f} s"
+                                 for page in PAGES)
+            base = statistics.mean(alone.values())
+            arrival = f"arriving over {args.arrival:.0f} s" if args.arrival else "all at once"
+            print(f"N={n:3d} {arrival}: {len(loads)} pages, p50 {p50:6.2f} s  p95 {p95:6.2f} s "
+                  f"({p50 / base:.1f}x / {p95 / base:.1f}x a page alone; {per_page}); errors {len(errors)}; "
+                  f"all done in {wall:.1f} s; peak server RSS {memory.peak:,.0f} MB; "
+                  f"server CPU {server_cpu / n:.2f} s/session")
+            for error in errors[:5]:
+                print("   ", error)
     finally:
         memory.running = False
         server.terminate()
-        server.wait(timeout=20)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import TemperatureLogitsWarper  # noqa: E402
 
-from lmviz import models, sampling, trace  # noqa: E402
+from lmviz import compute, models, sampling, trace  # noqa: E402
 
 GOAL_MS = 100.0
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    models.configure_torch()
+    compute.configure_threads()
     lm = models.load(models.DEFAULT_MODEL)
     logits = trace.trace(lm, "This weekend I plan to").last_logits
     temps = sampling.temperatures(0.05, 10.0, args.points)

@@ -28,6 +28,7 @@ silently wrong is never shown.
 from __future__ import annotations
 
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -361,16 +362,30 @@ def head_error_bound(normed: torch.Tensor, unembed: nn.Module, transform: LogitT
     """Elementwise bound on |our logits - the model's| when both compute the same head in a different
     order: each logit is a dot product of length d, whose rounding error is at most d·u·Σ|h_i||w_i|
     (Higham, γ_d), counted twice (ours and the model's) plus the norm's own rounding; the transform
-    adds a few roundings of the result."""
+    adds a few roundings of the result. Σ|h_i||w_i| is bounded by ‖h‖·‖w‖ (Cauchy–Schwarz), so the
+    check on every trace costs one outer product, not a second pass over the unembedding."""
     u = UNIT_ROUNDOFF.get(normed.dtype, 2.0**-24)
     d = normed.shape[-1]
     if isinstance(unembed, nn.Linear):
-        magnitude = normed.abs().float() @ unembed.weight.detach().abs().float().T
+        magnitude = normed.detach().float().norm(dim=-1, keepdim=True) * _row_norms(unembed)
         if unembed.bias is not None:
             magnitude = magnitude + unembed.bias.detach().abs().float()
     else:  # an unknown head module: bound by the largest logit times the width
         magnitude = unembed(normed).abs().float().amax() * torch.ones(1)
     return (4 * d + 16) * u * abs(transform.factor) * magnitude + 1e-30
+
+
+_ROW_NORMS: "weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def _row_norms(unembed: nn.Linear) -> torch.Tensor:
+    """(vocab,) float32 ‖w_v‖ of the unembedding's rows, computed again only when the weight changes."""
+    weight = unembed.weight.detach()
+    version, norms = _ROW_NORMS.get(unembed, (-1, None))
+    if norms is None or version != weight._version:
+        norms = weight.float().norm(dim=-1) * (1 + 2.0**-20)  # above the float32 norm's own rounding
+        _ROW_NORMS[unembed] = (weight._version, norms)
+    return norms
 
 
 def discover(model: nn.Module, kind: str) -> Architecture:

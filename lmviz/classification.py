@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmviz import compute
 from lmviz import trace as tracing
 from lmviz.cache import cached
 from lmviz.errors import LmvizError
@@ -224,11 +225,11 @@ def classify(lm: LoadedModel, text: str) -> Classification:
         raise LmvizError(f"{lm.name} predicts a single number (regression): it has no labels to choose between.")
     ids = tracing.encode(lm, text)
     if len(ids) > tracing.max_tokens(lm):
-        raise LmvizError(f"The text is {len(ids)} tokens long; at most {tracing.max_tokens(lm)} here. Shorten it.")
+        raise tracing.too_long(lm, len(ids))
     input_ids = torch.tensor([ids])
     pooled = weight = bias = by_hand = None
     pooling = "unknown to lmviz for this architecture (the model's logits are shown as they are)"
-    with torch.inference_mode():
+    with compute.slot(), torch.inference_mode():
         output = model(input_ids=input_ids, output_hidden_states=True)
         logits = output.logits[0].float()  # (label,)
         classifier = getattr(model, "classifier", None)

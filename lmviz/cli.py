@@ -77,13 +77,13 @@ def add_tokens(commands, common) -> None:
 
 def run_tokens(args):
     from lmviz.tokens import display_token, token_text
-    from lmviz.trace import encode, max_tokens
+    from lmviz.trace import encode, max_tokens, too_long
 
     text = read_text(args)
     lm = load_model(args)
     ids = encode(lm, text)
     if len(ids) > max_tokens(lm):
-        raise LmvizError(f"The text is {len(ids)} tokens long; {lm.name} takes at most {max_tokens(lm)} here.")
+        raise too_long(lm, len(ids))
     with lm.lock:
         pieces = [token_text(lm.tokenizer, token_id) for token_id in ids]
         shown = [display_token(lm.tokenizer, token_id) for token_id in ids]

@@ -22,6 +22,7 @@ import inspect
 import torch
 from torch import nn
 
+from lmviz import compute
 from lmviz.trace import accepts_logits_to_keep
 
 
@@ -45,7 +46,9 @@ class Decoder:
         if self.positions:
             start = self.sequences.shape[1] - inputs.shape[1]
             extra["position_ids"] = torch.arange(start, self.sequences.shape[1]).expand(inputs.shape[0], -1)
-        output = self.model(input_ids=inputs, past_key_values=self.cache, use_cache=True, return_dict=True, **extra)
+        with compute.slot():
+            output = self.model(input_ids=inputs, past_key_values=self.cache, use_cache=True, return_dict=True,
+                                **extra)
         self.cache = getattr(output, "past_key_values", None)
         if self.uses_cache is None:
             self.uses_cache = self.cache is not None

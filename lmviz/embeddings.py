@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmviz import compute
 from lmviz import trace as tracing
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
@@ -123,9 +124,9 @@ def neighbours(lm: LoadedModel, text: str, k: int = 10, metric: str = "dot") -> 
     ids = tracing.encode(lm, text)
     limit = tracing.max_tokens(lm)
     if len(ids) > limit:
-        raise LmvizError(f"The text is {len(ids)} tokens long; at most {limit} here. Shorten it.")
+        raise tracing.too_long(lm, len(ids))
     input_ids = torch.tensor(ids)
-    with torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
+    with compute.slot(), torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
         embed, unembed = lm.model.get_input_embeddings(), lm.model.get_output_embeddings()
         weight = unembed.weight  # (vocab, d_model)
         k = check_k(k, weight.shape[0])

@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from lmviz import compute
 from lmviz import trace as tracing
 from lmviz.architectures import LogitTransform
 from lmviz.cache import cached, is_cached_result
@@ -476,57 +477,58 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     max_error = float((tracing.logits(lm, trace, -1) - trace.last_logits).abs().max())
 
     for p0 in range(first, end, block_pos):
-        p1 = min(end, p0 + block_pos)
-        o0, o1 = p0 - first, p1 - first  # where the block goes in the result
-        n_block = p1 - p0
-        n_lens = n_layers * n_block  # rows from the matrix product
-        n_rows = n_lens + n_block
-        rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize)  # (layer*pos, d)
-        final = tracing.logits(lm, trace, slice(p0, p1))  # (pos, vocab) the model's output logits
-        # the rows of layer L: the output itself, or (raw) the bare head on hidden[L], which is already normed
-        last_rows = final if normalize else head.full(trace.hidden[n_layers, p0:p1])  # (pos, vocab)
-        # the final distribution in float64: a shared rounding error in its log-sum-exp would scale
-        # every p_final by the same 1 + 1e-5 and shift sum p_final z, hence KL, by 1e-5 x the logits
-        final_logp = torch.log_softmax(final.double(), dim=-1)  # (pos, vocab)
-        final_entropy = -(final_logp.exp() * final_logp).sum(-1)  # (pos,)
-        p_final = final_logp.exp().float()
-        p_final_mass = p_final.double().sum(-1)  # 1 up to float32 rounding
-        del final_logp
-        block_targets = targets_per_pos[p0:p1]  # (pos, 1+w)
-        targets = block_targets.repeat(n_layers + 1, 1)  # (rows, 1+w), layer-major like the rows
-        thresholds = torch.empty(targets.shape)
-        if head.linear:  # non-linear heads: read from the (whole-vocabulary) tile below
-            thresholds[:n_lens] = head.at(rows, targets[:n_lens])
-        thresholds[n_lens:] = last_rows.gather(1, block_targets)
-        running = _Running(n_rows, k, targets, thresholds, track_u=not linear_u)
-        if linear_u:
-            w_bar = p_final @ head.weight  # (pos, d): W^T p_final
-            bias_term = p_final @ head.bias if head.bias is not None else torch.zeros(n_block)
-            u_lens = torch.linalg.vecdot(rows.view(n_layers, n_block, -1), w_bar) + bias_term  # (layer, pos)
-            u_last = (p_final.double() * last_rows.double()).sum(-1)  # (pos,)
-            running.u = torch.cat([u_lens.reshape(-1).double(), u_last])
-        buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for v0 in range(0, vocab, width):
-            v1 = min(vocab, v0 + width)
-            if v1 - v0 not in buffers:
-                buffers[v1 - v0] = (torch.empty(n_rows, v1 - v0), torch.empty(n_rows, v1 - v0))
-            tile, work = buffers[v1 - v0]
-            head.tile(rows, v0, v1, out=tile[:n_lens])
-            tile[n_lens:] = last_rows[:, v0:v1]
-            if not head.linear:
-                thresholds[:n_lens] = tile[:n_lens].gather(1, targets[:n_lens])
-            running.update(tile, v0, work, None if linear_u else p_final[:, v0:v1])
-        lse = running.logsumexp()
-        shape = (n_layers + 1, n_block)
-        out_values[:, o0:o1] = running.top_values.view(*shape, k)
-        out_ids[:, o0:o1] = running.top_ids.view(*shape, k)
-        out_lse[:, o0:o1] = lse.view(shape)
-        out_entropy[:, o0:o1] = running.entropy().view(shape)
-        # KL(final ‖ row) = sum p_final (log p_final - z + lse) = -H(final) - u + mass * lse
-        kl = p_final_mass * lse.double().view(shape) - running.u.double().view(shape) - final_entropy
-        out_kl[:, o0:o1] = kl
-        out_target_logits[:, o0:o1] = running.target_logits.view(*shape, -1)
-        out_ranks[:, o0:o1] = running.ranks().view(*shape, -1)
+        with compute.slot():  # one block at a time: other sessions' work goes on between blocks
+            p1 = min(end, p0 + block_pos)
+            o0, o1 = p0 - first, p1 - first  # where the block goes in the result
+            n_block = p1 - p0
+            n_lens = n_layers * n_block  # rows from the matrix product
+            n_rows = n_lens + n_block
+            rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize)  # (layer*pos, d)
+            final = tracing.logits(lm, trace, slice(p0, p1))  # (pos, vocab) the model's output logits
+            # the rows of layer L: the output itself, or (raw) the bare head on hidden[L] (already normed)
+            last_rows = final if normalize else head.full(trace.hidden[n_layers, p0:p1])  # (pos, vocab)
+            # the final distribution in float64: a shared rounding error in its log-sum-exp would scale
+            # every p_final by the same 1 + 1e-5 and shift sum p_final z, hence KL, by 1e-5 x the logits
+            final_logp = torch.log_softmax(final.double(), dim=-1)  # (pos, vocab)
+            final_entropy = -(final_logp.exp() * final_logp).sum(-1)  # (pos,)
+            p_final = final_logp.exp().float()
+            p_final_mass = p_final.double().sum(-1)  # 1 up to float32 rounding
+            del final_logp
+            block_targets = targets_per_pos[p0:p1]  # (pos, 1+w)
+            targets = block_targets.repeat(n_layers + 1, 1)  # (rows, 1+w), layer-major like the rows
+            thresholds = torch.empty(targets.shape)
+            if head.linear:  # non-linear heads: read from the (whole-vocabulary) tile below
+                thresholds[:n_lens] = head.at(rows, targets[:n_lens])
+            thresholds[n_lens:] = last_rows.gather(1, block_targets)
+            running = _Running(n_rows, k, targets, thresholds, track_u=not linear_u)
+            if linear_u:
+                w_bar = p_final @ head.weight  # (pos, d): W^T p_final
+                bias_term = p_final @ head.bias if head.bias is not None else torch.zeros(n_block)
+                u_lens = torch.linalg.vecdot(rows.view(n_layers, n_block, -1), w_bar) + bias_term  # (layer, pos)
+                u_last = (p_final.double() * last_rows.double()).sum(-1)  # (pos,)
+                running.u = torch.cat([u_lens.reshape(-1).double(), u_last])
+            buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for v0 in range(0, vocab, width):
+                v1 = min(vocab, v0 + width)
+                if v1 - v0 not in buffers:
+                    buffers[v1 - v0] = (torch.empty(n_rows, v1 - v0), torch.empty(n_rows, v1 - v0))
+                tile, work = buffers[v1 - v0]
+                head.tile(rows, v0, v1, out=tile[:n_lens])
+                tile[n_lens:] = last_rows[:, v0:v1]
+                if not head.linear:
+                    thresholds[:n_lens] = tile[:n_lens].gather(1, targets[:n_lens])
+                running.update(tile, v0, work, None if linear_u else p_final[:, v0:v1])
+            lse = running.logsumexp()
+            shape = (n_layers + 1, n_block)
+            out_values[:, o0:o1] = running.top_values.view(*shape, k)
+            out_ids[:, o0:o1] = running.top_ids.view(*shape, k)
+            out_lse[:, o0:o1] = lse.view(shape)
+            out_entropy[:, o0:o1] = running.entropy().view(shape)
+            # KL(final ‖ row) = sum p_final (log p_final - z + lse) = -H(final) - u + mass * lse
+            kl = p_final_mass * lse.double().view(shape) - running.u.double().view(shape) - final_entropy
+            out_kl[:, o0:o1] = kl
+            out_target_logits[:, o0:o1] = running.target_logits.view(*shape, -1)
+            out_ranks[:, o0:o1] = running.ranks().view(*shape, -1)
         if progress is not None:
             progress(o0 // block_pos + 1, total_blocks)
 

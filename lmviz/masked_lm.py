@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmviz import compute
 from lmviz import trace as tracing
 from lmviz.embeddings import check_k
 from lmviz.errors import LmvizError
@@ -284,7 +285,7 @@ def mlm_loss(lm: LoadedModel, text: str, positions: Sequence[int], max_predictio
     ids = tracing.encode(lm, text)
     limit = tracing.max_tokens(lm)
     if len(ids) > limit:
-        raise LmvizError(f"The text is {len(ids)} tokens long; at most {limit} here. Shorten it.")
+        raise tracing.too_long(lm, len(ids))
     chosen = sorted({int(p) for p in positions})
     if not chosen:
         raise LmvizError("Pick at least one token to mask: the loss is taken over masked tokens only.")
@@ -308,7 +309,7 @@ def mlm_loss(lm: LoadedModel, text: str, positions: Sequence[int], max_predictio
     masked_positions = torch.tensor(chosen + [0] * pad)  # (pred,)
     label_ids = torch.tensor([ids[p] for p in chosen] + [0] * pad)  # (pred,)
     label_weights = torch.tensor([1.0] * len(chosen) + [0.0] * pad)  # (pred,)
-    with torch.inference_mode():
+    with compute.slot(), torch.inference_mode():
         output = lm.model(input_ids=input_ids[None], labels=labels[None], output_hidden_states=True)
         sequence_output = output.hidden_states[-1][0]  # (pos, d_model)
         gathered = sequence_output[masked_positions]  # (pred, d_model)  gather_indexes

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from lmviz import compute
 from lmviz.architectures import Architecture, StreamRecorder, discover
 from lmviz.embedded import DEFAULT_MODEL, EMBEDDED, converted_copy
 from lmviz.errors import LmvizError
@@ -114,17 +115,6 @@ class LoadedModel:
         }
 
 
-_torch_configured = False
-
-
-def configure_torch() -> None:
-    """Set torch's thread count once per process ($LMVIZ_THREADS, default all cores)."""
-    global _torch_configured
-    if not _torch_configured:
-        torch.set_num_threads(int(os.environ.get("LMVIZ_THREADS", os.cpu_count() or 1)))
-        _torch_configured = True
-
-
 # ---------------------------------------------------------------- the cache
 
 _models: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -183,7 +173,7 @@ def loaded_names() -> list[str]:
 
 
 def _load_uncached(name: str, progress: Progress) -> LoadedModel:
-    configure_torch()
+    compute.configure_threads()
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # progress goes through `progress`, not tqdm on stderr

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lmviz import compute
 from lmviz.architectures import head_error_bound
-from lmviz.cache import cached
+from lmviz.cache import budget_bytes, cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import display_tokens
@@ -39,11 +40,11 @@ class Trace:
     text: str
     input_ids: torch.Tensor  # (pos,) int64
     tokens: tuple[str, ...]  # (pos,) display strings: '·' for spaces, '\n' for newlines
-    hidden: torch.Tensor  # (layer+1, pos, d_model) float32 (float64 for a float64 model)
+    hidden: torch.Tensor  # (layer+1, pos, d_model) in the model's dtype
     last_logits: torch.Tensor  # (vocab,) float32: the model's own logits at the last position
     truncated_from: int | None = None  # token count before truncation to the context, if any
     # what the unembedding reads, where that is not hidden[-1] (e.g. BERT's MLM transform output)
-    head_input: torch.Tensor | None = None  # (pos, d_head) float32, or None: hidden[-1]
+    head_input: torch.Tensor | None = None  # (pos, d_head) in the model's dtype, or None: hidden[-1]
     # the model's own logits, kept only for a model whose head lmviz could not verify
     own_logits: torch.Tensor | None = None  # (pos, vocab) float32, or None
 
@@ -70,8 +71,30 @@ def logits(lm: LoadedModel, t: Trace, rows=slice(None)) -> torch.Tensor:
 
 
 def max_tokens(lm: LoadedModel) -> int:
-    """Longest input traced at once: the model's context, capped by $LMVIZ_MAX_TOKENS (default 2048)."""
-    return min(lm.context_length, int(os.environ.get("LMVIZ_MAX_TOKENS", "2048")))
+    """Longest input traced at once: $LMVIZ_MAX_TOKENS if set, else the model's whole context where one
+    trace's hidden states fit lmviz's cache budget ($LMVIZ_TRACE_CACHE_MB), else as many tokens as fit.
+
+    SmolLM2 keeps 31 x 576 float32 numbers per token (71 KB), so its 8,192-token context needs 585 MB
+    of the default 1,024 MB. Never more than the model's context."""
+    if os.environ.get("LMVIZ_MAX_TOKENS"):
+        return max(1, min(lm.context_length, int(os.environ["LMVIZ_MAX_TOKENS"])))
+    return max(1, min(lm.context_length, budget_bytes() // hidden_bytes_per_token(lm)))
+
+
+def limit_reason(lm: LoadedModel) -> str:
+    """Why max_tokens(lm) is what it is, in words for a message."""
+    limit = max_tokens(lm)
+    if os.environ.get("LMVIZ_MAX_TOKENS") and limit < lm.context_length:
+        return f"$LMVIZ_MAX_TOKENS={os.environ['LMVIZ_MAX_TOKENS']}"
+    if limit < lm.context_length:
+        return (f"its hidden states at more tokens would not fit the {budget_bytes() // 2**20:,} MB cache "
+                "budget ($LMVIZ_TRACE_CACHE_MB)")
+    return "the model's context"
+
+
+def hidden_bytes_per_token(lm: LoadedModel) -> int:
+    """What a trace keeps per token: every layer's hidden state (layer+1 x d_model) in the model's dtype."""
+    return (lm.n_layers + 1) * lm.d_model * lm.model.dtype.itemsize
 
 
 def encode(lm: LoadedModel, text: str) -> list[int]:
@@ -139,17 +162,14 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     truncated_from = None
     if len(ids) > limit:
         if not truncate:
-            raise LmvizError(
-                f"The text is {len(ids)} tokens long; {lm.name} takes at most {limit} at once here. "
-                "Shorten it."
-            )
+            raise too_long(lm, len(ids))
         truncated_from, ids = len(ids), ids[:limit]
     input_ids = torch.tensor([ids])
     verified = lm.arch.refusal is None
     # the head reads hidden[-1] itself: the model need only compute its last row of logits (our check)
     last_only = verified and lm.arch.head_reads_last_hidden and accepts_logits_to_keep(lm.model)
     extra = {"logits_to_keep": 1} if last_only else {}
-    with lm.recorder.capture() as captured, torch.inference_mode():
+    with compute.slot(), lm.recorder.capture() as captured, torch.inference_mode():
         output = lm.model(input_ids=input_ids, output_hidden_states=True, use_cache=False, **extra)
     with lm.lock:
         tokens = tuple(display_tokens(lm.tokenizer, ids))
@@ -160,7 +180,7 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     if not layers or len({tuple(h.shape) for h in layers}) != 1:
         raise LmvizError(f"{lm.name}'s layers don't pass on hidden states of one shape, so lmviz can't trace it "
                          "as one residual stream.")
-    hidden = torch.stack(layers)[:, 0].to(_kept_dtype(layers[0].dtype))
+    hidden = torch.stack(layers)[:, 0]  # in the model's dtype
     head_input = None
     if verified and not lm.arch.head_reads_last_hidden and captured.head_input is not None:
         head_input = captured.head_input[0].to(hidden.dtype)
@@ -172,11 +192,6 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     if verified:
         _check_last_position(lm, result, result.last_logits)
     return result
-
-
-def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Hidden states are kept in float32, or float64 for a float64 model (tests compare in float64)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_last_position(lm: LoadedModel, t: Trace, own: torch.Tensor) -> None:
@@ -191,5 +206,16 @@ def _check_last_position(lm: LoadedModel, t: Trace, own: torch.Tensor) -> None:
 
 
 def trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
-    """The cached Trace of `text` under `lm` (see run_trace)."""
-    return cached("trace", lm, (text, bool(truncate), max_tokens(lm)), lambda: run_trace(lm, text, truncate))
+    """The cached Trace of `text` under `lm` (see run_trace). One pass serves both values of `truncate`:
+    a text that fits is traced once whichever page asks first."""
+    limit = max_tokens(lm)
+    result = cached("trace", lm, (text, limit), lambda: run_trace(lm, text, truncate=True))
+    if result.truncated_from and not truncate:
+        raise too_long(lm, result.truncated_from)
+    return result
+
+
+def too_long(lm: LoadedModel, n_tokens: int) -> LmvizError:
+    """The error for a text longer than max_tokens(lm)."""
+    return LmvizError(f"The text is {n_tokens} tokens long; {lm.name} takes at most {max_tokens(lm)} at once "
+                      "here. Shorten it.")

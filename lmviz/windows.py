@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from lmviz import compute
 from lmviz.architectures import head_error_bound
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
@@ -131,7 +132,7 @@ def score_windows(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
         shape = group[0][1]
         batch = torch.stack([ids[w.begin:w.end] for _, w in group])  # (batch, length)
         targets = torch.stack([ids[w.first:w.end] for _, w in group]).reshape(-1)  # (batch * n_scored,)
-        with torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
+        with compute.slot(), torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
             if keep_ok and shape.n_scored * vocab * 4 <= LOGITS_BUDGET:
                 # the last n_scored + 1 positions; all but the very last predict a scored token
                 logits = lm.model(input_ids=batch, use_cache=False, logits_to_keep=shape.n_scored + 1).logits
@@ -179,8 +180,8 @@ def labels_loss(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window]) -
     if lm.arch.labels_shift is None:
         return None
     total = 0.0
-    with torch.inference_mode():
-        for window in windows:
+    for window in windows:
+        with compute.slot(), torch.inference_mode():
             inputs = ids[window.begin:window.end][None]
             labels = inputs.clone()
             labels[:, : window.first - window.begin] = -100  # context: not scored

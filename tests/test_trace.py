@@ -79,3 +79,22 @@ def test_batch_matches_the_tokenizers_own_padding(tiny_gpt2):
     assert batch.input_ids == reference["input_ids"]
     assert batch.attention_mask == reference["attention_mask"]
     assert batch.pad_is_eos and tiny_gpt2.tokenizer.pad_token is None
+
+
+def test_the_whole_context_where_its_hidden_states_fit(tiny_gpt2, tiny_llama_f64, monkeypatch):
+    """Without $LMVIZ_MAX_TOKENS a trace takes the model's whole context, unless one trace's hidden states
+    would not fit the cache budget; then as many tokens as fit, and the message says why."""
+    monkeypatch.delenv("LMVIZ_MAX_TOKENS", raising=False)
+    assert tracing.max_tokens(tiny_gpt2) == tiny_gpt2.context_length == 128
+    assert tracing.limit_reason(tiny_gpt2) == "the model's context"
+    per_token = (tiny_gpt2.n_layers + 1) * tiny_gpt2.d_model * 4  # float32
+    monkeypatch.setenv("LMVIZ_TRACE_CACHE_MB", str((20.5 * per_token) / 2**20))
+    assert tracing.max_tokens(tiny_gpt2) == 20 and "cache budget" in tracing.limit_reason(tiny_gpt2)
+    cut = tracing.run_trace(tiny_gpt2, "Paris " * 60, truncate=True)
+    assert cut.n_tokens == 20 and cut.hidden.nbytes == 20 * per_token
+    # a float64 model keeps float64 hidden states: 8 bytes a number
+    per_token_f64 = (tiny_llama_f64.n_layers + 1) * tiny_llama_f64.d_model * 8
+    assert tracing.max_tokens(tiny_llama_f64) == int(20.5 * per_token) // per_token_f64
+    assert tracing.run_trace(tiny_llama_f64, "Paris is").hidden.dtype == torch.float64
+    monkeypatch.setenv("LMVIZ_MAX_TOKENS", "7")
+    assert tracing.max_tokens(tiny_gpt2) == 7 and tracing.limit_reason(tiny_gpt2) == "$LMVIZ_MAX_TOKENS=7"

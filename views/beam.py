@@ -124,6 +124,6 @@ st.markdown(
 )
 
 st.download_button(
-    "Download the tree (JSON)", json.dumps(tree.to_dict(), ensure_ascii=False, indent=1),
-    file_name="beam_tree.json", mime="application/json",
+    "Download the tree (JSON)", lambda: json.dumps(tree.to_dict(), ensure_ascii=False, indent=1),
+    file_name="beam_tree.json", mime="application/json", on_click="ignore",
 )

@@ -61,7 +61,7 @@ with ui.user_errors(), st.spinner("Running the model …"):
     t = trace.trace(lm, text, truncate=True)
 if t.truncated_from:
     st.warning(f"The text is {t.truncated_from:,} tokens long; only the first {t.n_tokens:,} are shown "
-               f"(the most {lm.name} takes at once here).", icon="✂️")
+               f"(the most {lm.name} takes at once here: {trace.limit_reason(lm)}).", icon="✂️")
 if t.n_tokens == 1:
     st.info("The text is a single token: each layer still predicts what comes after it, but there is no actual "
             "next token to score. Type a longer text to see ranks and cross-entropies.", icon="ℹ️")

@@ -157,8 +157,8 @@ if view == VIEWS[0]:
     st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)),
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ["nll (nats)", "surprisal (bits)", "probability", "p(top guess)"]})
-    st.download_button("Download the per-token table (CSV)", frame.to_csv(index=False).encode("utf-8"),
-                       file_name="loss_per_token.csv", mime="text/csv")
+    st.download_button("Download the per-token table (CSV)", lambda: frame.to_csv(index=False).encode("utf-8"),
+                       file_name="loss_per_token.csv", mime="text/csv", on_click="ignore")
 
 # ------------------------------------------------------------------ two texts
 elif view == VIEWS[1]:
@@ -246,8 +246,8 @@ elif view == VIEWS[2]:
     st.caption("Both tokenizers cut this text the same way: one row per token." if comparison.same_tokens else
                "The tokenizers differ: one row per word (a word's NLL is the sum over the tokens ending in it).")
     st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)))
-    st.download_button("Download (CSV)", frame.to_csv(index=False).encode("utf-8"),
-                       file_name="loss_two_models.csv", mime="text/csv")
+    st.download_button("Download (CSV)", lambda: frame.to_csv(index=False).encode("utf-8"),
+                       file_name="loss_two_models.csv", mime="text/csv", on_click="ignore")
 
 # ------------------------------------------------------------------ by layer
 elif view == VIEWS[3]:

@@ -99,8 +99,8 @@ with next_tab:
         column_config={name: st.column_config.NumberColumn(format="%.4f")
                        for name in ["logit", "p (model, T=1)", "log p (model)", "p after T", "p final", "log p final"]},
     )
-    st.download_button("Download these rows (CSV)", frame.to_csv(index=False).encode("utf-8"),
-                       file_name="next_token.csv", mime="text/csv")
+    st.download_button("Download these rows (CSV)", lambda: frame.to_csv(index=False).encode("utf-8"),
+                       file_name="next_token.csv", mime="text/csv", on_click="ignore")
 
     st.subheader("Temperature sweep")
     sweep = sampling.temperature_sweep(dist.logits)

@@ -31,11 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, extra_env: dict | None = None, args: tuple = ()) -> subprocess.Popen:
-    """`streamlit run app.py` on a local port; returns once /_stcore/health answers."""
+def start_server(port: int, extra_env: dict | None = None, args: tuple = (), wrapper=()) -> subprocess.Popen:
+    """`streamlit run app.py` on a local port; returns once /_stcore/health answers. wrapper: a command
+    that runs it, e.g. ("taskset", "-c", "0") to pin it to a core."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+        [*wrapper, sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.headless", "true", "--server.address", "127.0.0.1", *args],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )

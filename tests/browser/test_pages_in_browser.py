@@ -104,6 +104,27 @@ def test_lens_page(page, server_url):
     assert_no_error_box(page)
 
 
+def test_lens_page_on_a_long_text(page, server_url):
+    """About 2,000 tokens: the page shows the last 24 positions at once, a slider moves the window, and the
+    whole lens is computed only on click (then offered as a CSV)."""
+    from lmviz import loss
+
+    text = " ".join(loss.sample_texts()["long"].split()[:1500])
+    page.set_viewport_size({"width": 1920, "height": 1080})  # a projector
+    open_page(page, server_url, "lens", text=text)
+    body = page.inner_text("body")
+    assert "Logit lens" in body and charts(page) >= 1
+    tokens = int(page.locator('[data-testid="stMetric"]').filter(has_text="Tokens").inner_text().split()[-1]
+                 .replace(",", ""))
+    assert 1_900 <= tokens <= 2_300 and "only the first" not in body  # the whole text, no truncation
+    screenshot(page, "lens-2000-tokens")
+    press_slider(page, "Positions shown", "ArrowLeft", 3)
+    assert "lens_window=" in page.url and charts(page) >= 1
+    page.get_by_role("button", name="Compute every layer × position").click()
+    page.get_by_role("button", name="Download every layer × position × rank (CSV)").wait_for(timeout=600_000)
+    assert_no_error_box(page)
+
+
 def test_sampling_page(page, server_url):
     open_page(page, server_url, "sampling")
     assert "Temperature" in page.inner_text("body") and charts(page) >= 1

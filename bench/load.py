@@ -9,8 +9,10 @@ reads the server's messages until the script has finished, and counts an
 error for every exception or error box on the page. So the times are the
 server's: from the request to the last element of a complete page.
 
-Scenario: N students open the link at once, each with their own ~50-token
-text; each opens the logit lens, then (same session) the sampling page.
+Scenario: N students open the link at once (or, with --arrival S, spread over
+S seconds), each with their own ~50-token text (or, with --same-text, the
+teacher's one link); each opens the logit lens, then (same session) the
+sampling page.
 Printed per N: p50/p95 time to a complete page, errors, the server's peak
 RSS and CPU seconds per session. The baseline, measured in the same run, is
 one session alone on the same server.
@@ -150,9 +152,10 @@ async def student(url: str, i: int, salt: str, delay: float = 0.0, **params) -> 
     return loads
 
 
-async def classroom(url: str, n: int, salt: str, arrival: float = 0.0) -> list[PageLoad]:
-    """n sessions; session i starts at i/n x `arrival` seconds (0: all at once)."""
-    sessions = await asyncio.gather(*(student(url, i, salt, arrival * i / n) for i in range(n)))
+async def classroom(url: str, n: int, salt: str, arrival: float = 0.0, same_text: bool = False) -> list[PageLoad]:
+    """n sessions; session i starts at i/n x `arrival` seconds (0: all at once). same_text: all open the
+    same link (the teacher's), else each has its own text."""
+    sessions = await asyncio.gather(*(student(url, 0 if same_text else i, salt, arrival * i / n) for i in range(n)))
     return [load for loads in sessions for load in loads]
 
 
@@ -176,6 +179,8 @@ def percentile(values: list[float], q: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--same-text", action="store_true",
+                        help="every session opens the same link (default: each its own text)")
     parser.add_argument("--arrival", type=float, default=0.0,
                         help="seconds over which the sessions start, evenly (default 0: all at once)")
     cpus = sorted(os.sched_getaffinity(0))
@@ -196,10 +201,10 @@ def main() -> None:
         asyncio.run(classroom(url, 1, "warm-up"))  # loads the model
         alone = {load.page: load.seconds for load in asyncio.run(classroom(url, 1, "alone"))}
         print("one session alone (baseline): " + ", ".join(f"/{page} {s:.2f} s" for page, s in alone.items()))
-        for n in args.sessions:
+        for run, n in enumerate(args.sessions):
             cpu_before = cpu_seconds(server.pid)
             started = time.perf_counter()
-            loads = asyncio.run(classroom(url, n, f"run{n}", args.arrival))
+            loads = asyncio.run(classroom(url, n, f"run {run}", args.arrival, args.same_text))
             wall = time.perf_counter() - started
             server_cpu = cpu_seconds(server.pid) - cpu_before
             times = [load.seconds for load in loads]
@@ -209,6 +214,7 @@ def main() -> None:
                                  for page in PAGES)
             base = statistics.mean(alone.values())
             arrival = f"arriving over {args.arrival:.0f} s" if args.arrival else "all at once"
+            arrival += ", one shared text" if args.same_text else ", own texts"
             print(f"N={n:3d} {arrival}: {len(loads)} pages, p50 {p50:6.2f} s  p95 {p95:6.2f} s "
                   f"({p50 / base:.1f}x / {p95 / base:.1f}x a page alone; {per_page}); errors {len(errors)}; "
                   f"all done in {wall:.1f} s; peak server RSS {memory.peak:,.0f} MB; "

@@ -6,8 +6,8 @@ machine's threads: 30 passes x all cores, thrashing caches and memory. So
 every piece of model work (a forward pass, a decoding step, a block of the
 logit lens, a loss window) runs inside `slot()`:
 
-- at most `$LMVIZ_COMPUTE_SLOTS` pieces run at once (default: one slot per
-  2 cores, at least 1); the others wait their turn;
+- at most `$LMVIZ_COMPUTE_SLOTS` pieces run at once (default: one per core,
+  at most 8); the others wait their turn;
 - in the app, torch runs each piece on cores / slots threads
   (`configure_threads(server=True)`, called at start), so the slots
   together use every core once; the CLI and a notebook use every core;
@@ -38,11 +38,12 @@ def cores() -> int:
 
 
 def slots() -> int:
-    """$LMVIZ_COMPUTE_SLOTS, else one slot per 2 cores (at least 1).
+    """$LMVIZ_COMPUTE_SLOTS, else one slot per core, at most 8 (each then gets cores / 8 threads).
 
     Measured with bench/load.py (30 sessions at once, 2 cores): 2 slots of 1 thread finished the
-    classroom sooner (p95 29 s) than 1 slot of 2 threads (35 s) or no limit (39 s, and 1.1 GB more RSS)."""
-    return max(1, int(os.environ.get("LMVIZ_COMPUTE_SLOTS") or max(1, cores() // 2)))
+    classroom sooner (p95 29 s) than 1 slot of 2 threads (35 s) or no limit (39 s, and 1.1 GB more RSS):
+    the small matrix products of short texts gain less from a second thread than from a second slot."""
+    return max(1, int(os.environ.get("LMVIZ_COMPUTE_SLOTS") or min(8, cores())))
 
 
 def threads_per_slot() -> int:

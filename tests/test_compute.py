@@ -65,4 +65,4 @@ def test_policy_from_the_environment(monkeypatch):
     policy = compute.policy()
     assert policy["slots"] == 3 and policy["threads_per_slot"] == max(1, policy["cores"] // 3)
     monkeypatch.delenv("LMVIZ_COMPUTE_SLOTS")
-    assert compute.slots() == max(1, compute.cores() // 2)
+    assert compute.slots() == min(8, compute.cores())

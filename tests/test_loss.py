@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmviz import compare, loss, tables, windows
+from lmviz import cli, compare, loss, tables, windows
 from lmviz.architectures import head_error_bound
 from lmviz.cache import CACHE
 from lmviz.cli import main
@@ -139,6 +139,45 @@ def test_embedded_model_against_its_own_loss(smollm):
     assert abs(report.model_loss - own) <= 2 * float(bounds.log_softmax_bound(logits).max()) + bounds.sum_bound(len(ids), own)
     assert report.tokens[-1] == "·visit" and report.rank[-1] == 1  # " visit" is the model's top guess
     assert report.top_tokens[-1] == "·visit"
+
+
+def test_gemma_against_its_own_loss(gemma):
+    """Gemma-3 270M, whose tokenizer adds <bos>: every token of the text is scored."""
+    text = "The capital of France is Paris, and the capital of Italy is Rome."
+    report = loss.loss_report(gemma, text)
+    ids = ids_of(gemma, text)
+    assert ids[0] == gemma.tokenizer.bos_token_id and report.scored == len(ids) - 1
+    with torch.no_grad():
+        output = gemma.model(ids[None], labels=ids[None], output_hidden_states=True)
+    own = float(output.loss)
+    logits = output.logits[0, :-1].float()
+    head = head_error_bound(output.hidden_states[-1][0, :-1], gemma.unembed, gemma.arch.logit_transform).amax(-1)
+    eps = float((bounds.log_softmax_bound(logits, head) + bounds.log_softmax_bound(logits)).max())
+    assert abs(report.mean_nll - own) <= eps + bounds.sum_bound(len(ids), own)
+    assert abs(report.model_loss - own) <= 2 * float(bounds.log_softmax_bound(logits).max()) + bounds.sum_bound(len(ids), own)
+
+
+def test_cli_compare_matches_plain_transformers(smollm, gemma, capsys):
+    """`python -m lmviz compare TEXT --models smollm2-135m,gemma3-270m --json`: each perplexity equals
+    exp(model(ids, labels=ids).loss) from plain transformers, within the float32 bounds."""
+    text = "The capital of France is Paris, and the capital of Italy is Rome."
+    assert cli.main(["compare", text, "--models", "smollm2-135m,gemma3-270m", "--no-check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row["model"] for row in out["models"]] == ["smollm2-135m", "gemma3-270m"]
+    for row, lm in zip(out["models"], (smollm, gemma)):
+        ids = ids_of(lm, text)
+        with torch.no_grad():
+            logits = lm.model(ids[None]).logits[0, :-1].double()
+        nll = -torch.log_softmax(logits, -1).gather(1, ids[1:, None])[:, 0]  # float64, from the model's logits
+        eps = float(bounds.log_softmax_bound(logits).max()) + bounds.sum_bound(len(ids), float(nll.mean()))
+        assert row["scored"] == len(ids) - 1 and abs(row["mean_nll"] - float(nll.mean())) <= 2 * eps
+        assert abs(math.log(row["perplexity"]) - float(nll.mean())) <= 2 * eps
+        bytes_scored = len(text.encode()) - len(lm.tokenizer.decode(ids[:1], skip_special_tokens=True).encode())
+        assert row["bytes"] == bytes_scored
+        assert abs(row["bits_per_byte"] - float(nll.sum()) / math.log(2) / bytes_scored) <= 2 * eps * len(ids)
+    assert out["same_tokens"] is False and "".join(w["word"] for w in out["per_word"]) == text
+    assert cli.main(["compare", text, "--models", "smollm2-135m"]) == 2
+    assert "at least two models" in capsys.readouterr().err
 
 
 def assert_nll_matches(nll: torch.Tensor, expected: dict) -> None:

@@ -35,6 +35,18 @@ def test_embedded_copy_is_reused(smollm):
         assert torch.equal(reloaded(ids).logits, smollm.model(ids).logits)
 
 
+def test_gemma_facts_and_copy(gemma, gemma_gguf):
+    """Gemma-3 270M: its facts, and lmviz's float32 copy holds exactly what transformers dequantizes from the
+    GGUF file (assembled from the four chunk packages, SHA-256 checked)."""
+    assert (gemma.kind, gemma.n_layers, gemma.d_model, gemma.vocab_size) == ("causal", 18, 640, 262144)
+    assert gemma.tied and gemma.context_length == 32768 and gemma.arch.refusal is None
+    reference, tokenizer = gemma_gguf
+    ours = gemma.model.state_dict()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(ours[name], tensor), name
+    assert tokenizer("The capital of France is")["input_ids"] == gemma.tokenizer("The capital of France is")["input_ids"]
+
+
 def test_load_is_cached(tiny_dirs):
     first = models.load(tiny_dirs["gpt2"])
     assert models.load(tiny_dirs["gpt2"]) is first

@@ -102,6 +102,24 @@ def test_two_models_view_with_different_vocabularies(tiny_dirs, tiny_gpt2, tiny_
     assert any("naïve" in body for body in html_bodies(at))
 
 
+def test_two_models_default_to_smollm2_and_gemma(smollm, gemma):
+    """Out of the box the comparison is SmolLM2 (A, the sidebar's default) against Gemma-3 270M (B): two
+    tokenizers, so per word and in bits per byte, each against a plain float64 computation."""
+    text = "The capital of France is Paris, and the capital of Italy is Rome."
+    at = page(text=text, loss_view="Two models")
+    assert not at.exception and not at.error
+    assert at.selectbox(key="loss_model_b").value == "gemma3-270m"
+    cards = {m.label: m.value for m in at.metric}
+    for lm, side in ((smollm, "A"), (gemma, "B")):
+        ids = lm.tokenizer(text)["input_ids"]
+        nll, bound = token_nll_and_bound(lm.model, lm.tokenizer, text)
+        n_bytes = len(text.encode()) - len(lm.tokenizer.decode(ids[:1], skip_special_tokens=True).encode())
+        bits = float(nll.sum()) / math.log(2) / n_bytes
+        assert abs(float(cards[f"Bits per byte, {side}"]) - bits) <= float(bound.sum()) / math.log(2) / n_bytes + 5e-5
+    words = next(df.value for df in at.dataframe if "word" in df.value.columns)
+    assert "".join(words["word"]).replace("·", " ") == text  # the words, with visible spaces, tile the text
+
+
 def test_two_models_with_a_masked_model_b(tiny_dirs, tiny_bert):
     at = page(model_dir=tiny_dirs["gpt2"], loss_view="Two models", loss_model_b=ui.OTHER_MODEL,
               loss_model_b_other=tiny_dirs["bert"])

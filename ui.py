@@ -14,6 +14,7 @@ import streamlit as st
 
 from lmviz import compute, models
 from lmviz.errors import LmvizError
+from lmviz.placement import tolerance_note
 
 DEFAULT_TEXT = "This weekend I plan to"
 OTHER_MODEL = "Other (type a name or folder)…"
@@ -110,6 +111,7 @@ def current_model(kinds: tuple[str, ...] = models.KINDS) -> models.LoadedModel:
         st.info("Type a model name or folder in the sidebar.")
         st.stop()
     lm = load_with_progress(name)
+    show_placement(lm)
     if lm.kind not in kinds:
         st.warning(
             f"{lm.name} is a {lm.kind} model; this page needs a {' or '.join(kinds)} model. "
@@ -117,6 +119,17 @@ def current_model(kinds: tuple[str, ...] = models.KINDS) -> models.LoadedModel:
         )
         st.stop()
     return lm
+
+
+def show_placement(lm: models.LoadedModel) -> None:
+    """Under the model picker: device, dtype (and why), memory, and what a low-precision dtype costs."""
+    where = lm.placement
+    device = "device_map=auto" if where.device_map else str(lm.device)
+    st.sidebar.caption(f"**{where.dtype_name}** on **{device}**, {lm.memory_bytes / 2**20:,.0f} MB of weights "
+                       f"({where.reason}; set `LMVIZ_DTYPE`, `LMVIZ_DEVICE`).")
+    note = tolerance_note(where.dtype)
+    if note:
+        st.sidebar.warning(note, icon="🎚️")
 
 
 def load_with_progress(name: str) -> models.LoadedModel:

@@ -39,11 +39,24 @@ def read_text(args, required: bool = True) -> str | None:
     return None
 
 
-def load_model(args):
-    """The model named by --model, loading progress on stderr."""
+def load_model(args, name: str | None = None):
+    """The model named by --model (or `name`) in --device/--dtype, loading progress on stderr; remembered
+    in args.loaded so that --json can say where and in which dtype each model ran."""
     from lmviz import models
 
-    return models.load(args.model, progress=lambda message: print(message, file=sys.stderr))
+    lm = models.load(name or args.model, progress=lambda message: print(message, file=sys.stderr),
+                     device=args.device, dtype=args.dtype)
+    args.loaded = [*getattr(args, "loaded", []), lm]
+    return lm
+
+
+def placement_json(lm) -> dict:
+    """Where a model ran, in which dtype and why, and what that dtype means for its numbers."""
+    from lmviz.placement import tolerance
+
+    where = lm.placement
+    return {"model": lm.name, "device": str(lm.device), "device_map": where.device_map, "dtype": where.dtype_name,
+            "why": where.reason, "memory_mb": round(lm.memory_bytes / 2**20), "tolerance": tolerance(where.dtype)}
 
 
 def table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -298,7 +311,7 @@ def add_compare(commands, common) -> None:
 
 
 def run_compare(args):
-    from lmviz import compare, loss, models
+    from lmviz import compare, loss
 
     text = read_text(args)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
@@ -306,7 +319,7 @@ def run_compare(args):
         raise LmvizError("Give at least two models to compare, e.g. --models smollm2-135m,gemma3-270m.")
     reports = []
     for name in names:
-        lm = models.load(name, progress=lambda message: print(message, file=sys.stderr))
+        lm = load_model(args, name)
         reports.append(loss.loss_report(lm, text, cross_check=not args.no_check))
     rows = [{"model": r.model_name, "tokens": r.n_tokens, **r.summary(), "bytes": r.n_bytes, "windows": r.n_windows}
             for r in reports]  # bytes: those the scored tokens cover (all but the first token without a BOS)
@@ -406,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--file", help="read the text from a UTF-8 file")
     common.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})")
     common.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    common.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N or auto (default $LMVIZ_DEVICE, else auto: cuda where available)")
+    common.add_argument("--dtype", default=None,
+                        help="float32, bfloat16, float16, float64 or auto (default $LMVIZ_DTYPE, else float32)")
     parser = argparse.ArgumentParser(prog="python -m lmviz", description="Look inside a language model.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
@@ -422,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    if isinstance(result, dict) and getattr(args, "loaded", None):
+        result["placement"] = [placement_json(lm) for lm in args.loaded]
     try:
         print(json.dumps(to_jsonable(result), ensure_ascii=False) if args.json else readable)
         sys.stdout.flush()

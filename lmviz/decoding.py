@@ -31,7 +31,9 @@ class Decoder:
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor):
         self.model = model
-        self.sequences = input_ids  # (batch, pos) everything so far
+        self.device = model.get_input_embeddings().weight.device  # where the inputs go
+        input_ids = input_ids.to(self.device)
+        self.sequences = input_ids  # (batch, pos) everything so far, on the model's device
         self.pending = input_ids  # (batch, new) what the model has not seen yet
         self.cache = None  # the model's KV cache, from its first call on
         self.uses_cache: bool | None = None  # unknown until the first call
@@ -45,23 +47,25 @@ class Decoder:
         extra = dict(self.extra)
         if self.positions:
             start = self.sequences.shape[1] - inputs.shape[1]
-            extra["position_ids"] = torch.arange(start, self.sequences.shape[1]).expand(inputs.shape[0], -1)
+            extra["position_ids"] = torch.arange(start, self.sequences.shape[1], device=self.device).expand(
+                inputs.shape[0], -1)
         with compute.slot():
             output = self.model(input_ids=inputs, past_key_values=self.cache, use_cache=True, return_dict=True,
                                 **extra)
         self.cache = getattr(output, "past_key_values", None)
         if self.uses_cache is None:
             self.uses_cache = self.cache is not None
-        return output.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        return output.logits[:, -1, :].to(device="cpu", dtype=torch.float32, copy=True)
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add one token (batch,) to every sequence."""
-        column = tokens.reshape(-1, 1).to(self.sequences.dtype)
+        column = tokens.reshape(-1, 1).to(device=self.device, dtype=self.sequences.dtype)
         self.sequences = torch.cat([self.sequences, column], dim=1)
         self.pending = column
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep sequences `rows` (batch,), in that order, with their cached keys and values."""
+        rows = rows.to(self.device)
         self.sequences = self.sequences[rows]
         if self.cache is not None:
             self.cache.reorder_cache(rows)

@@ -250,22 +250,34 @@ class _Head:
         self.plain = self.transform == LogitTransform()  # no transform at all
         unembed = lm.unembed
         self.linear = isinstance(unembed, nn.Linear)
-        # the lens computes in float32 (a no-op for float32 models)
-        self.weight = unembed.weight.detach().float() if self.linear else None  # (vocab, d_head)
+        # the model's own weights (float32, or bfloat16/float16 in a low-precision model); the lens multiplies
+        # in float32, converting one vocabulary slice at a time (a no-op for float32 models)
+        self.weight = unembed.weight.detach() if self.linear else None  # (vocab, d_head)
         self.bias = unembed.bias.detach().float() if self.linear and unembed.bias is not None else None
+
+    def weights(self, v0: int, v1: int) -> torch.Tensor:
+        """(v1-v0, d_head) float32 rows of the unembedding."""
+        return self.weight[v0:v1].float()
+
+    def weighted_sum(self, p: torch.Tensor, width: int = 8192) -> torch.Tensor:
+        """(n, d_head) = p @ W for p (n, vocab), in float32, a slice of the vocabulary at a time."""
+        total = torch.zeros(p.shape[0], self.weight.shape[1], device=p.device)
+        for v0 in range(0, p.shape[1], width):
+            total += p[:, v0:v0 + width] @ self.weights(v0, v0 + width)
+        return total
 
     def full(self, rows: torch.Tensor) -> torch.Tensor:
         """(rows, vocab) logits of rows (rows, d_head), as LoadedModel.logits_from_hidden(normalize=False)."""
         if not self.linear:
             return self.transform(self.lm.unembed(rows)).float()
-        return self.transform(torch.nn.functional.linear(rows, self.weight, self.bias))
+        return self.transform(torch.nn.functional.linear(rows.float(), self.weights(0, self.weight.shape[0]), self.bias))
 
     def tile(self, rows: torch.Tensor, v0: int, v1: int, out: torch.Tensor) -> torch.Tensor:
         """(rows, v1-v0) logits of rows (rows, d_head) for the vocabulary slice v0:v1."""
         if not self.linear:
             out.copy_(self.transform(self.lm.unembed(rows)).float()[:, v0:v1])
             return out
-        weight = self.weight[v0:v1]
+        weight = self.weights(v0, v1)
         if self.bias is None:
             torch.matmul(rows, weight.T, out=out)
         else:
@@ -283,7 +295,7 @@ class _Head:
         """(rows, n) logits of the given token ids, per row (ids: (rows, n)); None for a non-linear head."""
         if not self.linear:
             return None
-        logits = torch.einsum("rd,rnd->rn", rows, self.weight[ids])
+        logits = torch.einsum("rd,rnd->rn", rows, self.weight[ids].float())
         if self.bias is not None:
             logits = logits + self.bias[ids]
         return self.transform(logits)
@@ -415,8 +427,13 @@ def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torc
     """(layer*pos, d): hidden states (layer, pos, d) of layers 0..L-1, through the final norm when
     normalizing (recomputed for every vector), flattened layer-major."""
     if normalize:
-        hidden = lm.final_norm(hidden)  # may change the width (OPT-350m projects 1024 -> 512)
+        hidden = lm.final_norm(hidden.to(_device_of(lm.final_norm)))  # may change the width (OPT-350m: 1024 -> 512)
     return hidden.reshape(-1, hidden.shape[-1]).float().contiguous()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Where a module's weights are (the CPU for a module without any)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 @torch.inference_mode()
@@ -476,17 +493,20 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     # on load and on every trace to be within rounding; shown on the page)
     max_error = float((tracing.logits(lm, trace, -1) - trace.last_logits).abs().max())
 
+    # tiles and running statistics live where the head's weights are (a GPU, or the CPU); each block's
+    # results come back to the CPU
+    device = head.weight.device if head.linear else _device_of(lm.unembed)
     for p0 in range(first, end, block_pos):
-        with compute.slot():  # one block at a time: other sessions' work goes on between blocks
+        with compute.slot(), torch.device(device):  # one block at a time: others' work goes on between blocks
             p1 = min(end, p0 + block_pos)
             o0, o1 = p0 - first, p1 - first  # where the block goes in the result
             n_block = p1 - p0
             n_lens = n_layers * n_block  # rows from the matrix product
             n_rows = n_lens + n_block
-            rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize)  # (layer*pos, d)
-            final = tracing.logits(lm, trace, slice(p0, p1))  # (pos, vocab) the model's output logits
+            rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize).to(device)  # (layer*pos, d)
+            final = tracing.logits(lm, trace, slice(p0, p1)).to(device)  # (pos, vocab) the model's output logits
             # the rows of layer L: the output itself, or (raw) the bare head on hidden[L] (already normed)
-            last_rows = final if normalize else head.full(trace.hidden[n_layers, p0:p1])  # (pos, vocab)
+            last_rows = final if normalize else head.full(trace.hidden[n_layers, p0:p1].to(device))  # (pos, vocab)
             # the final distribution in float64: a shared rounding error in its log-sum-exp would scale
             # every p_final by the same 1 + 1e-5 and shift sum p_final z, hence KL, by 1e-5 x the logits
             final_logp = torch.log_softmax(final.double(), dim=-1)  # (pos, vocab)
@@ -494,7 +514,7 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
             p_final = final_logp.exp().float()
             p_final_mass = p_final.double().sum(-1)  # 1 up to float32 rounding
             del final_logp
-            block_targets = targets_per_pos[p0:p1]  # (pos, 1+w)
+            block_targets = targets_per_pos[p0:p1].to(device)  # (pos, 1+w)
             targets = block_targets.repeat(n_layers + 1, 1)  # (rows, 1+w), layer-major like the rows
             thresholds = torch.empty(targets.shape)
             if head.linear:  # non-linear heads: read from the (whole-vocabulary) tile below
@@ -502,7 +522,7 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
             thresholds[n_lens:] = last_rows.gather(1, block_targets)
             running = _Running(n_rows, k, targets, thresholds, track_u=not linear_u)
             if linear_u:
-                w_bar = p_final @ head.weight  # (pos, d): W^T p_final
+                w_bar = head.weighted_sum(p_final)  # (pos, d): W^T p_final
                 bias_term = p_final @ head.bias if head.bias is not None else torch.zeros(n_block)
                 u_lens = torch.linalg.vecdot(rows.view(n_layers, n_block, -1), w_bar) + bias_term  # (layer, pos)
                 u_last = (p_final.double() * last_rows.double()).sum(-1)  # (pos,)

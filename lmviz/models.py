@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from lmviz import compute
-from lmviz.architectures import Architecture, StreamRecorder, discover
+from lmviz.architectures import PROBE_IDS, Architecture, StreamRecorder, discover
 from lmviz.embedded import DEFAULT_MODEL, EMBEDDED, converted_copy
 from lmviz.errors import LmvizError
+from lmviz.placement import Placement, placement
 
 Progress = Callable[[str], None]
 
@@ -47,7 +48,7 @@ class LoadedModel:
     """A model ready for analysis. Shapes: d_model = hidden size, vocab = vocabulary size."""
 
     name: str  # what the user asked for (embedded key, directory or hub id)
-    model: nn.Module  # in eval mode, float32, on the CPU
+    model: nn.Module  # in eval mode, in placement.dtype, on placement.device (or spread by a device_map)
     tokenizer: object  # a transformers tokenizer
     kind: str  # "causal" | "masked" | "classifier"
     arch: Architecture  # blocks, final norm, head: where they are, verified on load
@@ -58,6 +59,7 @@ class LoadedModel:
     n_params: int  # unique parameters (tied weights counted once)
     tied: bool  # input embedding and unembedding share their weights
     context_length: int  # most tokens the model takes in one pass
+    placement: Placement | None = None  # device, dtype and why (lmviz.placement)
     serial: int = 0  # which load of `name` this is: part of every cache key, so a reload never meets old results
     # held only while the (fast, Rust) tokenizer runs, which two threads must not use at once;
     # forward passes need no lock, so a long computation never blocks other sessions' tokenizing
@@ -95,10 +97,20 @@ class LoadedModel:
         (scale, divisor, soft-capping). Refuses a model whose head did not verify on load."""
         self.require_vocabulary_head()
         weight = getattr(self.unembed, "weight", None)
-        if weight is not None and hidden.dtype != weight.dtype:
-            hidden = hidden.to(weight.dtype)
+        if weight is not None:  # the head's dtype and device; the logits come back to the CPU in float32
+            hidden = hidden.to(device=weight.device, dtype=weight.dtype)
         h = self.final_norm(hidden) if normalize else hidden
-        return self.arch.logit_transform(self.unembed(h)).float()
+        return self.arch.logit_transform(self.unembed(h)).float().cpu()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the inputs go: the input embedding's device (the first layer's, under a device_map)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the weights and buffers take."""
+        return int(self.model.get_memory_footprint())
 
     def display_facts(self) -> dict[str, object]:
         """Model facts for a summary table."""
@@ -112,14 +124,17 @@ class LoadedModel:
             "parameters": self.n_params,
             "tied embeddings": self.tied,
             "context length": self.context_length,
+            "device": str(self.device) if self.placement is None or not self.placement.device_map else "device_map=auto",
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "memory (MB)": round(self.memory_bytes / 2**20),
         }
 
 
 # ---------------------------------------------------------------- the cache
 
-_models: OrderedDict[str, LoadedModel] = OrderedDict()
+_models: OrderedDict[tuple, LoadedModel] = OrderedDict()  # (name, device, dtype, device_map) -> model
 _models_lock = threading.Lock()
-_loading_locks: dict[str, threading.Lock] = {}
+_loading_locks: dict[tuple, threading.Lock] = {}
 _serials = itertools.count(1)
 
 
@@ -128,28 +143,32 @@ def max_models() -> int:
     return max(1, int(os.environ.get("LMVIZ_MAX_MODELS", "2")))
 
 
-def load(name: str = DEFAULT_MODEL, progress: Progress | None = None) -> LoadedModel:
-    """Load a model by name, once per process: later calls return the same object.
+def load(name: str = DEFAULT_MODEL, progress: Progress | None = None, *, device: str | None = None,
+         dtype: str | None = None) -> LoadedModel:
+    """Load a model by name, once per process and placement: later calls return the same object.
 
-    Thread-safe: concurrent calls for one name load it once. At most
-    `max_models()` models are kept; the least recently used is dropped.
+    device, dtype: see `lmviz.placement` (default $LMVIZ_DEVICE, $LMVIZ_DTYPE). Thread-safe:
+    concurrent calls for one model load it once. At most `max_models()` models are kept; the least
+    recently used is dropped.
     """
     name = (name or "").strip()
     if not name:
         raise LmvizError("No model name given. Pick one of: " + ", ".join(EMBEDDED) + ".")
+    where = placement(device, dtype)
+    key = (name, *where.key)
     with _models_lock:
-        if name in _models:
-            _models.move_to_end(name)
+        if key in _models:
+            _models.move_to_end(key)
             _drop_least_recent()
-            return _models[name]
-        name_lock = _loading_locks.setdefault(name, threading.Lock())
+            return _models[key]
+        name_lock = _loading_locks.setdefault(key, threading.Lock())
     with name_lock:
         with _models_lock:
-            if name in _models:
-                return _models[name]
-        loaded = _load_uncached(name, progress or (lambda message: None))
+            if key in _models:
+                return _models[key]
+        loaded = _load_uncached(name, where, progress or (lambda message: None))
         with _models_lock:
-            _models[name] = loaded
+            _models[key] = loaded
             _drop_least_recent()
         return loaded
 
@@ -161,18 +180,19 @@ def _drop_least_recent() -> None:
 
 
 def forget(name: str) -> None:
-    """Drop a model from memory (the next load reads it again)."""
+    """Drop a model from memory, in every placement (the next load reads it again)."""
     with _models_lock:
-        _models.pop(name.strip(), None)
+        for key in [key for key in _models if key[0] == name.strip()]:
+            del _models[key]
 
 
 def loaded_names() -> list[str]:
     """Names of the models held in memory, least recently used first."""
     with _models_lock:
-        return list(_models)
+        return list(dict.fromkeys(key[0] for key in _models))
 
 
-def _load_uncached(name: str, progress: Progress) -> LoadedModel:
+def _load_uncached(name: str, where: Placement, progress: Progress) -> LoadedModel:
     compute.configure_threads()
     from transformers.utils import logging as transformers_logging
 
@@ -181,10 +201,24 @@ def _load_uncached(name: str, progress: Progress) -> LoadedModel:
         directory = converted_copy(EMBEDDED[name], progress)
     else:
         directory = _user_model_location(name)
-    progress(f"Loading {name} …")
-    model, tokenizer, kind = _from_pretrained(directory, name)
+    progress(f"Loading {name} ({where.dtype_name} on {where.device_map or where.device}) …")
+    model, tokenizer, kind = _from_pretrained(directory, name, where)
     progress(f"Checking {name}'s head against its own logits …")
-    return describe(name, model, tokenizer, kind)
+    _require_finite(model, name, where)
+    return describe(name, model, tokenizer, kind, where)
+
+
+@torch.inference_mode()
+def _require_finite(model: nn.Module, name: str, where: Placement) -> None:
+    """Refuse a model whose outputs overflow its dtype (Gemma-3 in float16: its residual stream reaches 1e5)."""
+    if where.dtype not in (torch.float16, torch.bfloat16):
+        return
+    probe = torch.tensor([list(PROBE_IDS)], device=model.get_input_embeddings().weight.device)
+    output = model(input_ids=probe, output_hidden_states=True)
+    values = [*(output.hidden_states or ()), output.logits]
+    if not all(bool(torch.isfinite(v).all()) for v in values):
+        raise LmvizError(f"{name} gives inf or NaN in {where.dtype_name} on a short probe: its values leave "
+                         f"{where.dtype_name}'s range. Load it in bfloat16 or float32 (--dtype, $LMVIZ_DTYPE).")
 
 
 def _user_model_location(name: str) -> str:
@@ -228,7 +262,7 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def _from_pretrained(location: str, name: str):
+def _from_pretrained(location: str, name: str, where: Placement):
     """Read config, pick the model class by kind, load weights (safetensors only, no remote code)."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
@@ -249,7 +283,10 @@ def _from_pretrained(location: str, name: str):
         "classifier": transformers.AutoModelForSequenceClassification,
     }[kind]
     try:
-        model = auto.from_pretrained(location, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+        model = auto.from_pretrained(location, dtype=where.dtype, use_safetensors=True, trust_remote_code=False,
+                                     **({"device_map": where.device_map} if where.device_map else {}))
+        if not where.device_map:
+            model.to(where.device)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - whatever transformers raises, the user gets one line
         message = _first_line(error)
@@ -302,10 +339,12 @@ def model_kind(config) -> str:
     )
 
 
-def describe(name: str, model: nn.Module, tokenizer, kind: str) -> LoadedModel:
+def describe(name: str, model: nn.Module, tokenizer, kind: str, where: Placement | None = None) -> LoadedModel:
     """Wrap an already loaded transformers model (handy in notebooks and tests); finds and verifies
     its architecture (`lmviz.architectures.discover`)."""
     model.eval()
+    if where is None:  # a model loaded by hand: where its weights are
+        where = Placement(str(model.device), model.dtype, None, f"{str(model.dtype).removeprefix('torch.')} as loaded")
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     arch = discover(model, kind)
     unembed = arch.unembed
@@ -324,6 +363,7 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str) -> LoadedModel:
         n_params=model.num_parameters(),
         tied=embeddings_tied(model),
         context_length=int(context or getattr(tokenizer, "model_max_length", 512)),
+        placement=where,
         serial=next(_serials),
     )
 

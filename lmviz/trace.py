@@ -164,7 +164,7 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
         if not truncate:
             raise too_long(lm, len(ids))
         truncated_from, ids = len(ids), ids[:limit]
-    input_ids = torch.tensor([ids])
+    input_ids = torch.tensor([ids], device=lm.device)
     verified = lm.arch.refusal is None
     # the head reads hidden[-1] itself: the model need only compute its last row of logits (our check)
     last_only = verified and lm.arch.head_reads_last_hidden and accepts_logits_to_keep(lm.model)
@@ -180,14 +180,14 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     if not layers or len({tuple(h.shape) for h in layers}) != 1:
         raise LmvizError(f"{lm.name}'s layers don't pass on hidden states of one shape, so lmviz can't trace it "
                          "as one residual stream.")
-    hidden = torch.stack(layers)[:, 0]  # in the model's dtype
+    hidden = torch.stack(layers)[:, 0].cpu()  # in the model's dtype, kept in host memory like every result
     head_input = None
     if verified and not lm.arch.head_reads_last_hidden and captured.head_input is not None:
-        head_input = captured.head_input[0].to(hidden.dtype)
+        head_input = captured.head_input[0].to(hidden.dtype).cpu()
     result = Trace(
-        model_name=lm.name, text=text, input_ids=input_ids[0], tokens=tokens, hidden=hidden,
-        last_logits=output.logits[0, -1].float(), truncated_from=truncated_from, head_input=head_input,
-        own_logits=None if verified else output.logits[0].float(),
+        model_name=lm.name, text=text, input_ids=input_ids[0].cpu(), tokens=tokens, hidden=hidden,
+        last_logits=output.logits[0, -1].float().cpu(), truncated_from=truncated_from, head_input=head_input,
+        own_logits=None if verified else output.logits[0].float().cpu(),
     )
     if verified:
         _check_last_position(lm, result, result.last_logits)

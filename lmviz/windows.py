@@ -94,13 +94,13 @@ def check_window(max_length: int, stride: int, context_length: int | None = None
 
 def score_rows(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(k, vocab) logits and (k,) targets -> NLL, rank, top id, top probability, each (k,)."""
-    logits = logits.float()
+    logits, targets = logits.float(), targets.to(logits.device)  # reduced in float32 where the logits are
     log_probs = torch.log_softmax(logits, dim=-1)  # (k, vocab)
     target_logit = logits.gather(1, targets[:, None])  # (k, 1)
     nll = -log_probs.gather(1, targets[:, None])[:, 0]
     rank = (logits > target_logit).sum(dim=-1) + 1
     top_log_prob, top_id = log_probs.max(dim=-1)
-    return nll.double(), rank.long(), top_id.long(), top_log_prob.double().exp()
+    return nll.double().cpu(), rank.long().cpu(), top_id.long().cpu(), top_log_prob.double().exp().cpu()
 
 
 def score_windows(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
@@ -130,7 +130,7 @@ def score_windows(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
     done = 0
     for group in groups:
         shape = group[0][1]
-        batch = torch.stack([ids[w.begin:w.end] for _, w in group])  # (batch, length)
+        batch = torch.stack([ids[w.begin:w.end] for _, w in group]).to(lm.device)  # (batch, length)
         targets = torch.stack([ids[w.first:w.end] for _, w in group]).reshape(-1)  # (batch * n_scored,)
         with compute.slot(), torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
             if keep_ok and shape.n_scored * vocab * 4 <= LOGITS_BUDGET:
@@ -182,7 +182,7 @@ def labels_loss(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window]) -
     total = 0.0
     for window in windows:
         with compute.slot(), torch.inference_mode():
-            inputs = ids[window.begin:window.end][None]
+            inputs = ids[window.begin:window.end][None].to(lm.device)
             labels = inputs.clone()
             labels[:, : window.first - window.begin] = -100  # context: not scored
             if lm.arch.labels_shift == 0:  # row t must be scored against token t + 1

@@ -17,7 +17,7 @@ TEXTS = [
 def test_concurrent_loads_load_once(tiny_dirs, monkeypatch):
     calls = []
     real = models._load_uncached
-    monkeypatch.setattr(models, "_load_uncached", lambda name, progress: calls.append(name) or real(name, progress))
+    monkeypatch.setattr(models, "_load_uncached", lambda name, where, progress: calls.append(name) or real(name, where, progress))
     name = tiny_dirs["llama"] + "/"  # a fresh cache key for the same folder
     with ThreadPoolExecutor(8) as pool:
         loaded = list(pool.map(lambda _: models.load(name), range(16)))

@@ -4,10 +4,18 @@ Steps run left to right (x = tokens generated), the prompt at x = 0. Each
 column lists that step's candidates, grouped under their parent beam in the
 parent's order, so no two edges cross. Kept beams are blue, pruned candidates
 grey, finished hypotheses green (a diamond; the returned ones carry their rank
-#1, #2, …), the winning path orange. Edges are labelled with the probability
-of the token given its parent; hovering a node gives its log-probability, the
-cumulative log-probability beam search ranks by, and the length-penalised
-score it would have had, had it ended there.
+#1, #2, …), the winning path orange. Every candidate is labelled above its
+node with its token and, on a second line, its probability given its parent
+(and, while a step is evaluated, its cumulative log-probability); hovering a
+node gives its log-probability, the cumulative log-probability beam search
+ranks by, and the length-penalised score it would have had, had it ended
+there.
+
+Nothing overlaps, up to K = 5 and 12 steps on a 1280-pixel-wide screen
+(tests/browser checks the drawn text boxes): the labels sit on their nodes
+rather than on the edges, which converge near every parent; tokens are cut
+to fit a column (`label_chars`), and rows are `ROW_PX` apart, room for two
+lines.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ PHASES = ("expand", "evaluate", "prune")
 CANDIDATE = "#868e96"  # a candidate not yet judged (replay: expand / evaluate)
 PRUNED_TEXT = "#868e96"
 SYMBOL = {KEPT: "circle", PRUNED: "circle-open", FINISHED: "diamond"}
-MAX_LABEL = 14  # characters of a token shown on the figure (the hover has all of it)
+MAX_LABEL = 14  # most characters of a token shown on the figure (the hover has all of it)
+ROW_PX = 54  # vertical pixels per node of the tallest column: a two-line label and its marker
 
 
 def frames(tree: BeamTree) -> list[tuple[int, str]]:
@@ -68,9 +77,15 @@ def positions(nodes: list[BeamNode]) -> dict[int, tuple[float, float]]:
     return placed
 
 
-def _label(token: str) -> str:
+def label_chars(steps: int) -> int:
+    """Characters of a token that fit a column: about 84 px of a 1280-px-wide chart is shared by steps + 1
+    columns, at ~7 px a character, at most MAX_LABEL."""
+    return max(4, min(MAX_LABEL, 84 // (steps + 1)))
+
+
+def _label(token: str, chars: int = MAX_LABEL) -> str:
     shown = visible(token)
-    return shown if len(shown) <= MAX_LABEL else shown[: MAX_LABEL - 1] + "…"
+    return shown if len(shown) <= chars else shown[: chars - 1] + "…"
 
 
 def _hover(node: BeamNode, tree: BeamTree, judged: bool) -> str:
@@ -140,28 +155,23 @@ def tree_figure(
         if xs:
             figure.add_scatter(x=xs, y=ys, mode="lines", line=edge_style[key], hoverinfo="skip", showlegend=False)
 
-    # probability labels at the middle of each edge
-    mids = [n for n in nodes[1:] if labelled(n)]
-    if mids:
-        figure.add_scatter(
-            x=[(placed[n.parent][0] + placed[n.id][0]) / 2 for n in mids],
-            y=[(placed[n.parent][1] + placed[n.id][1]) / 2 for n in mids],
-            mode="text", text=[f"{n.probability:.2f}" for n in mids], textfont=dict(size=11, color="#495057"),
-            hoverinfo="skip", showlegend=False,
-        )
-
     # nodes, one trace per status (legend entries)
     def add_nodes(members: list[BeamNode], name: str, colour: str, symbol: str, size: int, text_colour: str) -> None:
         if not members:
             return
         labels = []
         for node in members:
-            label = safe_label(_label(node.token)) if node.parent is not None else "prompt"
-            if not last and node.step == step and phase != "expand":  # the step being evaluated: its sums
-                label += f' <span style="color:{PRUNED_TEXT}">{node.cumulative:.2f}</span>'
+            if node.parent is None:
+                labels.append("prompt")
+                continue
+            label = safe_label(_label(node.token, chars))
             if last and node.final_rank is not None:
                 label += f" <b>#{node.final_rank + 1}</b>"
-            labels.append(label)
+            second = f"{node.probability:.2f}" if labelled(node) else ""
+            if not last and node.step == step and phase != "expand":  # the step being evaluated: its sums
+                second += f' <span style="color:{PRUNED_TEXT}">{node.cumulative:.1f}</span>'
+            labels.append(f'{label}<br><span style="font-size:11px;color:#495057">{second}</span>' if second
+                          else label)
         figure.add_scatter(
             x=[placed[n.id][0] for n in members], y=[placed[n.id][1] for n in members],
             mode="markers+text", name=name, text=labels, textposition="top center",
@@ -170,6 +180,7 @@ def tree_figure(
             hovertext=[_hover(n, tree, judged(n)) for n in members], hovertemplate="%{hovertext}<extra></extra>",
         )
 
+    chars = label_chars(tree.steps)
     root, rest = nodes[0], nodes[1:]
     add_nodes([root], "prompt", "#212529", "square", 14, "#212529")
     unjudged = [n for n in rest if not judged(n)]
@@ -190,6 +201,6 @@ def tree_figure(
         range=[-0.4, tree.steps + 0.6], tickmode="array", tickvals=list(range(tree.steps + 1)),
         ticktext=["prompt"] + [f"step {s}" for s in range(1, tree.steps + 1)], showgrid=False, zeroline=False,
     )
-    figure.update_yaxes(visible=False, range=[-(tallest / 2) - 0.3, tallest / 2 + 0.5])
+    figure.update_yaxes(visible=False, range=[-(tallest / 2) - 0.3, tallest / 2 + 0.7])
     figure.update_layout(legend=dict(orientation="h", y=1.0, x=0, yanchor="bottom"), hovermode="closest")
-    return style(figure, title, height=max(420, 46 * tallest + 140))
+    return style(figure, title, height=max(420, ROW_PX * tallest + 160))

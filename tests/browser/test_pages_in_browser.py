@@ -146,6 +146,35 @@ def test_beam_page(page, server_url):
     assert_no_error_box(page)
 
 
+TEXT_BOXES = """(chart) => [...chart.querySelectorAll('g.textpoint text')].filter(t => t.textContent.trim())
+    .map(t => { const r = t.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, t.textContent]; })"""
+
+
+def overlapping_labels(page) -> list[tuple[str, str]]:
+    """Pairs of text labels of the first chart whose drawn boxes overlap by more than a pixel each way."""
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    page.wait_for_selector('[data-testid="stPlotlyChart"] g.textpoint text', timeout=600_000)
+    boxes = chart.evaluate(TEXT_BOXES)
+    assert len(boxes) > 10
+    return [(a[4], b[4]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if min(a[2], b[2]) - max(a[0], b[0]) > 1 and min(a[3], b[3]) - max(a[1], b[1]) > 1]
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_beam_tree_labels_do_not_overlap(page, server_url, width):
+    """On a projector (1280 or 1920 pixels wide) no two labels of the tree overlap, up to K = 5 and 12 steps,
+    at the end and while a step is evaluated."""
+    page.set_viewport_size({"width": width, "height": 1080})
+    for beams, steps in [(3, 6), (5, 12)]:
+        open_page(page, server_url, "beam", beam_beams=beams, beam_new=steps)
+        assert overlapping_labels(page) == []
+    screenshot(page, f"beam-K5-12-steps-{width}")
+    open_page(page, server_url, "beam", beam_beams=5, beam_new=12, beam_frame=17)  # step 6: evaluate (the sums)
+    assert "step 6: evaluate" in page.inner_text("body")
+    assert overlapping_labels(page) == []
+    assert_no_error_box(page)
+
+
 def test_loss_page(page, server_url):
     open_page(page, server_url, "loss")
     page.get_by_text("Mean NLL = H").first.wait_for(timeout=600_000)  # the metric cards, once rendered

@@ -15,6 +15,7 @@ import streamlit as st
 from lmviz import compute, models
 from lmviz.errors import LmvizError
 from lmviz.placement import tolerance_note
+from lmviz.plots import standalone_html
 
 DEFAULT_TEXT = "This weekend I plan to"
 OTHER_MODEL = "Other (type a name or folder)…"
@@ -153,6 +154,18 @@ def current_text() -> str:
         st.info("Type a text in the sidebar to analyse it.")
         st.stop()
     return text
+
+
+def chart(figure, name: str, where=None, key: str | None = None) -> None:
+    """A plotly chart with its exports: PNG (twice the size) from the chart's camera button, drawn by
+    plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the figure as one file
+    that works offline (built only when clicked). `where`: a column or container (default: the page)."""
+    where = where or st
+    where.plotly_chart(figure, width="stretch", key=key, config={
+        "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": name}})
+    where.download_button("⬇ HTML", lambda: standalone_html(figure).encode("utf-8"), file_name=f"{name}.html",
+                          mime="text/html", on_click="ignore", key=f"html_{key or name}",
+                          help="This chart as one HTML file: interactive, works offline (plotly.js inside).")
 
 
 @contextmanager

@@ -88,10 +88,8 @@ ui.sync_to_url("beam_frame")
 step, phase = frames[st.session_state.beam_frame - 1]
 at_end = st.session_state.beam_frame == len(frames)
 
-st.plotly_chart(
-    plots.tree_figure(tree, None if at_end else step, phase, pruned_per_beam=int(st.session_state.beam_pruned)),
-    width="stretch", config={"displaylogo": False},
-)
+ui.chart(plots.tree_figure(tree, None if at_end else step, phase, pruned_per_beam=int(st.session_state.beam_pruned)),
+         "beam_tree")
 st.caption(
     f"{tree.candidates_per_step} candidates are ranked each step (2 × K, so that K survive even if "
     f"every beam's best token is end-of-sequence). Search: {tree.steps} step(s), {tree.stop_reason}. "

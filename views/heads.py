@@ -95,7 +95,7 @@ with tied_tab:
             if len(result.tokens) > MAX_GRID_ROWS:
                 st.caption(f"The grid shows the first {MAX_GRID_ROWS} of {len(result.tokens)} tokens; "
                            "the table below has them all.")
-            st.plotly_chart(plots.neighbours_figure(result, max_rows=MAX_GRID_ROWS), width="stretch")
+            ui.chart(plots.neighbours_figure(result, max_rows=MAX_GRID_ROWS), "embedding_neighbours")
             st.dataframe(tables.neighbours_table(result), hide_index=True, width="stretch",
                          column_config={"|e|": st.column_config.NumberColumn(format="%.2f")})
             worst = int(result.self_rank.argmax())
@@ -147,7 +147,7 @@ with masked_tab:
             predictions = masked_lm.fill_mask(lm, text, k=mask_k)
             for m in range(len(predictions.mask_positions)):
                 chart, table = st.columns([3, 2])
-                chart.plotly_chart(plots.mask_figure(predictions, m), width="stretch")
+                ui.chart(plots.mask_figure(predictions, m), f"masked_lm_{m}", where=chart)
                 table.dataframe(tables.mask_table(predictions, m), hide_index=True, width="stretch")
                 table.caption(f"log-probability = logit − logsumexp(logits) = logit − "
                               f"{float(predictions.logsumexp[m]):.3f}")
@@ -220,7 +220,7 @@ with class_tab:
                 "LABEL_1, …). The order is still fixed — logit i is label i — but what each label means is known "
                 "only to whoever encoded the labels for training.", icon="⚠️")
         chart, table = st.columns([2, 3])
-        chart.plotly_chart(plots.classification_figure(result), width="stretch")
+        ui.chart(plots.classification_figure(result), "classification", where=chart)
         table.dataframe(tables.classification_table(result), hide_index=True, width="stretch")
         facts = [f"Head: {result.head_origin}. Input: {result.pooling}."]
         if result.weight is not None:

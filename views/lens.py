@@ -122,7 +122,7 @@ window_columns[1].number_input("Layer stride (the output layer is always kept)",
 if clipped:
     st.caption(f"Showing the last {MAX_COLUMNS} positions of the window, so that cells stay readable.")
 layers = lens.layer_rows(n_layers, int(st.session_state.lens_stride))
-st.plotly_chart(plots.heatmap(result, stat, positions, layers), width="stretch")
+ui.chart(plots.heatmap(result, stat, positions, layers), "logit_lens_heatmap")
 st.caption("Cell text: that layer's most likely next token (**bold** when it is the actual next token). "
            "Hover a cell for its top tokens.")
 
@@ -193,7 +193,7 @@ else:
                             format_func=lambda v: "probability" if v == "prob" else "rank")
     position = st.session_state.lens_watch_pos
     at_position = lens_at(position, position + 1, watched)
-    st.plotly_chart(plots.trajectories(at_position, position, st.session_state.lens_watch_value), width="stretch")
+    ui.chart(plots.trajectories(at_position, position, st.session_state.lens_watch_value), "watched_tokens")
     watched_frame = tables.watched_table(at_position, position)
     wide = watched_frame.pivot(index="layer", columns="token", values=st.session_state.lens_watch_value)
     wide.index = [at_position.layer_label(layer) for layer in wide.index]

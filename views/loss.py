@@ -129,7 +129,7 @@ def window_caption(report: loss.LossReport) -> None:
         f"didn't reach ({report.scored:,} scored, each exactly once) with the rest as context: {low:,} to "
         f"{high:,} tokens of context per token."
     )
-    st.plotly_chart(plots.windows_figure(report), width="stretch")
+    ui.chart(plots.windows_figure(report), "loss_windows")
 
 
 # ------------------------------------------------------------------ token by token
@@ -150,9 +150,9 @@ if view == VIEWS[0]:
     with st.expander("The formulas, with this text's numbers", expanded=True):
         formulas(report)
     window_caption(report)
-    st.plotly_chart(plots.surprisal_figure(
+    ui.chart(plots.surprisal_figure(
         report, "Surprisal of every token" + (" (coloured by rank bucket)" if report.scored <= 300 else "")),
-        width="stretch")
+        "surprisal")
     frame = tables.loss_table(report)
     st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)),
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
@@ -188,7 +188,7 @@ elif view == VIEWS[1]:
             cards[1].metric("Perplexity", f"{report.perplexity:,.1f}", border=True)
             cards[2].metric("Accuracy", f"{report.accuracy:.1%}", border=True)
             st.html(plots.surprisal_html(report))
-            st.plotly_chart(plots.surprisal_figure(report, y_max=top), width="stretch", key=f"loss_bars_{name}")
+            ui.chart(plots.surprisal_figure(report, y_max=top), f"surprisal_{name}", key=f"loss_bars_{name}")
     st.html(plots.legend_html("rank"))
     st.caption("Bars: surprisal of each token, coloured by where the actual token stood in the model's ranking.")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
@@ -241,7 +241,7 @@ elif view == VIEWS[2]:
     st.markdown("**Per word: NLL(B) − NLL(A)** — red: B more surprised, blue: A more surprised.")
     with st.container(height=360 if len(comparison.words) > 200 else "content"):
         st.html(plots.diff_html(comparison))
-    st.plotly_chart(plots.word_diff_figure(comparison), width="stretch")
+    ui.chart(plots.word_diff_figure(comparison), "two_models_per_word")
     frame = tables.token_comparison_table(comparison) if comparison.same_tokens else tables.word_comparison_table(comparison)
     st.caption("Both tokenizers cut this text the same way: one row per token." if comparison.same_tokens else
                "The tokenizers differ: one row per word (a word's NLL is the sum over the tokens ending in it).")
@@ -262,9 +262,9 @@ elif view == VIEWS[3]:
         st.caption(f"The logit lens runs over every layer at once, so this view uses the first {limit} tokens.")
     with st.spinner("Running the logit lens…"), ui.user_errors():
         result = loss.layer_loss(lm, head, normalize=normalize)
-    st.plotly_chart(plots.layer_loss_figure(
+    ui.chart(plots.layer_loss_figure(
         result, f"Cross-entropy of each layer's prediction of the next token ({'final norm' if normalize else 'raw'})"),
-        width="stretch")
+        "loss_by_layer")
     st.caption(
         "Each layer's hidden state is sent through the model's head (final norm, then unembedding), as if the "
         "model stopped there — the logit lens — and scored on the actual next tokens. The last point is the model's "
@@ -293,8 +293,7 @@ else:
                                        stride_fraction=fractions[st.session_state.loss_curve_stride], progress=update)
     finally:
         bar.empty()
-    st.plotly_chart(plots.context_figure(curve, "Loss against how much of the text the model may see"),
-                    width="stretch")
+    ui.chart(plots.context_figure(curve, "Loss against how much of the text the model may see"), "loss_by_context")
     st.caption(
         f"Every point scores the same {curve.scored:,} tokens with sliding windows of that length; the last point "
         "sees the whole text. The more context, the better the model predicts — most of the gain comes from the "

@@ -81,12 +81,8 @@ with next_tab:
     top_n = st.slider("Tokens shown", 5, 60, key="sampling_top_n")
     shown = dist.top(top_n)
     labels = sampling.label_tokens(lm, shown.token_ids.tolist())
-    st.plotly_chart(
-        plots.distribution_figure(
-            shown, labels, title=f"Next token after “{text[-60:]}” — {dist.settings.describe()}"
-        ),
-        width="stretch",
-    )
+    ui.chart(plots.distribution_figure(
+        shown, labels, title=f"Next token after “{text[-60:]}” — {dist.settings.describe()}"), "next_token")
     st.caption(
         "**What T does:** dividing every logit by T < 1 stretches the gaps between them, so the top tokens take "
         "more of the mass; T > 1 shrinks the gaps and flattens the distribution. **Why the order never changes:** "
@@ -104,7 +100,7 @@ with next_tab:
 
     st.subheader("Temperature sweep")
     sweep = sampling.temperature_sweep(dist.logits)
-    st.plotly_chart(plots.sweep_figure(sweep, current=settings.temperature or None), width="stretch")
+    ui.chart(plots.sweep_figure(sweep, current=settings.temperature or None), "temperature_sweep")
     st.caption(
         f"Temperature alone, over all {sweep.vocab_size:,} tokens (no filters). As T → 0 the entropy falls to 0 "
         "and the top token takes everything (greedy); as T grows the distribution tends to uniform, entropy "
@@ -177,13 +173,9 @@ with steps_tab:
                 step_dist = step.distribution
                 st.markdown(f"Step {inspect} chose **{step.token}** (rank {step.rank}, p {step.prob:.3f}); "
                             "grey: removed by a filter.")
-                st.plotly_chart(
-                    plots.distribution_figure(
-                        step_dist, sampling.label_tokens(lm, step_dist.token_ids.tolist()), chosen=step.token_id,
-                        height=380,
-                    ),
-                    width="stretch", key=f"sampling_step_{title[:6]}",
-                )
+                ui.chart(plots.distribution_figure(
+                    step_dist, sampling.label_tokens(lm, step_dist.token_ids.tolist()), chosen=step.token_id,
+                    height=380), f"generation_step_{inspect}", key=f"sampling_step_{title[:6]}")
         call = "".join(f",\n    {k}={v!r}" for k, v in sampled.settings.generate_kwargs().items())
         st.markdown("The sampled tokens straight from transformers:")
         st.code(
@@ -214,7 +206,7 @@ with toy_tab:
         toy = None
     if toy is not None:
         st.dataframe(tables.toy_table(toy), width="stretch")
-        st.plotly_chart(plots.toy_figure(toy), width="stretch")
+        ui.chart(plots.toy_figure(toy), "softmax_toy")
         st.markdown("**Adding a constant changes nothing.** Softmax only sees differences between logits, so logits "
                     "are not probabilities and have no unit: shift them all by c and every σ stays the same.")
     st.slider("Constant c added to every logit", -50.0, 50.0, step=0.5, key="sampling_toy_shift")

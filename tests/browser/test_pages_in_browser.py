@@ -204,3 +204,20 @@ def test_bad_text_on_every_page(page, server_url, text):
         assert_no_error_box(page)
         assert page.locator('[data-testid="stSidebarUserContent"] textarea').input_value() == text
     screenshot(page, f"bad-text-{len(text)}")
+
+
+def test_an_exported_chart_opens_offline(page, tmp_path):
+    """The "⬇ HTML" file of a chart draws itself in a browser with the network off."""
+    import plotly.graph_objects as go
+
+    from lmviz.plots import standalone_html
+
+    exported = tmp_path / "chart.html"
+    exported.write_text(standalone_html(go.Figure(go.Bar(x=["·visit", "<b>"], y=[0.4, 0.1]))), encoding="utf-8")
+    page.context.set_offline(True)
+    try:
+        page.goto(exported.as_uri())
+        page.wait_for_selector(".main-svg g.point", timeout=60_000)
+        assert page.locator(".main-svg g.point").count() == 2
+    finally:
+        page.context.set_offline(False)

@@ -72,3 +72,13 @@ def test_out_of_range_url_values_fall_back_to_defaults(page, smollm):
         value = at.session_state[key]
         assert (tuple(value) if isinstance(value, list) else value) == default, (page, key, value)
     assert at.session_state["text"] == "This weekend I plan to"
+
+
+@pytest.mark.parametrize("page", ["lens", "sampling", "beam", "loss", "heads"])
+def test_every_chart_can_be_downloaded_as_html(smollm, page):
+    """Every plotly chart on a page comes with its "⬇ HTML" export (PNG is the chart's own camera button)."""
+    at = run_page(page, "This weekend I plan to")
+    assert not at.exception
+    charts = at.get("plotly_chart")
+    exports = [b for b in at.get("download_button") if b.proto.label == "⬇ HTML"]
+    assert len(charts) >= 1 and len(exports) == len(charts)

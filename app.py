@@ -2,11 +2,13 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="lmviz", page_icon="🔬", layout="wide")
+PRESENTING = st.query_params.get("present", "").lower() in ("1", "true", "yes")
+st.set_page_config(page_title="lmviz", page_icon="🔬", layout="wide",
+                   initial_sidebar_state="collapsed" if PRESENTING else "auto")
 
 import ui  # noqa: E402  (set_page_config must come first)
 
-ui.sidebar()
+share_slot = ui.sidebar()  # presenter mode: where the QR code of the view goes
 PAGES = [
     st.Page("views/home.py", title="Model & tokens", icon="🏠", default=True),
     st.Page("views/lens.py", title="Logit lens", icon="🔭", url_path="lens"),
@@ -16,3 +18,4 @@ PAGES = [
     st.Page("views/heads.py", title="Heads & embeddings", icon="🧲", url_path="heads"),
 ]
 st.navigation(PAGES).run()
+ui.show_share_code(share_slot)

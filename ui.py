@@ -75,9 +75,11 @@ def sync_to_url(*keys: str) -> None:
             st.query_params[key] = str(st.session_state[key])
 
 
-def sidebar() -> None:
-    """Model picker and text box, shared by every page (they live in the entry script)."""
+def sidebar():
+    """Model picker, text box and presenter toggle, shared by every page (they live in the entry script).
+    In presenter mode it returns an empty slot at the top of the page for `show_share_code`, else None."""
     init_from_url("text", DEFAULT_TEXT)
+    init_from_url("present", False, flag)
     url_model = st.query_params.get("model")
     if "model_choice" not in st.session_state:
         if url_model and url_model not in models.EMBEDDED:
@@ -94,8 +96,64 @@ def sidebar() -> None:
         if st.session_state.model_choice == OTHER_MODEL:
             st.text_input("Model name or folder", key="model_other", placeholder="e.g. ./my-gpt2")
         st.text_area("Text", key="text", height=140, max_chars=MAX_CHARS)
+        st.toggle("Presenter mode", key="present",
+                  help="For a projector: larger type, the sidebar folded away, and a QR code of this view "
+                  "so that a class can open it too. Also ?present=1 in the URL.")
     st.query_params["model"] = model_name()
     st.query_params["text"] = st.session_state.text
+    if not presenting():
+        st.query_params.pop("present", None)
+        return None
+    st.query_params["present"] = "1"
+    st.html(PRESENTER_CSS)
+    return st.empty()
+
+
+PRESENTER_CSS = """<style>
+html { font-size: 21px !important; }  /* Streamlit sizes its text in rem: everything grows with it */
+[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 1.5rem 2rem 2rem 2rem; }
+[data-testid="stMain"] h1 { font-size: 2.4rem; }
+</style>"""
+
+
+def presenting() -> bool:
+    """Presenter mode: the sidebar toggle, or ?present=1 in a shared link."""
+    return bool(st.session_state.get("present", False))
+
+
+def share_url() -> str:
+    """The URL of this view, settings included: $LMVIZ_PUBLIC_URL (e.g. http://192.168.1.20:8501, what the
+    class can reach) replaces the address the presenter's own browser used (often localhost)."""
+    import urllib.parse
+
+    base = os.environ.get("LMVIZ_PUBLIC_URL") or st.context.url or "http://localhost:8501"
+    base = base.split("?", 1)[0]
+    if os.environ.get("LMVIZ_PUBLIC_URL") and st.context.url:  # keep the page's path
+        path = urllib.parse.urlsplit(st.context.url.split("?", 1)[0]).path
+        base = base.rstrip("/") + path
+    return base + "?" + urllib.parse.urlencode(st.query_params.to_dict())
+
+
+def qr_png(url: str) -> bytes:
+    """A QR code of `url` as PNG bytes, made here (segno, pure Python), without any network service."""
+    import io
+
+    import segno
+
+    out = io.BytesIO()
+    segno.make(url, error="m").save(out, kind="png", scale=6, border=2, dark="#212529")
+    return out.getvalue()
+
+
+def show_share_code(slot) -> None:
+    """In presenter mode, after the page has run: in `slot` (from sidebar()), a QR code of the URL of
+    the view as it now stands, settings included."""
+    if slot is None:
+        return
+    url = share_url()
+    with slot.container():
+        _, right = st.columns([5, 1])
+        right.image(qr_png(url), caption="Scan to open this view", width=240)
 
 
 def model_name() -> str:
@@ -161,6 +219,12 @@ def chart(figure, name: str, where=None, key: str | None = None) -> None:
     plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the figure as one file
     that works offline (built only when clicked). `where`: a column or container (default: the page)."""
     where = where or st
+    if st.session_state.get("present"):  # a projector: larger type and taller figures
+        figure.update_layout(font_size=22, hoverlabel_font_size=22, margin_t=(figure.layout.margin.t or 60) + 40,
+                             height=int((figure.layout.height or 450) * 1.25))  # room for the larger title
+        for trace in figure.data:  # text drawn inside the figure (heatmap cells, tree labels) grows too
+            if getattr(trace, "textfont", None) is not None and trace.textfont.size:
+                trace.textfont.size = round(trace.textfont.size * 1.3)
     where.plotly_chart(figure, width="stretch", key=key, config={
         "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": name}})
     where.download_button("⬇ HTML", lambda: standalone_html(figure).encode("utf-8"), file_name=f"{name}.html",

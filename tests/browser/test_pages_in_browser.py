@@ -221,3 +221,26 @@ def test_an_exported_chart_opens_offline(page, tmp_path):
         assert page.locator(".main-svg g.point").count() == 2
     finally:
         page.context.set_offline(False)
+
+
+@pytest.mark.parametrize("path", ["lens", "sampling"])
+def test_presenter_mode(page, server_url, path):
+    """?present=1 on a projector: larger type, the sidebar folded away, a QR code of the view, and chart
+    titles clear of their legends."""
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    open_page(page, server_url, path, present=1, text="The capital of France is")
+    charts(page)
+    assert page.evaluate("getComputedStyle(document.documentElement).fontSize") == "21px"
+    sidebar = page.locator('[data-testid="stSidebar"]').bounding_box()
+    assert sidebar is None or sidebar["x"] + sidebar["width"] <= 1 or sidebar["width"] <= 1  # folded away
+    assert page.get_by_text("Scan to open this view").count() == 1
+    assert page.locator('[data-testid="stImage"] img').count() >= 1
+    assert "present=1" in page.url
+    boxes = page.locator('[data-testid="stPlotlyChart"]').first.evaluate("""(chart) => ['.gtitle', '.legend']
+        .map(s => chart.querySelector(s)).filter(e => e).map(e => { const r = e.getBoundingClientRect();
+        return [r.left, r.top, r.right, r.bottom]; })""")
+    if len(boxes) == 2:
+        (a, b) = boxes
+        assert min(a[3], b[3]) - max(a[1], b[1]) <= 1 or min(a[2], b[2]) - max(a[0], b[0]) <= 1  # no overlap
+    assert_no_error_box(page)
+    screenshot(page, f"presenter-{path}")

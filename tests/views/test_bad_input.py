@@ -82,3 +82,19 @@ def test_every_chart_can_be_downloaded_as_html(smollm, page):
     charts = at.get("plotly_chart")
     exports = [b for b in at.get("download_button") if b.proto.label == "⬇ HTML"]
     assert len(charts) >= 1 and len(exports) == len(charts)
+
+
+def test_presenter_mode_from_the_url_and_its_share_code(smollm, monkeypatch):
+    """?present=1 turns presenter mode on and stays in the URL; the QR code is a PNG of the view's URL with
+    every setting, at the address the class can reach ($LMVIZ_PUBLIC_URL)."""
+    import ui
+
+    monkeypatch.setenv("LMVIZ_PUBLIC_URL", "http://192.168.1.20:8501")
+    at = run_page("lens", "This weekend I plan to", query={"present": "1"})
+    assert not at.exception and at.toggle(key="present").value is True
+    assert at.query_params["present"] == "1" and at.query_params["lens_k"] == "10"
+    assert len(at.get("image")) == 1 and "Scan to open this view" in str(at.get("image")[0].proto)
+    png = ui.qr_png("http://192.168.1.20:8501/lens?present=1&lens_k=10")
+    assert png.startswith(b"\x89PNG") and len(png) > 300
+    at.toggle(key="present").set_value(False).run()
+    assert "present" not in at.query_params and not at.get("image")

@@ -7,15 +7,17 @@ st.set_page_config(page_title="lmviz", page_icon="🔬", layout="wide",
                    initial_sidebar_state="collapsed" if PRESENTING else "auto")
 
 import ui  # noqa: E402  (set_page_config must come first)
+from lmviz import lessons  # noqa: E402
 
-share_slot = ui.sidebar()  # presenter mode: where the QR code of the view goes
 PAGES = [
     st.Page("views/home.py", title="Model & tokens", icon="🏠", default=True),
-    st.Page("views/lens.py", title="Logit lens", icon="🔭", url_path="lens"),
-    st.Page("views/sampling.py", title="Temperature & sampling", icon="🎲", url_path="sampling"),
-    st.Page("views/beam.py", title="Beam search", icon="🌳", url_path="beam"),
-    st.Page("views/loss.py", title="Loss & perplexity", icon="📉", url_path="loss"),
-    st.Page("views/heads.py", title="Heads & embeddings", icon="🧲", url_path="heads"),
+    st.Page("views/lens.py", title="Logit lens", icon="🔭", url_path=lessons.PAGES["views/lens.py"]),
+    st.Page("views/sampling.py", title="Temperature & sampling", icon="🎲", url_path=lessons.PAGES["views/sampling.py"]),
+    st.Page("views/beam.py", title="Beam search", icon="🌳", url_path=lessons.PAGES["views/beam.py"]),
+    st.Page("views/loss.py", title="Loss & perplexity", icon="📉", url_path=lessons.PAGES["views/loss.py"]),
+    st.Page("views/heads.py", title="Heads & embeddings", icon="🧲", url_path=lessons.PAGES["views/heads.py"]),
 ]
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)  # registers the pages first: the lessons' links in the sidebar point at them
+share_slot = ui.sidebar()  # presenter mode: where the QR code of the view goes
+page.run()
 ui.show_share_code(share_slot)

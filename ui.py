@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from lmviz import compute, models
+from lmviz import compute, lessons, models
 from lmviz.errors import LmvizError
 from lmviz.placement import tolerance_note
 from lmviz.plots import standalone_html
@@ -78,6 +78,9 @@ def sync_to_url(*keys: str) -> None:
 def sidebar():
     """Model picker, text box and presenter toggle, shared by every page (they live in the entry script).
     In presenter mode it returns an empty slot at the top of the page for `show_share_code`, else None."""
+    lesson = current_lesson()
+    if lesson is not None:
+        open_step(*lesson)
     init_from_url("text", DEFAULT_TEXT)
     init_from_url("present", False, flag)
     url_model = st.query_params.get("model")
@@ -99,14 +102,68 @@ def sidebar():
         st.toggle("Presenter mode", key="present",
                   help="For a projector: larger type, the sidebar folded away, and a QR code of this view "
                   "so that a class can open it too. Also ?present=1 in the URL.")
+        if lesson is not None:
+            lesson_progress(*lesson)
     st.query_params["model"] = model_name()
     st.query_params["text"] = st.session_state.text
+    if lesson is not None:
+        lesson_panel(*lesson)
     if not presenting():
         st.query_params.pop("present", None)
         return None
     st.query_params["present"] = "1"
     st.html(PRESENTER_CSS)
     return st.empty()
+
+
+def current_lesson() -> tuple[lessons.Lesson, int] | None:
+    """The lesson and step (from 1) that the URL names (?lesson=…&step=…), if any."""
+    lesson = lessons.find(st.query_params.get("lesson"))
+    if lesson is None:
+        return None
+    try:
+        return lesson, lessons.check_step(lesson, st.query_params.get("step"))
+    except LmvizError:
+        return lesson, 1
+
+
+def open_step(lesson: lessons.Lesson, index: int) -> None:
+    """On arriving at a step, let its settings (in the URL) win over the widgets' remembered values."""
+    if st.session_state.get("_lesson_at") == (lesson.id, index):
+        return
+    for key in lesson.steps[index - 1].params:
+        st.session_state.pop(key, None)  # the page's init_from_url reads it from the URL again
+    st.session_state["_lesson_at"] = (lesson.id, index)
+
+
+def lesson_progress(lesson: lessons.Lesson, index: int) -> None:
+    """In the sidebar: the lesson's steps, the current one marked, each a link."""
+    st.divider()
+    st.markdown(f"**Lesson: {lesson.title}**")
+    st.progress(index / len(lesson.steps), text=f"Step {index} of {len(lesson.steps)}")
+    for number, step in enumerate(lesson.steps, start=1):
+        st.page_link(step.page, label=f"{number}. {step.title}", icon="▶️" if number == index else None,
+                     query_params=step_query(lesson, number), disabled=number == index)
+
+
+def step_query(lesson: lessons.Lesson, number: int) -> dict[str, str]:
+    return {"lesson": lesson.id, "step": str(number), "model": model_name(),
+            "text": st.session_state.get("text", DEFAULT_TEXT), **lesson.steps[number - 1].params}
+
+
+def lesson_panel(lesson: lessons.Lesson, index: int) -> None:
+    """Above the page: what this step teaches, and the way to the previous and next steps."""
+    step = lesson.steps[index - 1]
+    with st.container(border=True):
+        st.markdown(f"**{lesson.title}** · step {index} of {len(lesson.steps)}: **{step.title}**")
+        st.markdown(step.text)
+        if step.needs != "causal":
+            st.caption(f"This step needs a {step.needs} model: pick one in the sidebar (e.g. antiberty).")
+        back, _, forward = st.columns([1, 3, 1])
+        if index > 1:
+            back.page_link(lesson.steps[index - 2].page, label="← Previous", query_params=step_query(lesson, index - 1))
+        if index < len(lesson.steps):
+            forward.page_link(lesson.steps[index].page, label="Next →", query_params=step_query(lesson, index + 1))
 
 
 PRESENTER_CSS = """<style>

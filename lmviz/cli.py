@@ -337,6 +337,22 @@ def run_compare(args):
     return result, readable
 
 
+def add_lessons(commands, common) -> None:
+    parser = commands.add_parser("lessons", parents=[common], help="the guided lessons and the URL of every step")
+    parser.set_defaults(handler=run_lessons)
+
+
+def run_lessons(args):
+    from lmviz import lessons
+
+    result = lessons.to_json()
+    lines = []
+    for lesson in result["lessons"]:
+        lines.append(f"{lesson['id']}: {lesson['title']}")
+        lines += [f"  {i}. {step['title']:<45} {step['url']}" for i, step in enumerate(lesson["steps"], start=1)]
+    return result, "\n".join(lines)
+
+
 def add_lens(commands, common) -> None:
     parser = commands.add_parser(
         "lens", parents=[common], help="logit lens: what every layer predicts as the next token",
@@ -408,7 +424,8 @@ def run_lens(args):
     return output, "\n".join(lines)
 
 
-COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_compare, add_lens]
+COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_compare, add_lens,
+            add_lessons]
 
 
 def build_parser() -> argparse.ArgumentParser:

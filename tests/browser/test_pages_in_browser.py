@@ -244,3 +244,20 @@ def test_presenter_mode(page, server_url, path):
         assert min(a[3], b[3]) - max(a[1], b[1]) <= 1 or min(a[2], b[2]) - max(a[0], b[0]) <= 1  # no overlap
     assert_no_error_box(page)
     screenshot(page, f"presenter-{path}")
+
+
+def test_a_lesson_in_presenter_mode(page, server_url):
+    """A lesson on a projector: its text above the page, Next → opens the next step with its settings."""
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    open_page(page, server_url, "sampling", lesson="logits", step=2, present=1, text="The capital of France is")
+    assert "The model's real distribution" in page.inner_text("body") and charts(page) >= 1
+    screenshot(page, "lesson-logits-step2-presenter")
+    page.get_by_role("link", name="Next →").click()
+    wait_idle(page)
+    assert "step=3" in page.url and "Cooler: T = 0.5" in page.inner_text("body")
+    assert "sampling_temperature=0.5" in page.url
+    open_page(page, server_url, "lens", lesson="notebook", step=3, present=1, text="This weekend I plan to",
+              lens_normalized="False", lens_table="by layer")
+    assert "The logit lens, raw" in page.inner_text("body") and charts(page) >= 1
+    screenshot(page, "lesson-notebook-step3-presenter")
+    assert_no_error_box(page)

@@ -271,6 +271,11 @@ def current_text() -> str:
     return text
 
 
+def controls():
+    """Where a page puts its row of settings: folded into "Settings" in presenter mode, else on the page."""
+    return st.expander("Settings", expanded=False, icon="⚙️") if presenting() else st.container()
+
+
 def chart(figure, name: str, where=None, key: str | None = None) -> None:
     """A plotly chart with its exports: PNG (twice the size) from the chart's camera button, drawn by
     plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the figure as one file

@@ -38,7 +38,7 @@ SETTINGS = {  # key: (default, parser)
 }
 ui.init_settings(SETTINGS)
 
-columns = st.columns(6)
+columns = ui.controls().columns(6)
 columns[0].slider("Beams K", 1, 8, key="beam_beams", help="How many hypotheses stay alive after every step.")
 columns[1].slider("New tokens", 1, 20, key="beam_new", help="The longest continuation (max_new_tokens).")
 columns[2].number_input(

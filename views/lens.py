@@ -38,7 +38,7 @@ SETTINGS = {  # key: (default, URL parser)
 }
 ui.init_settings(SETTINGS)
 
-controls = st.columns([2, 2, 1])
+controls = ui.controls().columns([2, 2, 1])
 controls[0].selectbox("Colour by", STAT_KEYS, format_func=lambda key: lens.STATISTICS[key][0], key="lens_stat")
 controls[1].toggle("Normalized (final norm at every layer)", key="lens_normalized",
                    help="Off = raw: lm_head(hidden_states[i]) with no norm, exactly seed 004's tables.")

@@ -58,7 +58,7 @@ def chosen_text() -> str:
 
 
 def window_settings() -> tuple[int, int, bool]:
-    columns = st.columns([1, 1, 2])
+    columns = ui.controls().columns([1, 1, 2])
     columns[0].number_input("Window: max length (tokens)", min_value=1, step=64, key="loss_max_length",
                             help=f"Most tokens the model sees at once (its context is {lm.context_length:,}).")
     columns[1].number_input("Stride (new tokens per window)", min_value=0, step=64, key="loss_stride",

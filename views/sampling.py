@@ -31,7 +31,7 @@ SETTINGS = {  # key: (default, parser)
 }
 ui.init_settings(SETTINGS)
 
-columns = st.columns(6)
+columns = ui.controls().columns(6)
 columns[0].slider("Temperature T", 0.0, 5.0, step=0.05, key="sampling_temperature",
                   help="Logits are divided by T before softmax. 0 = greedy: always the most probable token.")
 columns[1].number_input("top-k (0 = off)", min_value=0, step=1, key="sampling_top_k",

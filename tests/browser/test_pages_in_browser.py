@@ -234,6 +234,7 @@ def test_presenter_mode(page, server_url, path):
     sidebar = page.locator('[data-testid="stSidebar"]').bounding_box()
     assert sidebar is None or sidebar["x"] + sidebar["width"] <= 1 or sidebar["width"] <= 1  # folded away
     assert page.get_by_text("Scan to open this view").count() == 1
+    assert page.get_by_text("Settings").first.is_visible()  # the page's controls are folded into "Settings"
     assert page.locator('[data-testid="stImage"] img').count() >= 1
     assert "present=1" in page.url
     boxes = page.locator('[data-testid="stPlotlyChart"]').first.evaluate("""(chart) => ['.gtitle', '.legend']

@@ -2,12 +2,11 @@
 
 import streamlit as st
 
-PRESENTING = st.query_params.get("present", "").lower() in ("1", "true", "yes")
-st.set_page_config(page_title="lmviz", page_icon="🔬", layout="wide",
-                   initial_sidebar_state="collapsed" if PRESENTING else "auto")
+import ui
+from lmviz import lessons
 
-import ui  # noqa: E402  (set_page_config must come first)
-from lmviz import lessons  # noqa: E402
+st.set_page_config(page_title="lmviz", page_icon="🔬", layout="wide",  # presenter mode folds the sidebar away
+                   initial_sidebar_state="collapsed" if ui.flag(st.query_params.get("present", "")) else "auto")
 
 PAGES = [
     st.Page("views/home.py", title="Model & tokens", icon="🏠", default=True),

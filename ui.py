@@ -147,8 +147,9 @@ def lesson_progress(lesson: lessons.Lesson, index: int) -> None:
 
 
 def step_query(lesson: lessons.Lesson, number: int) -> dict[str, str]:
-    return {"lesson": lesson.id, "step": str(number), "model": model_name(),
-            "text": st.session_state.get("text", DEFAULT_TEXT), **lesson.steps[number - 1].params}
+    """A step's link keeps the sidebar's model and text."""
+    return {"model": model_name(), "text": st.session_state.get("text", DEFAULT_TEXT),
+            **lessons.step_params(lesson, number)}
 
 
 def lesson_panel(lesson: lessons.Lesson, index: int) -> None:
@@ -281,7 +282,7 @@ def chart(figure, name: str, where=None, key: str | None = None) -> None:
     plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the figure as one file
     that works offline (built only when clicked). `where`: a column or container (default: the page)."""
     where = where or st
-    if st.session_state.get("present"):  # a projector: larger type and taller figures
+    if presenting():  # a projector: larger type and taller figures
         figure.update_layout(font_size=22, hoverlabel_font_size=22, margin_t=(figure.layout.margin.t or 60) + 40,
                              height=int((figure.layout.height or 450) * 1.25))  # room for the larger title
         for trace in figure.data:  # text drawn inside the figure (heatmap cells, tree labels) grows too

@@ -85,6 +85,6 @@ def slot():
 
 
 def policy() -> dict[str, int]:
-    """The policy in numbers, for the sidebar, `--json` and the load benchmark."""
+    """The policy in numbers (the load benchmark prints it)."""
     return {"cores": cores(), "slots": slots(), "threads_per_slot": threads_per_slot()}
 

@@ -467,11 +467,11 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     n_pos, vocab = trace.n_tokens, lm.vocab_size
     first, end = check_positions(positions, n_pos)
     n_out = end - first  # positions computed
-    # the actual next token at every position (a placeholder at the last one, masked at the end)
-    next_ids = torch.zeros(n_pos, dtype=torch.long)
-    next_ids[:-1] = trace.input_ids[1:]
+    # the actual next token at every position, -1 after the last (scored as a placeholder 0, masked at the end)
+    next_ids = torch.cat([trace.input_ids[1:], torch.tensor([-1])])
     watched_t = torch.tensor(watched, dtype=torch.long)
-    targets_per_pos = torch.cat([next_ids.unsqueeze(1), watched_t.expand(n_pos, len(watched))], dim=1)  # (pos, 1+w)
+    targets_per_pos = torch.cat([next_ids.clamp_min(0).unsqueeze(1), watched_t.expand(n_pos, len(watched))],
+                                dim=1)  # (pos, 1+w)
     # sum_v p_final z_v is linear in the hidden state when the head is: h . (W^T p_final) + b . p_final
     linear_u = head.linear and head.plain
 
@@ -562,7 +562,7 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
         nll[:, -1] = math.nan
         rank[:, -1] = -1
     top_probs = torch.exp(out_values - out_lse.unsqueeze(-1))
-    next_ids = torch.cat([trace.input_ids[1:], torch.tensor([-1])])[first:end]
+    next_ids = next_ids[first:end]
     pieces = token_pieces(lm, torch.unique(out_ids).tolist() + list(watched) + next_ids[next_ids >= 0].tolist())
     return LensResult(
         model_name=lm.name,

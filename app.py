@@ -15,6 +15,7 @@ PAGES = [
     st.Page("views/beam.py", title="Beam search", icon="🌳", url_path=lessons.PAGES["views/beam.py"]),
     st.Page("views/loss.py", title="Loss & perplexity", icon="📉", url_path=lessons.PAGES["views/loss.py"]),
     st.Page("views/heads.py", title="Heads & embeddings", icon="🧲", url_path=lessons.PAGES["views/heads.py"]),
+    st.Page("views/attention.py", title="Attention & attribution", icon="🔦", url_path=lessons.PAGES["views/attention.py"]),
 ]
 page = st.navigation(PAGES)  # registers the pages first: the lessons' links in the sidebar point at them
 share_slot = ui.sidebar()  # presenter mode: where the QR code of the view goes

@@ -277,10 +277,11 @@ def controls():
     return st.expander("Settings", expanded=False, icon="⚙️") if presenting() else st.container()
 
 
-def chart(figure, name: str, where=None, key: str | None = None) -> None:
+def chart(figure, name: str, where=None, key: str | None = None, clickable: bool = False) -> None:
     """A plotly chart with its exports: PNG (twice the size) from the chart's camera button, drawn by
     plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the figure as one file
-    that works offline (built only when clicked). `where`: a column or container (default: the page)."""
+    that works offline (built only when clicked). `where`: a column or container (default: the page).
+    clickable=True: a click selects a point, which `clicked(key)` reads on the next run."""
     where = where or st
     if presenting():  # a projector: larger type and taller figures
         figure.update_layout(font_size=22, hoverlabel_font_size=22, margin_t=(figure.layout.margin.t or 60) + 40,
@@ -289,10 +290,27 @@ def chart(figure, name: str, where=None, key: str | None = None) -> None:
             if getattr(trace, "textfont", None) is not None and trace.textfont.size:
                 trace.textfont.size = round(trace.textfont.size * 1.3)
     where.plotly_chart(figure, width="stretch", key=key, config={
-        "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": name}})
+        "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": name}},
+        **({"on_select": "rerun", "selection_mode": "points"} if clickable else {}))
     where.download_button("⬇ HTML", lambda: standalone_html(figure).encode("utf-8"), file_name=f"{name}.html",
                           mime="text/html", on_click="ignore", key=f"html_{key or name}",
                           help="This chart as one HTML file: interactive, works offline (plotly.js inside).")
+
+
+def clicked(key: str):
+    """The `customdata` of the point last clicked in the clickable chart `key`, once: None when nothing new was
+    clicked since the last call. Read it before the widgets it sets are drawn."""
+    state = st.session_state.get(key)
+    points = (state or {}).get("selection", {}).get("points", []) if state else []
+    data = points[0].get("customdata") if points else None
+    seen = f"_{key}_seen"
+    if data is None:
+        st.session_state.pop(seen, None)
+        return None
+    if st.session_state.get(seen) == data:
+        return None
+    st.session_state[seen] = data
+    return data
 
 
 @contextmanager

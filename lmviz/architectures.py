@@ -13,7 +13,11 @@ The analyses need to know, for any loaded transformers model:
   model does to its output: Cohere multiplies by `logit_scale`, Granite
   divides by `logits_scaling`, Gemma-2/3 soft-cap, and any other constant
   factor is measured on the probe;
-- the **attention, MLP and output projection** inside each block;
+- the **attention, MLP and output projection** inside each block, and how the
+  block writes them to the residual stream (`Decomposition`: output = input +
+  attention part + MLP part, checked on the probe), and how to hold a norm's
+  scale fixed so the logit is linear in the residual (`freeze_norm`); both are
+  what direct logit attribution (`lmviz.attribution`) needs;
 - the **EOS ids** that `generate()` stops at (the KV cache is the model's own: `lmviz.decoding`).
 
 Discovery is verified on every load: on the probe, the head applied to the
@@ -35,6 +39,8 @@ from typing import Iterator
 
 import torch
 from torch import nn
+
+from lmviz.errors import LmvizError
 
 PROBE_IDS = (1, 2, 3, 5, 8, 13, 21)  # a short probe; ids below every vocabulary's size
 
@@ -70,16 +76,6 @@ class LogitTransform:
         return self.scale / self.divisor
 
 
-@dataclass(frozen=True)
-class BlockParts:
-    """The modules inside one transformer block (None where the block has no such child)."""
-
-    block: nn.Module
-    attention: nn.Module | None
-    mlp: nn.Module | None
-    out_proj: nn.Module | None  # the attention's output projection (heads concatenated -> d_model)
-
-
 @dataclass(frozen=True, eq=False)
 class Architecture:
     """Where the parts of one loaded model are. See the module docstring."""
@@ -94,13 +90,40 @@ class Architecture:
     labels_shift: int | None = 1  # 1: labels= loss shifts labels itself; 0: pass them shifted; None: no loss
     max_head_error: float = 0.0  # max |head(last block output) - model logits| on the probe
     head_error_bound: float = 0.0  # what that error was allowed to be
+    decomposition: Decomposition | None = None  # blocks split into attention and MLP parts, or None
+    decomposition_refusal: str | None = None  # why the blocks can't be split, when decomposition is None
 
-    def parts(self, layer: int) -> BlockParts:
-        """The attention, MLP and output projection of block `layer`."""
-        block = self.blocks[layer]
-        attention = _child(block, ATTENTION_NAMES)
-        return BlockParts(block, attention, _child(block, MLP_NAMES),
-                          _child(attention, OUT_PROJ_NAMES) if attention is not None else None)
+    def require_decomposition(self) -> Decomposition:
+        """The blocks' attention and MLP parts, or LmvizError with the reason they can't be found."""
+        if self.decomposition is None:
+            raise LmvizError(self.decomposition_refusal or self.refusal
+                             or f"lmviz can't split the blocks of '{self.model_type}' into attention and MLP parts.")
+        return self.decomposition
+
+
+@dataclass(frozen=True, eq=False)
+class Decomposition:
+    """How every block writes to the residual stream, checked on the probe:
+    block output = block input + attention part + MLP part (sequential or parallel blocks alike).
+
+    The attention part is the output of `attn_writes[layer]`: the attention itself (Llama, GPT-2) or a
+    norm applied to its output (Gemma's post-attention norm); likewise `mlp_writes`. The attention's
+    output projection `out_projs[layer]` reads the heads side by side, `d_head` numbers each, so one
+    head's share is the projection of its slice alone.
+    """
+
+    attentions: tuple[nn.Module, ...] = field(repr=False)  # (layer,) attention modules: return (output, weights)
+    out_projs: tuple[nn.Module, ...] = field(repr=False)  # (layer,) (…, n_heads·d_head) -> (…, d_model)
+    attn_writes: tuple[nn.Module, ...] = field(repr=False)  # (layer,) its output is the attention's part
+    mlp_writes: tuple[nn.Module, ...] = field(repr=False)  # (layer,) its output is the MLP's part
+    n_heads: int
+    d_head: int
+    max_error: float  # max |input + attention part + MLP part - output| on the probe, over all blocks
+
+    def attn_post_norm(self, layer: int) -> nn.Module | None:
+        """The norm between the attention's output and the residual stream (Gemma), or None."""
+        write = self.attn_writes[layer]
+        return None if write is self.attentions[layer] else write
 
 
 # ---------------------------------------------------------------- discovery
@@ -415,9 +438,11 @@ def discover(model: nn.Module, kind: str) -> Architecture:
         return Architecture(model_type, blocks, nn.Identity(), unembed,
                             refusal=f"{arch_name}'s blocks do not pass one hidden state from each to the next, "
                                     "so lmviz can't read its layers as one residual stream.")
+    decomposition, why_not = _decompose(model, blocks, probe_ids, arch_name)
+    parts = {"decomposition": decomposition, "decomposition_refusal": why_not}
     final_norm = _final_norm(probe, unembed)
     if final_norm is None or probe.logits is None:
-        return Architecture(model_type, blocks, nn.Identity(), unembed,
+        return Architecture(model_type, blocks, nn.Identity(), unembed, **parts,
                             refusal=f"lmviz can't trace how {arch_name} turns its last block's output into "
                                     "logits, so it can't project hidden states to the vocabulary.")
     reads_last = _same(probe.last_hidden, probe.head_input)
@@ -437,13 +462,173 @@ def discover(model: nn.Module, kind: str) -> Architecture:
         error = (ours.float() - model_logits.float()).abs()
         if ours.shape == model_logits.shape and bool((error <= bound).all()):
             return Architecture(model_type, blocks, final_norm, unembed, transform, None,
-                                reads_last, shift, float(error.max()), float(bound.max()))
+                                reads_last, shift, float(error.max()), float(bound.max()), **parts)
     worst = float((candidates[0](raw).float() - model_logits.float()).abs().max()) \
         if raw.shape == model_logits.shape else float("nan")
-    return Architecture(model_type, blocks, final_norm, unembed, candidates[0],
+    return Architecture(model_type, blocks, final_norm, unembed, candidates[0], **parts,
                         refusal=f"lmviz can't reproduce the logits of {arch_name} from its hidden states "
                                 f"(off by up to {worst:.3g}), so it won't show a logit lens for it.",
                         max_head_error=worst)
+
+
+# ---------------------------------------------------------------- splitting blocks into parts
+
+
+def _in_features(module: nn.Module) -> int | None:
+    """Width of what a linear layer reads: nn.Linear's in_features, GPT-2's Conv1D (weight is (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    return None
+
+
+@torch.inference_mode()
+def _decompose(model: nn.Module, blocks: tuple[nn.Module, ...], probe_ids: torch.Tensor,
+               arch_name: str) -> tuple[Decomposition | None, str | None]:
+    """Find what each block adds to the residual stream for its attention and its MLP, and check on the
+    probe that input + both parts = output. Returns (decomposition, None) or (None, why not)."""
+    cannot = f"lmviz can't split {arch_name}'s blocks into attention and MLP parts"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    attentions = [_child(block, ATTENTION_NAMES) for block in blocks]
+    mlps = [_child(block, MLP_NAMES) for block in blocks]
+    out_projs = [_child(a, OUT_PROJ_NAMES) if a is not None else None for a in attentions]
+    if not blocks or any(m is None for m in attentions + mlps + out_projs):
+        return None, f"{cannot}: it has no attention, MLP or output projection lmviz knows by name."
+    n_heads = getattr(config, "num_attention_heads", None)
+    widths = {_in_features(p) for p in out_projs}
+    if not isinstance(n_heads, int) or len(widths) != 1 or None in widths or next(iter(widths)) % n_heads:
+        return None, f"{cannot}: its output projection does not read {n_heads} heads side by side."
+    seen: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}  # id(module) -> (input, output)
+    handles = []
+
+    def record(module, args, kwargs, output):
+        seen[id(module)] = (_first_tensor(args, kwargs), _output_tensor(output))
+
+    try:
+        for block in blocks:
+            handles.append(block.register_forward_hook(record, with_kwargs=True))
+            for child in block.children():
+                handles.append(child.register_forward_hook(record, with_kwargs=True))
+        model(input_ids=probe_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def writer(block: nn.Module, part: nn.Module) -> nn.Module:
+        """The child that reads `part`'s output (a post-norm), else `part` itself."""
+        output = seen.get(id(part), (None, None))[1]
+        after = [c for c in block.children() if c is not part and _same(seen.get(id(c), (None, None))[0], output)]
+        return after[0] if after else part
+
+    attn_writes = tuple(writer(b, a) for b, a in zip(blocks, attentions))
+    mlp_writes = tuple(writer(b, m) for b, m in zip(blocks, mlps))
+    worst = 0.0
+    for block, attn, mlp in zip(blocks, attn_writes, mlp_writes):
+        h_in, h_out = seen.get(id(block), (None, None))
+        a, m = seen.get(id(attn), (None, None))[1], seen.get(id(mlp), (None, None))[1]
+        if any(t is None or t.shape != h_out.shape for t in (h_in, a, m)) if h_out is not None else True:
+            return None, f"{cannot}: a block's parts don't have the residual stream's shape."
+        u = UNIT_ROUNDOFF.get(h_out.dtype, 2.0**-24)
+        h_in, a, m, h_out = (t.double() for t in (h_in, a, m, h_out))
+        error = (h_in + a + m - h_out).abs()
+        if not bool((error <= 4 * u * (h_in.abs() + a.abs() + m.abs()) + 1e-30).all()):
+            return None, f"{cannot} that add up to the block's output (off by {float(error.max()):.3g})."
+        worst = max(worst, float(error.max()))
+    width = next(iter(widths))
+    return Decomposition(tuple(attentions), tuple(out_projs), attn_writes, mlp_writes,
+                         n_heads, width // n_heads, worst), None
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """One step of a frozen norm: y = center?(x) * scale * gain + bias, all float64."""
+
+    scale: torch.Tensor  # (…, 1): the norm's 1/rms or 1/std at the point it was frozen at
+    gain: torch.Tensor | None  # (d,) or None
+    center: bool  # subtract the mean first (LayerNorm)
+    bias: torch.Tensor | None  # (d,) or None
+
+    def linear(self, c: torch.Tensor) -> torch.Tensor:
+        c = c - c.mean(-1, keepdim=True) if self.center else c
+        c = c * self.scale
+        return c * self.gain if self.gain is not None else c
+
+
+@dataclass(frozen=True)
+class FrozenNorm:
+    """A norm with its scale held at the value it had for one input x: then norm(c₁ + c₂ + …) =
+    linear(c₁) + linear(c₂) + … + bias exactly, which is what lets direct logit attribution split a
+    logit into parts that sum to it. Checked against the norm itself at x (`freeze_norm`)."""
+
+    steps: tuple[_Affine, ...]
+
+    def linear(self, c: torch.Tensor) -> torch.Tensor:
+        """(…, d) -> (…, d) float64: the norm's linear part, applied to one part of the residual."""
+        c = c.double()
+        for step in self.steps:
+            c = step.linear(c)
+        return c
+
+    @property
+    def bias(self) -> torch.Tensor | float:
+        """(d,) float64, or 0.0: what the norm adds whatever the input."""
+        total: torch.Tensor | float = 0.0
+        for step in self.steps:
+            total = step.linear(total) if isinstance(total, torch.Tensor) else total
+            if step.bias is not None:
+                total = total + step.bias
+        return total
+
+
+_EPS_NAMES = ("variance_epsilon", "eps", "epsilon", "layer_norm_eps", "layer_norm_epsilon")
+
+
+def _norm_candidates(norm: nn.Module, x: torch.Tensor) -> list[_Affine]:
+    """The ways `norm` could compute its output from x (float64), to be checked against it."""
+    if isinstance(norm, nn.Identity):
+        return [_Affine(torch.ones(*x.shape[:-1], 1, dtype=torch.float64), None, False, None)]
+    if isinstance(norm, Scale):
+        return [_Affine(torch.full((*x.shape[:-1], 1), norm.factor, dtype=torch.float64), None, False, None)]
+    eps = next((getattr(norm, n) for n in _EPS_NAMES if isinstance(getattr(norm, n, None), float)), None)
+    weight = getattr(norm, "weight", None)
+    if eps is None or not isinstance(weight, torch.Tensor) or weight.shape != x.shape[-1:]:
+        return []
+    gain = weight.detach().double().cpu()
+    bias = getattr(norm, "bias", None)
+    bias = bias.detach().double().cpu() if isinstance(bias, torch.Tensor) else None
+    x = x.double()
+    rms = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+    std = (x.var(-1, unbiased=False, keepdim=True) + eps).rsqrt()
+    return [_Affine(std, gain, True, bias),  # LayerNorm
+            _Affine(rms, gain, False, bias),  # RMSNorm (Llama)
+            _Affine(rms, 1 + gain, False, bias)]  # RMSNorm with a zero-centred gain (Gemma)
+
+
+@torch.inference_mode()
+def freeze_norm(norm: nn.Module, x: torch.Tensor) -> FrozenNorm | None:
+    """`norm` with its scale held at its value for x (…, d), checked: linear(x) + bias must equal norm(x)
+    within the rounding of computing a norm (a mean of d squares, a square root, a product). None for a
+    norm lmviz does not know how to hold fixed. Handles nn.Identity, a constant Scale, LayerNorm, RMSNorm
+    (with gain w or 1 + w) and nn.Sequential chains of them."""
+    modules = list(norm) if isinstance(norm, nn.Sequential) else [norm]
+    steps, point = [], x
+    for module in modules:
+        expected = module(point).double().cpu()
+        u = UNIT_ROUNDOFF.get(point.dtype, 2.0**-24)
+        for candidate in _norm_candidates(module, point.cpu()):
+            linear = candidate.linear(point.double().cpu())
+            ours = linear + candidate.bias if candidate.bias is not None else linear
+            size = linear.abs() + candidate.bias.abs() if candidate.bias is not None else linear.abs()
+            bound = (point.shape[-1] + 16) * 2.0**-24 * size + 2 * u * expected.abs() + 1e-30
+            if bool(((ours - expected).abs() <= bound).all()):
+                steps.append(candidate)
+                break
+        else:
+            return None
+        point = module(point)
+    return FrozenNorm(tuple(steps))
 
 
 # ---------------------------------------------------------------- reading the residual stream

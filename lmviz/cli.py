@@ -424,8 +424,111 @@ def run_lens(args):
     return output, "\n".join(lines)
 
 
+def add_attention(commands, common) -> None:
+    parser = commands.add_parser(
+        "attention", parents=[common], help="attention probabilities of every layer and head",
+        description="Run the model with eager attention and print, per layer and head, the probabilities each "
+        "query puts on every key (what output_attentions returns), with a summary of what kind of head each is.",
+    )
+    parser.add_argument("--positions", default=None, metavar="A:B",
+                        help="only the queries A .. B-1 (keys 0 .. B-1); default: every query")
+    parser.set_defaults(handler=run_attention)
+
+
+def run_attention(args):
+    from lmviz import attention, lens
+
+    text = read_text(args)
+    lm = load_model(args)
+    window = lens.parse_positions(args.positions) if args.positions else None
+    result = attention.run_attention(lm, text, window, widest=None)
+    output = {"model": lm.name, "text": text, "tokens": list(result.tokens), "input_ids": list(result.input_ids),
+              "queries": list(result.queries), "attentions": result.patterns,
+              "statistics": {name: values for name, values in result.stats.items()}}
+    rows = []
+    for name, values in result.stats.items():
+        flat = values.nan_to_num(-1.0 if name != "entropy" else 1e9).flatten()
+        best = int(flat.argmin() if name == "entropy" else flat.argmax())
+        layer, head = divmod(best, result.n_heads)
+        rows.append({"statistic": name, "strongest head": f"L{layer}.H{head}",
+                     "value": round(float(values[layer, head]), 4), "meaning": attention.STATISTICS[name]})
+    return output, (f"attention of {lm.name}: {result.n_layers} layers x {result.n_heads} heads, "
+                    f"{len(result.tokens)} tokens (--json has every probability)\n" + table(rows))
+
+
+def add_attribute(commands, common) -> None:
+    parser = commands.add_parser(
+        "attribute", parents=[common], help="direct logit attribution: which blocks and heads wrote a logit",
+        description="Split the logit of a target token at one position into the embedding, every attention and "
+        "MLP block and every head, holding the final norm's scale fixed, so that the parts sum to the logit.",
+    )
+    parser.add_argument("--position", type=int, default=None, help="text position (default: the last)")
+    parser.add_argument("--target", default=None, metavar="ID_OR_TOKEN",
+                        help="token id or text (default: the model's top prediction at the position)")
+    parser.set_defaults(handler=run_attribute)
+
+
+def run_attribute(args):
+    from lmviz import attribution
+
+    text = read_text(args)
+    lm = load_model(args)
+    target = attribution.resolve_target(lm, args.target) if args.target is not None else None
+    result = attribution.attribute(lm, text, args.position, target)
+    output = {"model": lm.name, "text": text, "position": result.position, "target_id": result.target_id,
+              "target_token": result.target_token, "logit": result.logit, "sum": result.total,
+              "constant": result.constant, "bound": result.bound, "components": result.components()}
+    parts = sorted((row for row in result.components() if row["kind"] != "head"),
+                   key=lambda row: -abs(row["contribution"]))[:12]
+    heads = sorted((row for row in result.components() if row["kind"] == "head"),
+                   key=lambda row: -abs(row["contribution"]))[:8]
+    lines = [f"logit of '{result.target_token}' (id {result.target_id}) after position {result.position}: "
+             f"{result.logit:.4f}; the parts sum to {result.total:.4f} (rounding allows {result.bound:.1e})",
+             "", "largest blocks:", table(parts, ["kind", "layer", "contribution"]),
+             "", "largest heads:", table(heads, ["layer", "head", "contribution"])]
+    return output, "\n".join(lines)
+
+
+def add_ablate(commands, common) -> None:
+    parser = commands.add_parser(
+        "ablate", parents=[common], help="take out one head or block and compare the next-token distribution",
+        description="Zero- or mean-ablate one attention head (--layer L --head H) or a whole attention or MLP "
+        "block (--layer L --part attn|mlp), and compare the distribution after the last token, and the text's loss.",
+    )
+    parser.add_argument("--layer", type=int, required=True)
+    parser.add_argument("--head", type=int, default=None, help="the head to ablate (else --part)")
+    parser.add_argument("--part", choices=("attn", "mlp"), default=None, help="ablate a whole block instead")
+    parser.add_argument("--mode", choices=("zero", "mean"), default="zero",
+                        help="replace by zeros, or by the mean over the text's positions (default zero)")
+    parser.set_defaults(handler=run_ablate)
+
+
+def run_ablate(args):
+    from lmviz import ablation
+    from lmviz.interventions import Component
+
+    if (args.head is None) == (args.part is None):
+        raise LmvizError("Ablate either one head (--head H) or one block (--part attn|mlp).")
+    text = read_text(args)
+    lm = load_model(args)
+    component = Component("head", args.layer, args.head) if args.head is not None else Component(args.part, args.layer)
+    result = ablation.ablate(lm, text, component, args.mode)
+    output = {"model": lm.name, "text": text, "component": {"kind": component.kind, "layer": component.layer,
+                                                             "head": component.head},
+              "mode": result.mode, "top_ids": list(result.top_ids), "top_probs": list(result.top_probs),
+              "top_tokens": list(result.top_tokens), "kl": result.kl,
+              "before": {"top_ids": list(result.before_ids), "top_probs": list(result.before_probs)},
+              "loss_before": result.loss_before, "loss_after": result.loss_after}
+    rows = [{"rank": i + 1, "before": f"{a} {p:.4f}", "after": f"{b} {q:.4f}"}
+            for i, (a, p, b, q) in enumerate(zip(result.before_tokens, result.before_probs,
+                                                 result.top_tokens, result.top_probs))]
+    lines = [f"{component.label} {args.mode}-ablated in {lm.name}: KL(before || after) = {result.kl:.4g} nats; "
+             f"text loss {result.loss_before:.4f} -> {result.loss_after:.4f} nats/token", "", table(rows)]
+    return output, "\n".join(lines)
+
+
 COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_compare, add_lens,
-            add_lessons]
+            add_attention, add_attribute, add_ablate, add_lessons]
 
 
 def build_parser() -> argparse.ArgumentParser:

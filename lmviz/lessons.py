@@ -26,6 +26,7 @@ PAGES = {
     "views/beam.py": "beam",
     "views/loss.py": "loss",
     "views/heads.py": "heads",
+    "views/attention.py": "attention",
 }
 
 

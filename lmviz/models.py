@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from lmviz import compute
+from lmviz import compute, interventions
 from lmviz.architectures import PROBE_IDS, Architecture, StreamRecorder, discover
 from lmviz.embedded import DEFAULT_MODEL, EMBEDDED, converted_copy
 from lmviz.errors import LmvizError
@@ -350,7 +350,7 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str, where: Placement
     unembed = arch.unembed
     vocab_size = unembed.out_features if isinstance(unembed, nn.Linear) else config.vocab_size
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return LoadedModel(
+    lm = LoadedModel(
         name=name,
         model=model,
         tokenizer=tokenizer,
@@ -366,6 +366,8 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str, where: Placement
         placement=where,
         serial=next(_serials),
     )
+    interventions.install(lm)  # hooks on the blocks' parts, installed once (lmviz.interventions)
+    return lm
 
 
 def embeddings_tied(model: nn.Module) -> bool:

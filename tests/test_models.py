@@ -112,10 +112,13 @@ def test_architecture_found_and_verified_on_load(tiny_gpt2, tiny_llama):
     for lm, blocks in ((tiny_gpt2, tiny_gpt2.model.transformer.h), (tiny_llama, tiny_llama.model.model.layers)):
         assert lm.arch.blocks == tuple(blocks) and lm.arch.refusal is None
         assert lm.arch.max_head_error <= lm.arch.head_error_bound
-        parts = lm.arch.parts(0)
-        assert parts.attention is not None and parts.mlp is not None and parts.out_proj is not None
-    assert tiny_llama.arch.parts(1).out_proj is tiny_llama.model.model.layers[1].self_attn.o_proj
-    assert tiny_gpt2.arch.parts(1).out_proj is tiny_gpt2.model.transformer.h[1].attn.c_proj
+        parts = lm.arch.require_decomposition()
+        assert parts.n_heads == lm.model.config.num_attention_heads and parts.n_heads * parts.d_head == lm.d_model
+    llama, gpt2 = tiny_llama.arch.decomposition, tiny_gpt2.arch.decomposition
+    assert llama.out_projs[1] is tiny_llama.model.model.layers[1].self_attn.o_proj
+    assert llama.attn_writes[1] is tiny_llama.model.model.layers[1].self_attn  # added as it is: no post-norm
+    assert llama.mlp_writes[1] is tiny_llama.model.model.layers[1].mlp
+    assert gpt2.out_projs[1] is tiny_gpt2.model.transformer.h[1].attn.c_proj
 
 
 def test_local_paths_confined_to_models_dir(monkeypatch, tmp_path, tiny_dirs):

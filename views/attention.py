@@ -1,0 +1,161 @@
+"""Attention & attribution: which heads look where, which blocks wrote the prediction, and what breaks
+when a part is taken out."""
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from lmviz import ablation, attention, attribution, trace
+from lmviz.errors import LmvizError
+from lmviz.interventions import Component
+from lmviz.plots import attention as plots
+
+st.title("Attention & attribution")
+st.caption("Where every head looks, which blocks and heads pushed the prediction up, and what changes when one "
+           "is taken out — all from the model's own computation, checked against it.")
+lm = ui.current_model(kinds=("causal",))
+text = ui.current_text()
+with ui.user_errors():
+    parts = lm.arch.require_decomposition()
+    n_tokens = len(trace.encode(lm, text))
+n_layers, n_heads = lm.n_layers, parts.n_heads
+
+TARGETS = ["top prediction", "actual next token", "a token I type"]
+SETTINGS = {  # key: (default, URL parser)
+    "att_stat": ("previous", ui.one_of(list(attention.STATISTICS))),
+    "att_query": (n_tokens - 1, ui.in_range(int, 0, n_tokens - 1)),
+    "att_position": (n_tokens - 1, ui.in_range(int, 0, n_tokens - 1)),
+    "att_target_kind": (TARGETS[0], ui.one_of(TARGETS)),
+    "att_target_text": ("", str),
+    "att_upto": (n_layers, ui.in_range(int, 0, n_layers)),
+    "att_ablate": ("head", ui.one_of(["head", "attn", "mlp"])),
+    "att_ablate_layer": (0, ui.in_range(int, 0, n_layers - 1)),
+    "att_ablate_head": (0, ui.in_range(int, 0, n_heads - 1)),
+    "att_mode": ("zero", ui.one_of(["zero", "mean"])),
+}
+ui.init_settings(SETTINGS)
+LIMITS = {"att_query": n_tokens - 1, "att_position": n_tokens - 1,
+          "att_upto": n_layers, "att_ablate_layer": n_layers - 1, "att_ablate_head": n_heads - 1}
+for key, top in LIMITS.items():  # another model or text can leave a remembered value out of range
+    if not 0 <= st.session_state[key] <= top:
+        st.session_state[key] = SETTINGS[key][0]
+
+# clicks on the clickable charts (last run's) set the widgets they stand for, before those are drawn
+if (cell := ui.clicked("att_grid")) is not None:
+    st.session_state.att_layer, st.session_state.att_head = int(cell[0]), int(cell[1])
+for chart_key in ("att_bars", "att_head_grid"):
+    if (part := ui.clicked(chart_key)) is not None and part[0] in ("attn", "mlp", "head"):
+        st.session_state.att_ablate, st.session_state.att_ablate_layer = part[0], int(part[1])
+        if part[0] == "head":
+            st.session_state.att_ablate_head = int(part[2])
+
+
+# ------------------------------------------------------------------ 1. attention patterns
+st.header("Where the heads look")
+window = attention.default_window(n_tokens)
+with ui.user_errors(), st.spinner("Running the model with eager attention …"):
+    patterns = attention.attention(lm, text, window)
+strongest = divmod(int(patterns.stats[st.session_state.att_stat].nan_to_num(-1.0).argmax()), n_heads)
+ui.init_from_url("att_layer", strongest[0], ui.in_range(int, 0, n_layers - 1))  # first look: the strongest head
+ui.init_from_url("att_head", strongest[1], ui.in_range(int, 0, n_heads - 1))
+for key, top in (("att_layer", n_layers - 1), ("att_head", n_heads - 1)):
+    if not 0 <= st.session_state[key] <= top:
+        st.session_state[key] = 0
+controls = ui.controls().columns([2, 1, 1])
+controls[0].selectbox("Colour heads by", list(attention.STATISTICS), key="att_stat",
+                      format_func=lambda key: attention.STATISTICS[key].split(" (")[0])
+controls[1].number_input("Layer", 0, n_layers - 1, step=1, key="att_layer")
+controls[2].number_input("Head", 0, n_heads - 1, step=1, key="att_head")
+st.caption(f"**{st.session_state.att_stat}**: {attention.STATISTICS[st.session_state.att_stat]}. Averaged over "
+           "every query but the first. Click a cell to look at that head.")
+overview, detail = st.columns([2, 3])
+layer, head = int(st.session_state.att_layer), int(st.session_state.att_head)
+ui.chart(plots.head_grid(patterns, st.session_state.att_stat, (layer, head)), "attention_heads", where=overview,
+         key="att_grid", clickable=True)
+with detail:
+    ui.chart(plots.pattern(patterns, layer, head), f"attention_L{layer}_H{head}")
+start, stop = patterns.queries
+if n_tokens > stop - start:
+    st.caption(f"The pattern shows the last {stop - start} queries (keys: every earlier token).")
+queries = list(range(start, stop))
+if st.session_state.att_query not in queries:
+    st.session_state.att_query = queries[-1]
+st.selectbox("From query", queries, key="att_query", format_func=lambda p: f"{p} {patterns.tokens[p]}")
+ui.chart(plots.query_lines(patterns, layer, head, int(st.session_state.att_query)), f"attention_lines_L{layer}_H{head}")
+
+# ------------------------------------------------------------------ 2. direct logit attribution
+st.header("Which parts wrote the prediction")
+row = st.columns([1, 1, 1, 1])
+row[0].selectbox("After position", list(range(n_tokens)), key="att_position",
+                 format_func=lambda p: f"{p} {patterns.tokens[p]}")
+row[1].radio("Explain the logit of", TARGETS, key="att_target_kind")
+row[2].text_input("Token (text or id)", key="att_target_text", disabled=st.session_state.att_target_kind != TARGETS[2],
+                  help="A word is read with a leading space (' Paris') when that is one token; · stands for a space.")
+row[3].number_input(f"Up to layer ({n_layers} = the output)", 0, n_layers, step=1, key="att_upto",
+                    help="Below the output, explain the logit lens's logit at that layer: blocks 0 .. layer−1.")
+position, kind = int(st.session_state.att_position), st.session_state.att_target_kind
+target = None
+with ui.user_errors():
+    if kind == TARGETS[1]:
+        if position + 1 >= n_tokens:
+            raise LmvizError("The last position has no actual next token: pick an earlier position.")
+        target = int(trace.encode(lm, text)[position + 1])
+    elif kind == TARGETS[2]:
+        target = attribution.resolve_target(lm, st.session_state.att_target_text)
+    with st.spinner("Recording every block's part …"):
+        result = attribution.attribute(lm, text, position, target, int(st.session_state.att_upto))
+
+what = "the model's logit" if result.layer == n_layers else f"the logit lens's logit at layer {result.layer}"
+facts = st.columns(4)
+facts[0].metric("Target", result.target_token, help=f"token id {result.target_id}")
+facts[1].metric(f"Logit ({what})", f"{result.logit:.4f}")
+facts[2].metric("Sum of the parts", f"{result.total:.4f}")
+facts[3].metric("Difference", f"{result.total - result.logit:.1e}",
+                help=f"Float rounding alone allows up to {result.bound:.1e} (derived from the dtype's unit roundoff).")
+if abs(result.total - result.logit) > result.bound:
+    st.error("The parts do not add up to the logit within rounding: lmviz can't attribute this model exactly.")
+with st.expander("What does holding the norm fixed mean?"):
+    st.markdown(
+        "The residual stream before the final norm is a sum: the embedding plus what every attention and MLP "
+        "block added. The final norm divides that sum by its own size, which is not linear. **Holding the norm "
+        "fixed** means dividing every part by the size of the *whole* sum, the number the model actually used. "
+        "Then the norm is linear, the logit splits into one number per part, and the numbers add up to the logit "
+        "exactly (up to float rounding, shown above). Each number is a part's *direct* effect: how hard it pushed "
+        "the residual towards the target's unembedding row. What a part did by changing later blocks' inputs is "
+        "not in it — ablation below measures that. "
+        + (f"The constant {result.constant:.4f} is the norm's and unembedding's bias, which no part owns."
+           if result.constant else ""))
+ui.chart(plots.attribution_bars(result), "attribution_blocks", key="att_bars", clickable=True)
+ui.chart(plots.head_attribution(result), "attribution_heads", key="att_head_grid", clickable=True)
+st.caption("Click a bar or a head to take it out below. Heads sum to their attention block"
+           + (" (plus the output projection's bias)." if bool(result.head_bias.abs().max() > 0) else "."))
+with st.expander("Every part as a table"):
+    frame = pd.DataFrame(result.components())
+    st.dataframe(frame, width="stretch", height=320)
+    st.download_button("Download (CSV)", lambda: frame.to_csv(index=False).encode("utf-8"),
+                       file_name="attribution.csv", mime="text/csv", on_click="ignore")
+
+# ------------------------------------------------------------------ 3. ablation
+st.header("Take a part out")
+row = st.columns([1, 1, 1, 1])
+row[0].radio("Part", ["head", "attn", "mlp"], key="att_ablate", horizontal=True,
+             format_func={"head": "one head", "attn": "attention block", "mlp": "MLP block"}.get)
+row[1].number_input("Layer ", 0, n_layers - 1, step=1, key="att_ablate_layer")
+row[2].number_input("Head ", 0, n_heads - 1, step=1, key="att_ablate_head",
+                    disabled=st.session_state.att_ablate != "head")
+row[3].radio("Replace by", ["zero", "mean"], key="att_mode", horizontal=True,
+             help="zero: its output becomes 0. mean: its output becomes its mean over this text's positions.")
+kind = st.session_state.att_ablate
+component = Component(kind, int(st.session_state.att_ablate_layer),
+                      int(st.session_state.att_ablate_head) if kind == "head" else None)
+with ui.user_errors(), st.spinner(f"Running the model without {component.label} …"):
+    effect = ablation.ablate(lm, text, component, st.session_state.att_mode)
+facts = st.columns(3)
+facts[0].metric("KL(before ‖ after), next token", f"{effect.kl:.4g} nats")
+facts[1].metric("Text loss (mean NLL)", f"{effect.loss_after:.4f}", f"{effect.loss_change:+.4f} nats",
+                delta_color="inverse")
+facts[2].metric(f"p('{effect.before_tokens[0]}') after", f"{effect.after_of_before[0]:.4f}",
+                f"{effect.after_of_before[0] - effect.before_probs[0]:+.4f}")
+ui.chart(plots.ablation_bars(effect), f"ablation_{component.kind}_L{component.layer}")
+
+ui.sync_to_url(*SETTINGS, "att_layer", "att_head")

@@ -48,7 +48,7 @@ PROBE_IDS = (1, 2, 3, 5, 8, 13, 21)  # a short probe; ids below every vocabulary
 UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 # Child names that hold a block's attention, MLP and the attention's output projection.
-ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer")
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "multi_head_attention", "mixer")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
 OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo", "proj")
 
@@ -519,7 +519,8 @@ def _decompose(model: nn.Module, blocks: tuple[nn.Module, ...], probe_ids: torch
     def writer(block: nn.Module, part: nn.Module) -> nn.Module:
         """The child that reads `part`'s output (a post-norm), else `part` itself."""
         output = seen.get(id(part), (None, None))[1]
-        after = [c for c in block.children() if c is not part and _same(seen.get(id(c), (None, None))[0], output)]
+        after = [c for c in block.children() if c is not part and _same(seen.get(id(c), (None, None))[0], output)
+                 and not _same(*seen[id(c)])]  # a child that returns its input as it is (dropout) changes nothing
         return after[0] if after else part
 
     attn_writes = tuple(writer(b, a) for b, a in zip(blocks, attentions))
@@ -586,24 +587,28 @@ _EPS_NAMES = ("variance_epsilon", "eps", "epsilon", "layer_norm_eps", "layer_nor
 
 
 def _norm_candidates(norm: nn.Module, x: torch.Tensor) -> list[_Affine]:
-    """The ways `norm` could compute its output from x (float64), to be checked against it."""
-    if isinstance(norm, nn.Identity):
-        return [_Affine(torch.ones(*x.shape[:-1], 1, dtype=torch.float64), None, False, None)]
+    """The ways `norm` could compute its output from x (float64), to be checked against it: LayerNorm or
+    RMSNorm, with a gain w, 1 + w (Gemma, Nemotron) or none (OLMo), a bias if it has one."""
+    ones = torch.ones(*x.shape[:-1], 1, dtype=torch.float64)
+    if isinstance(norm, (nn.Identity, nn.Dropout)):
+        return [_Affine(ones, None, False, None)]
     if isinstance(norm, Scale):
-        return [_Affine(torch.full((*x.shape[:-1], 1), norm.factor, dtype=torch.float64), None, False, None)]
-    eps = next((getattr(norm, n) for n in _EPS_NAMES if isinstance(getattr(norm, n, None), float)), None)
+        return [_Affine(ones * norm.factor, None, False, None)]
+    named = [getattr(norm, n) for n in _EPS_NAMES if isinstance(getattr(norm, n, None), float)]
     weight = getattr(norm, "weight", None)
-    if eps is None or not isinstance(weight, torch.Tensor) or weight.shape != x.shape[-1:]:
+    if weight is not None and (not isinstance(weight, torch.Tensor) or weight.shape != x.shape[-1:]):
         return []
-    gain = weight.detach().double().cpu()
+    gains = [None] if weight is None else [weight.detach().double().cpu(), 1 + weight.detach().double().cpu()]
     bias = getattr(norm, "bias", None)
-    bias = bias.detach().double().cpu() if isinstance(bias, torch.Tensor) else None
+    bias = bias.detach().double().cpu() if isinstance(bias, torch.Tensor) and bias.shape == x.shape[-1:] else None
     x = x.double()
-    rms = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
-    std = (x.var(-1, unbiased=False, keepdim=True) + eps).rsqrt()
-    return [_Affine(std, gain, True, bias),  # LayerNorm
-            _Affine(rms, gain, False, bias),  # RMSNorm (Llama)
-            _Affine(rms, 1 + gain, False, bias)]  # RMSNorm with a zero-centred gain (Gemma)
+    candidates = []
+    for eps in named[:1] or [1e-5, 1e-6]:  # a norm that keeps its epsilon in code: the usual two
+        std = (x.var(-1, unbiased=False, keepdim=True) + eps).rsqrt()
+        rms = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+        kinds = ((rms, False), (std, True)) if "rms" in type(norm).__name__.lower() else ((std, True), (rms, False))
+        candidates += [_Affine(scale, gain, center, bias) for gain in gains for scale, center in kinds]
+    return candidates  # where two would pass (a residual with mean 0), the class name decides
 
 
 @torch.inference_mode()
@@ -615,7 +620,13 @@ def freeze_norm(norm: nn.Module, x: torch.Tensor) -> FrozenNorm | None:
     modules = list(norm) if isinstance(norm, nn.Sequential) else [norm]
     steps, point = [], x
     for module in modules:
-        expected = module(point).double().cpu()
+        try:  # called as the model calls it: (batch, pos, d)
+            output = module(point.unsqueeze(0))[0]
+        except Exception:  # noqa: BLE001 - not a norm that takes one vector at a time (a convolution, …)
+            return None
+        if not isinstance(output, torch.Tensor) or output.shape != point.shape:
+            return None
+        expected = output.double().cpu()
         u = UNIT_ROUNDOFF.get(point.dtype, 2.0**-24)
         for candidate in _norm_candidates(module, point.cpu()):
             linear = candidate.linear(point.double().cpu())
@@ -627,7 +638,7 @@ def freeze_norm(norm: nn.Module, x: torch.Tensor) -> FrozenNorm | None:
                 break
         else:
             return None
-        point = module(point)
+        point = output
     return FrozenNorm(tuple(steps))
 
 

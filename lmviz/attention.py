@@ -155,8 +155,12 @@ def run_attention(lm: LoadedModel, text: str, window: tuple[int, int] | None = N
             stats[name][layer] = values
         seen.add(layer)
 
-    interventions.run(lm, torch.tensor([ids]), record=interventions.Recording(at=slice(0, 0), on_attention=reduce),
-                      eager=True, logits_at=-1)
+    try:
+        interventions.run(lm, torch.tensor([ids]), eager=True, logits_at=-1,
+                          record=interventions.Recording(at=slice(0, 0), on_attention=reduce))
+    except Exception as error:  # noqa: BLE001 - transformers' eager attention of this model is broken
+        raise LmvizError(f"{type(lm.model).__name__} ('{lm.arch.model_type}') fails with eager attention "
+                         f"({type(error).__name__}), so lmviz can't show its attention probabilities.") from None
     if len(seen) != n_layers:
         raise LmvizError(f"{lm.name}'s attention did not return its probabilities in eager mode, so lmviz can't "
                          "show its attention patterns.")

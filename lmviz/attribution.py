@@ -200,15 +200,15 @@ def _direction(lm: LoadedModel, target: int) -> tuple[torch.Tensor, float]:
     if not isinstance(unembed, nn.Linear):
         raise LmvizError(f"{lm.name}'s unembedding is not one linear layer, so lmviz can't attribute its logits.")
     factor = lm.arch.logit_transform.factor
-    bias = float(unembed.bias[target]) * factor if unembed.bias is not None else 0.0
+    bias = float(unembed.bias.detach()[target]) * factor if unembed.bias is not None else 0.0
     return unembed.weight[target].detach().double().cpu() * factor, bias
 
 
 def _frozen(norm: nn.Module, x: torch.Tensor, what: str, lm: LoadedModel) -> FrozenNorm:
     frozen = freeze_norm(norm, x.unsqueeze(0))
     if frozen is None:
-        raise LmvizError(f"lmviz can't hold {lm.name}'s {what} ({type(norm).__name__}) at a fixed scale, so it "
-                         "can't split its logits into parts.")
+        raise LmvizError(f"lmviz can't hold the {what} of {type(lm.model).__name__} ('{lm.arch.model_type}'), "
+                         f"a {type(norm).__name__}, at a fixed scale, so it can't split its logits into parts.")
     return frozen
 
 

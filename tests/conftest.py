@@ -121,6 +121,14 @@ def pytest_terminal_summary(terminalreporter):
     for model_type, outcome in sorted(RESULTS.items()):
         if outcome != "exact":
             terminalreporter.write_line(f"  {model_type}: {outcome}")
+    from tests.test_architectures import PARTS
+
+    exact = sum(outcome == "exact" for outcome in PARTS.values())
+    terminalreporter.write_line(f"attention and attribution: {exact} exact, {len(PARTS) - exact} refused, of the "
+                                f"{len(PARTS)} types whose lens is exact")
+    for model_type, outcome in sorted(PARTS.items()):
+        if outcome != "exact":
+            terminalreporter.write_line(f"  {model_type}: {outcome}")
 
 
 def float64_model(directory: str) -> models.LoadedModel:

@@ -29,6 +29,7 @@ from tests import architecture_zoo, bounds, tiny_models
 
 TEXT = "The capital of France is Paris, and the capital of England is"
 RESULTS: dict[str, str] = {}  # model_type -> "exact" | "refused: …" | "not built: …"
+PARTS: dict[str, str] = {}  # model_type -> "exact" | "refused: …": attention patterns and attribution
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,35 @@ def assert_beam_equals_generate(lm: models.LoadedModel) -> None:
         assert abs(hypothesis.score - score) <= eps
 
 
+def assert_parts_exact_or_refused(lm: models.LoadedModel, directory) -> str:
+    """Attention patterns equal the model's own eager output_attentions (a fresh eager copy of the saved
+    folder), and the attribution's parts sum to the logit within the bound lmviz derives; or a one-line
+    refusal from both. Returns the outcome for the summary."""
+    from transformers import AutoModelForCausalLM
+
+    from lmviz import attention, attribution
+
+    if lm.arch.decomposition is None:
+        assert "\n" not in lm.arch.decomposition_refusal
+        with pytest.raises(LmvizError):
+            attribution.attribute(lm, TEXT)
+        return f"refused: {lm.arch.decomposition_refusal}"
+    try:
+        result = attribution.attribute(lm, TEXT)
+        patterns = attention.attention(lm, TEXT)
+    except LmvizError as error:
+        assert "\n" not in str(error)
+        return f"refused: {error}"
+    assert abs(result.total - result.logit) <= result.bound
+    eager = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = eager(input_ids=torch.tensor([list(patterns.input_ids)]), output_attentions=True).attentions
+    start, stop = patterns.queries
+    for layer, probs in enumerate(expected):
+        assert (patterns.patterns[layer] - probs[0, :, start:stop, :stop]).abs().max() <= 16 * 2.0**-24, layer
+    return "exact"
+
+
 @pytest.mark.matrix
 @pytest.mark.parametrize("model_type", architecture_zoo.causal_model_types())
 def test_architecture_is_exact_or_refused(model_type, tokenizer, tmp_path):
@@ -142,5 +172,6 @@ def test_architecture_is_exact_or_refused(model_type, tokenizer, tmp_path):
         assert_loss_exact(lm)
         assert_beam_equals_generate(lm)
         RESULTS[model_type] = "exact"
+        PARTS[model_type] = assert_parts_exact_or_refused(lm, directory)
     finally:
         models.forget(str(directory))

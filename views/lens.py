@@ -126,6 +126,24 @@ ui.chart(plots.heatmap(result, stat, positions, layers), "logit_lens_heatmap")
 st.caption("Cell text: that layer's most likely next token (**bold** when it is the actual next token). "
            "Hover a cell for its top tokens.")
 
+# "why this token?": open attribution for one cell (its position, its top-1 token, the blocks below it)
+if lm.arch.decomposition is not None:
+    why = st.columns([2, 2, 3], vertical_alignment="bottom")
+    if st.session_state.get("lens_why_pos") not in positions:
+        st.session_state.lens_why_pos = positions[-1]
+    if not 0 <= st.session_state.get("lens_why_layer", -1) <= n_layers:
+        st.session_state.lens_why_layer = n_layers
+    why[0].selectbox("Why this token? Position", positions, key="lens_why_pos",
+                     format_func=lambda p: f"{p} {result.input_token(p)}")
+    why[1].selectbox("Layer", list(range(n_layers, -1, -1)), key="lens_why_layer", format_func=result.layer_label)
+    why_pos, why_layer = st.session_state.lens_why_pos, st.session_state.lens_why_layer
+    why_id = int(result.top_ids[why_layer, result.column(why_pos), 0])
+    if why[2].button(f"Which blocks wrote '{result.token(why_id)}'? →", help="Opens Attention & attribution on this "
+                     "cell: the logit of its top token split over the embedding and blocks 0 … layer−1."):
+        st.session_state.update(att_position=why_pos, att_target_kind="a token I type", att_target_text=str(why_id),
+                                att_upto=why_layer)
+        st.switch_page("views/attention.py")
+
 # ------------------------------------------------------------------ seed-style table
 st.subheader("Top-k table")
 table_columns = st.columns([1, 2, 1])

@@ -199,7 +199,7 @@ def test_heads_page(page, server_url):
 @pytest.mark.parametrize("text", ["", "😀🙂 東京 שלום עולם \x07\u202e", "x" * 20000])
 def test_bad_text_on_every_page(page, server_url, text):
     """Empty, exotic and very long texts: a message, never a traceback, and the text stays in the box."""
-    for path in ["", "lens", "sampling", "beam", "loss", "heads"]:
+    for path in ["", "lens", "sampling", "beam", "loss", "heads", "attention"]:
         open_page(page, server_url, path, text=text)
         assert_no_error_box(page)
         assert page.locator('[data-testid="stSidebarUserContent"] textarea').input_value() == text
@@ -262,3 +262,40 @@ def test_a_lesson_in_presenter_mode(page, server_url):
     assert "The logit lens, raw" in page.inner_text("body") and charts(page) >= 1
     screenshot(page, "lesson-notebook-step3-presenter")
     assert_no_error_box(page)
+
+
+def click_cell(page, chart_title: str, x, y) -> None:
+    """Click the point (x, y), in data coordinates, of the plotly chart whose title contains chart_title."""
+    chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text=chart_title).first
+    chart.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    left, top = chart.evaluate("""(chart, [x, y]) => { const gd = chart.querySelector('.js-plotly-plot');
+        const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        return [box.left + xa._offset + xa.d2p(x), box.top + ya._offset + ya.d2p(y)]; }""", [x, y])
+    page.mouse.click(left, top)
+    wait_idle(page)
+
+
+def test_attention_page(page, server_url):
+    """Patterns, attribution and ablation in a browser; a click on a head or a bar selects it."""
+    open_page(page, server_url, "attention", text="The capital of France is Paris. The capital of Germany is")
+    assert charts(page) >= 6  # the head grid, a pattern, the lines, two attribution charts, the ablation
+    body = page.inner_text("body")
+    assert "·Berlin" in body and "Sum of the parts" in body
+    screenshot(page, "attention")
+    click_cell(page, "Heads by", 3, 5)  # the overview grid: head 3 of layer 5
+    assert "att_layer=5" in page.url and "att_head=3" in page.url
+    assert "Layer 5, head 3" in page.inner_text("body")
+    bars = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Which blocks wrote").first
+    bars.locator(".barlayer .trace").nth(2).locator(".point").nth(28).click(force=True)  # the MLP of layer 28
+    wait_idle(page)
+    assert "att_ablate=mlp" in page.url and "att_ablate_layer=28" in page.url
+    click_cell(page, "Every head", 4, 23)  # the heads' attribution: head 4 of layer 23
+    assert "att_ablate=head" in page.url and "att_ablate_layer=23" in page.url and "att_ablate_head=4" in page.url
+    assert "head L23.H4 zero-ablated" in page.inner_text("body")
+    assert_no_error_box(page)
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    open_page(page, server_url, "attention", present=1, text="The capital of France is Paris. The capital of Germany is")
+    charts(page)
+    assert_no_error_box(page)
+    screenshot(page, "presenter-attention")

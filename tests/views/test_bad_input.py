@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.views import app, run_page
 
-PAGES = ["home", "lens", "sampling", "beam", "loss", "heads"]
+PAGES = ["home", "lens", "sampling", "beam", "loss", "heads", "attention"]
 TEXT = "Paris is the capital of France"
 
 
@@ -40,7 +40,7 @@ def test_model_problems_are_explained(page, bad_models, monkeypatch):
         assert at.session_state["text"] == TEXT
 
 
-@pytest.mark.parametrize("page", ["lens", "sampling", "beam", "loss"])
+@pytest.mark.parametrize("page", ["lens", "sampling", "beam", "loss", "attention"])
 def test_masked_model_on_a_causal_page(page, tiny_dirs):
     at = run_page(page, TEXT, model=tiny_dirs["bert"])
     assert not at.exception
@@ -50,7 +50,8 @@ def test_masked_model_on_a_causal_page(page, tiny_dirs):
 BAD_URL = {"text": "This weekend I plan to", "lens_k": "999", "sampling_temperature": "-3", "beam_beams": "1000",
            "heads_k": "999", "heads_mask_k": "nan", "heads_seed": "-1", "heads_metric": "x", "heads_pooling": "x",
            "lens_stat": "x", "beam_lp": "inf", "loss_max_length": "0", "loss_view": "x", "lens_window": "(0, 99999)",
-           "beam_frame": "599", "lens_layer": "99", "lens_pos": "99", "loss_stride": "-5"}
+           "beam_frame": "599", "lens_layer": "99", "lens_pos": "99", "loss_stride": "-5", "att_layer": "99",
+           "att_head": "-1", "att_stat": "x", "att_position": "99", "att_upto": "31", "att_mode": "x"}
 # what each page's controls hold after BAD_URL: the defaults (SmolLM2, 5 tokens, 30 layers)
 DEFAULTS = {
     "home": {},
@@ -59,6 +60,7 @@ DEFAULTS = {
     "beam": {"beam_beams": 3, "beam_lp": 1.0},
     "loss": {"loss_view": "Token by token", "loss_max_length": 1024, "loss_stride": 512},
     "heads": {"heads_k": 10, "heads_mask_k": 5, "heads_seed": 0, "heads_metric": "dot", "heads_pooling": "last"},
+    "attention": {"att_stat": "previous", "att_position": 4, "att_upto": 30, "att_mode": "zero"},
 }
 
 
@@ -74,7 +76,7 @@ def test_out_of_range_url_values_fall_back_to_defaults(page, smollm):
     assert at.session_state["text"] == "This weekend I plan to"
 
 
-@pytest.mark.parametrize("page", ["lens", "sampling", "beam", "loss", "heads"])
+@pytest.mark.parametrize("page", ["lens", "sampling", "beam", "loss", "heads", "attention"])
 def test_every_chart_can_be_downloaded_as_html(smollm, page):
     """Every plotly chart on a page comes with its "⬇ HTML" export (PNG is the chart's own camera button)."""
     at = run_page(page, "This weekend I plan to")

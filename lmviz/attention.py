@@ -108,26 +108,33 @@ def induction_targets(ids: list[int]) -> list[list[int]]:
     return targets
 
 
-def _statistics(probs: torch.Tensor, targets: list[list[int]]) -> dict[str, torch.Tensor]:
-    """(head, query, key) probabilities of one layer -> name -> (head,) float64 means over queries 1..n-1."""
+def induction_mask(ids: list[int]) -> torch.Tensor:
+    """(query, key) bool: True at the keys right after an earlier copy of the query's token."""
+    mask = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+    for q, keys in enumerate(induction_targets(ids)):
+        mask[q, keys] = True
+    return mask
+
+
+def _statistics(probs: torch.Tensor, induction: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(head, query, key) probabilities of one layer -> name -> (head,) float64 means over queries 1..n-1;
+    `induction` is induction_mask(ids)."""
     p = probs.double()
     n = p.shape[1]
     if n < 2:
         return {name: torch.full((p.shape[0],), math.nan, dtype=torch.float64) for name in STATISTICS}
     rows = torch.arange(1, n)
-    entropy = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)  # (head, query)
-    out = {
+    entropy = -torch.special.xlogy(p, p).sum(-1)  # (head, query); 0·log 0 = 0
+    scored = induction[1:].any(-1)  # (query-1,) queries with an earlier copy of their token
+    after_copy = (p[:, 1:] * induction[1:]).sum(-1)  # (head, query-1)
+    return {
         "entropy": entropy[:, 1:].mean(-1),
         "first": p[:, 1:, 0].mean(-1),
         "previous": p[:, rows, rows - 1].mean(-1),
         "self": p[:, rows, rows].mean(-1),
+        "induction": after_copy[:, scored].mean(-1) if bool(scored.any())
+        else torch.full((p.shape[0],), math.nan, dtype=torch.float64),
     }
-    scored = [q for q in range(1, n) if targets[q]]
-    if scored:
-        out["induction"] = torch.stack([p[:, q, targets[q]].sum(-1) for q in scored], -1).mean(-1)
-    else:
-        out["induction"] = torch.full((p.shape[0],), math.nan, dtype=torch.float64)
-    return out
 
 
 def run_attention(lm: LoadedModel, text: str, window: tuple[int, int] | None = None,
@@ -145,13 +152,13 @@ def run_attention(lm: LoadedModel, text: str, window: tuple[int, int] | None = N
     n_layers = len(parts.attentions)
     patterns = torch.full((n_layers, parts.n_heads, stop - start, stop), math.nan)
     stats = {name: torch.full((n_layers, parts.n_heads), math.nan, dtype=torch.float64) for name in STATISTICS}
-    targets = induction_targets(ids)
+    induction = induction_mask(ids)
     seen = set()
 
     def reduce(layer: int, probs: torch.Tensor) -> None:
         probs = probs.float().cpu()
         patterns[layer] = probs[:, start:stop, :stop]
-        for name, values in _statistics(probs, targets).items():
+        for name, values in _statistics(probs, induction).items():
             stats[name][layer] = values
         seen.add(layer)
 

@@ -167,4 +167,32 @@ LESSONS: tuple[Lesson, ...] = (
                     "per label; softmax gives the label probabilities and the loss per label is −log p(label).",
                     {"heads_labels": "negative, positive"}, needs="causal"),
            )),
+    Lesson("why", "Why this token? Attention, attribution, ablation",
+           "Which heads move information, which blocks write the prediction, and what breaks without them.",
+           (
+               Step("A previous-token head", "views/attention.py",
+                    "Every cell of the grid is one head, coloured by how much it looks at the token just before "
+                    "the query. The page opens on the strongest one: its heatmap is a bright line just below the "
+                    "diagonal. Click other cells to compare; many heads instead park on the first token.",
+                    {"att_stat": "previous"}),
+               Step("An induction head", "views/attention.py",
+                    "Type a text that repeats itself in the sidebar (\"The cat sat on the mat. The cat sat on "
+                    "the\"). An induction head looks from a token to the token that *followed* its earlier copy "
+                    "(A B … A → B): the mechanism that lets a model continue a pattern it has just seen.",
+                    {"att_stat": "induction"}),
+               Step("Which blocks wrote the prediction", "views/attention.py",
+                    "The logit of the top token, split into the embedding, every attention and MLP block and "
+                    "every head. The final norm is held at the scale the whole residual got, so the parts add up "
+                    "to the logit: compare *Sum of the parts* with *Logit*. Tall bars near the top layers wrote "
+                    "most of it.", {"att_target_kind": "top prediction", "att_upto": "30"}),
+               Step("Take a head out", "views/attention.py",
+                    "Click the darkest blue head in *Every head's part* (or the tallest bar): the last section "
+                    "runs the model without it. KL(before ‖ after) says how much the next-token distribution "
+                    "moved, the loss change what it did to the whole text. Mean-ablation replaces it by its "
+                    "average output instead of zero: a gentler test.", {"att_ablate": "head", "att_mode": "zero"}),
+               Step("From the logit lens", "views/lens.py",
+                    "Back on the lens: pick a position and a layer under the heatmap and press *Which blocks "
+                    "wrote …?*. Attribution opens on that cell: the lens's logit at that layer split over the "
+                    "blocks below it.", {"lens_normalized": "True"}),
+           )),
 )

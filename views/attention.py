@@ -1,6 +1,8 @@
 """Attention & attribution: which heads look where, which blocks wrote the prediction, and what breaks
 when a part is taken out."""
 
+import math
+
 import pandas as pd
 import streamlit as st
 
@@ -55,9 +57,14 @@ st.header("Where the heads look")
 window = attention.default_window(n_tokens)
 with ui.user_errors(), st.spinner("Running the model with eager attention …"):
     patterns = attention.attention(lm, text, window)
-strongest = divmod(int(patterns.stats[st.session_state.att_stat].nan_to_num(-1.0).argmax()), n_heads)
+scores = patterns.stats[st.session_state.att_stat]
+scores = -scores if st.session_state.att_stat == "entropy" else scores  # the most focused head
+strongest = divmod(int(scores.nan_to_num(-math.inf).argmax()), n_heads)
 ui.init_from_url("att_layer", strongest[0], ui.in_range(int, 0, n_layers - 1))  # first look: the strongest head
 ui.init_from_url("att_head", strongest[1], ui.in_range(int, 0, n_heads - 1))
+if st.session_state.get("_att_stat_seen", st.session_state.att_stat) != st.session_state.att_stat:
+    st.session_state.att_layer, st.session_state.att_head = strongest  # another statistic: its strongest head
+st.session_state._att_stat_seen = st.session_state.att_stat
 for key, top in (("att_layer", n_layers - 1), ("att_head", n_heads - 1)):
     if not 0 <= st.session_state[key] <= top:
         st.session_state[key] = 0

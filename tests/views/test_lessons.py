@@ -44,6 +44,6 @@ def test_cli_lessons_json(capsys):
     assert cli.main(["lessons", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     ids = [lesson["id"] for lesson in out["lessons"]]
-    assert ids == ["logits", "decoding", "evaluating", "notebook", "heads"]
+    assert ids == ["logits", "decoding", "evaluating", "notebook", "heads", "why"]
     first = out["lessons"][0]["steps"][1]
     assert first["page"] == "views/sampling.py" and first["url"].startswith("/sampling?lesson=logits&step=2")

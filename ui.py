@@ -63,6 +63,12 @@ def one_of(choices):
     return parse
 
 
+def int_pair(raw: str) -> tuple[int, int]:
+    """A URL value parser for a range slider's value, "(3, 27)"."""
+    low, high = (int(part) for part in raw.strip("()[] ").split(","))
+    return (low, high)
+
+
 def flag(raw: str) -> bool:
     """A URL value parser for booleans ("true"/"1"/"yes")."""
     return raw.lower() in ("true", "1", "yes")

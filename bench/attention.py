@@ -8,25 +8,13 @@ ratio to the baseline. Usage: `.venv/bin/python bench/attention.py`.
 """
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lens_window import best_of  # noqa: E402
 from lmviz import ablation, attention, attribution, loss, models, trace  # noqa: E402
-from lmviz.cache import CACHE  # noqa: E402
 from lmviz.interventions import Component  # noqa: E402
-
-
-def best_of(runs: int, work, clear: bool = True) -> float:
-    times = []
-    for _ in range(runs):
-        if clear:
-            CACHE.clear()
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

@@ -54,9 +54,13 @@ for chart_key in ("att_bars", "att_head_grid"):
 
 # ------------------------------------------------------------------ 1. attention patterns
 st.header("Where the heads look")
-window = attention.default_window(n_tokens)
+ui.init_from_url("att_window", (max(0, n_tokens - attention.DEFAULT_WINDOW), n_tokens - 1), ui.int_pair)
+low, high = (min(max(0, int(v)), n_tokens - 1) for v in st.session_state.att_window)
+low, high = min(low, high), max(low, high)
+low = max(low, high - attention.MAX_WINDOW + 1)  # at most 60 queries at once
+st.session_state.att_window = (low, high)
 with ui.user_errors(), st.spinner("Running the model with eager attention …"):
-    patterns = attention.attention(lm, text, window)
+    patterns = attention.attention(lm, text, (low, high + 1))
 scores = patterns.stats[st.session_state.att_stat]
 scores = -scores if st.session_state.att_stat == "entropy" else scores  # the most focused head
 strongest = divmod(int(scores.nan_to_num(-math.inf).argmax()), n_heads)
@@ -82,8 +86,10 @@ ui.chart(plots.head_grid(patterns, st.session_state.att_stat, (layer, head)), "a
 with detail:
     ui.chart(plots.pattern(patterns, layer, head), f"attention_L{layer}_H{head}")
 start, stop = patterns.queries
-if n_tokens > stop - start:
-    st.caption(f"The pattern shows the last {stop - start} queries (keys: every earlier token).")
+if n_tokens > 1:
+    st.slider("Queries shown", 0, n_tokens - 1, key="att_window",
+              help=f"The patterns keep these query positions (at most {attention.MAX_WINDOW}) and every key before "
+              "them; the head statistics always cover the whole text.")
 queries = list(range(start, stop))
 if st.session_state.att_query not in queries:
     st.session_state.att_query = queries[-1]
@@ -165,4 +171,4 @@ facts[2].metric(f"p('{effect.before_tokens[0]}') after", f"{effect.after_of_befo
                 f"{effect.after_of_before[0] - effect.before_probs[0]:+.4f}")
 ui.chart(plots.ablation_bars(effect), f"ablation_{component.kind}_L{component.layer}")
 
-ui.sync_to_url(*SETTINGS, "att_layer", "att_head")
+ui.sync_to_url(*SETTINGS, "att_layer", "att_head", "att_window")

@@ -20,11 +20,6 @@ text = ui.current_text()
 STAT_KEYS = list(lens.STATISTICS)
 
 
-def pair(raw: str) -> tuple[int, int]:
-    low, high = (int(part) for part in raw.strip("()[] ").split(","))
-    return (low, high)
-
-
 SETTINGS = {  # key: (default, URL parser)
     "lens_stat": ("top1_prob", ui.one_of(STAT_KEYS)),
     "lens_normalized": (True, ui.flag),
@@ -91,7 +86,7 @@ def lens_at(first: int, end: int, watched_ids=()) -> lens.LensResult:
 
 # ------------------------------------------------------------------ heatmap window (chosen first: it is what runs)
 MAX_COLUMNS = 60
-ui.init_from_url("lens_window", (max(0, n_pos - 24), n_pos - 1), pair)
+ui.init_from_url("lens_window", (max(0, n_pos - 24), n_pos - 1), ui.int_pair)
 low, high = st.session_state.lens_window
 low, high = min(max(0, low), n_pos - 1), min(max(0, high), n_pos - 1)
 st.session_state.lens_window = (min(low, high), max(low, high))

@@ -89,11 +89,11 @@ LESSONS: tuple[Lesson, ...] = (
                     "lecture become probabilities with softmax: σ(z)ᵢ = e^{zᵢ} / Σⱼ e^{zⱼ}. The rows are the "
                     "lecture's temperatures 1, 0.3 and 10: every logit is divided by T before the softmax. Move "
                     "the constant c: adding it to every logit changes nothing, because softmax only sees "
-                    "differences.", needs="causal"),
+                    "differences.", {"sampling_tab": "Toy logits (the lecture's table)"}, needs="causal"),
                Step("The model's real distribution", "views/sampling.py",
                     "The same computation on the model's 49,152 logits after the sidebar's text. At T = 1 the "
                     "bars are the model's own probabilities; the entropy and the number of tokens holding 90% of "
-                    "the mass say how sure it is.", {"sampling_temperature": "1.0"}),
+                    "the mass say how sure it is.", {"sampling_temperature": "1.0", "sampling_tab": "Next token"}),
                Step("Cooler: T = 0.5", "views/sampling.py",
                     "Dividing by T < 1 stretches the gaps between logits: the top token takes more of the mass and "
                     "the entropy falls. The order of the tokens never changes.", {"sampling_temperature": "0.5"}),
@@ -108,11 +108,13 @@ LESSONS: tuple[Lesson, ...] = (
                Step("Greedy and sampled, token by token", "views/sampling.py",
                     "Open **Step by step**: greedy decoding takes the most probable token every time; sampling "
                     "draws from the distribution (after temperature and the filters). Inspect a step to see the "
-                    "distribution it drew from.", {"sampling_temperature": "1.0", "sampling_seed": "0"}),
+                    "distribution it drew from. Under **What if…?**, take another token at any step and compare the "
+                    "branches' log-probabilities.",
+                    {"sampling_temperature": "1.0", "sampling_seed": "0", "sampling_tab": "Step by step"}),
                Step("Top-k and top-p filters", "views/sampling.py",
                     "With top-k = 5 only the five best tokens can be drawn, with top-p = 0.9 the fewest tokens "
                     "holding 90% of the mass. Grey bars are removed by a filter; the rest is renormalized.",
-                    {"sampling_top_k": "5", "sampling_top_p": "0.9"}),
+                    {"sampling_top_k": "5", "sampling_top_p": "0.9", "sampling_tab": "Next token"}),
                Step("Beam search, the lecture's algorithm", "views/beam.py",
                     "Beam search keeps the K best partial texts by cumulative log-probability. Replay it with the "
                     "slider: each step expands every beam, evaluates 2K candidates and prunes to K.",
@@ -146,7 +148,8 @@ LESSONS: tuple[Lesson, ...] = (
                Step("Embeddings, tied weights and neighbours", "views/heads.py",
                     "Open **Tied embeddings**: SmolLM2's output layer is its input embedding matrix. Sending a "
                     "token's embedding through the output layer ranks every token by its dot product: the "
-                    "neighbour table of the notebook.", {"heads_k": "10", "heads_metric": "dot"}),
+                    "neighbour table of the notebook.",
+                    {"heads_k": "10", "heads_metric": "dot", "heads_tab": "Tied embeddings"}),
                Step("The logit lens, raw", "views/lens.py",
                     "lm_head(hidden_states[i]) for every layer, without the final norm: exactly the notebook's "
                     "tables. Early and middle rows look strange: the residual stream has another scale there.",
@@ -161,11 +164,11 @@ LESSONS: tuple[Lesson, ...] = (
                Step("The masked-LM head and its loss", "views/heads.py",
                     "Pick **antiberty** (or any BERT-style model) in the sidebar and open **Masked LM**: the head "
                     "predicts the token behind each [MASK]; its loss is the cross-entropy at the masked "
-                    "positions only.", {"heads_mask_k": "5"}, needs="masked"),
+                    "positions only.", {"heads_mask_k": "5", "heads_tab": "Masked LM"}, needs="masked"),
                Step("Classification logits → labels", "views/heads.py",
                     "Open **Classification**: a sequence classifier turns one pooled hidden state into one logit "
                     "per label; softmax gives the label probabilities and the loss per label is −log p(label).",
-                    {"heads_labels": "negative, positive"}, needs="causal"),
+                    {"heads_labels": "negative, positive", "heads_tab": "Classification"}, needs="causal"),
            )),
     Lesson("why", "Why this token? Attention, attribution, ablation",
            "Which heads move information, which blocks write the prediction, and what breaks without them.",

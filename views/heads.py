@@ -57,7 +57,10 @@ if st.session_state.get("heads_pooling_for", lm.kind) != lm.kind:  # another kin
 st.session_state.heads_pooling_for = lm.kind
 ui.init_from_url("heads_pooling", "first" if lm.kind == "masked" else "last", ui.one_of(list(classification.POOLINGS)))
 
-tied_tab, masked_tab, class_tab = st.tabs(["Tied embeddings", "Masked LM", "Classification"])
+TABS = ["Tied embeddings", "Masked LM", "Classification"]
+ui.init_from_url("heads_tab", TABS[0], ui.one_of(TABS))  # a lesson step can open a tab
+tied_tab, masked_tab, class_tab = st.tabs(TABS, key="heads_tab", on_change="rerun")  # stays open across reruns
+ui.sync_to_url("heads_tab")
 
 # ------------------------------------------------------------------ tied embeddings (seed 004)
 with tied_tab:

@@ -2,12 +2,14 @@
 
 from dataclasses import replace
 
+import pandas as pd
 import streamlit as st
 
 import ui
-from lmviz import sampling, tables
+from lmviz import sampling, tables, whatif
 from lmviz.errors import LmvizError
 from lmviz.plots import sampling as plots
+from lmviz.plots.beam import branch_name, branches_figure
 
 st.title("Temperature & sampling")
 st.caption(
@@ -44,7 +46,7 @@ columns[4].slider("typical-p (1 = off)", 0.01, 1.0, step=0.01, key="sampling_typ
                   help="Keep the tokens whose surprise is closest to the average surprise (entropy), up to this mass.")
 columns[5].slider("Repetition penalty (1 = off)", 0.5, 2.0, step=0.05, key="sampling_penalty",
                   help="Logits of tokens already in the text are divided by this (multiplied when negative).")
-ui.sync_to_url(*SETTINGS)
+ui.sync_to_url(*SETTINGS, "sampling_tab")
 
 with ui.user_errors():
     settings = sampling.SamplingSettings(
@@ -56,7 +58,9 @@ with ui.user_errors():
         repetition_penalty=st.session_state.sampling_penalty,
     )
 
-next_tab, steps_tab, toy_tab = st.tabs(["Next token", "Step by step", "Toy logits (the lecture's table)"])
+TABS = ["Next token", "Step by step", "Toy logits (the lecture's table)"]
+ui.init_from_url("sampling_tab", TABS[0], ui.one_of(TABS))  # a lesson step can open a tab
+next_tab, steps_tab, toy_tab = st.tabs(TABS, key="sampling_tab", on_change="rerun")  # stays open across reruns
 
 # ------------------------------------------------------------------ next token
 with next_tab:
@@ -121,6 +125,56 @@ def reset_steps() -> None:
     st.session_state.sampling_steps = 0
 
 
+def what_if(length: int) -> None:
+    """Forks: another token at any step of any branch, the model continuing greedily from there."""
+    st.subheader("What if…?")
+    st.caption("Take another token at any step and let the model continue from there (its greedy pick at "
+               "T = 1, no penalties or filters). Branches share their common start; **log P** adds up each "
+               "branch's token log-probabilities: how likely the model finds the whole continuation.")
+    ui.init_from_url("sampling_branches", [()], whatif.decode_branches)
+    with ui.user_errors():
+        branches = [whatif.branch(lm, text, forced, length) for forced in st.session_state.sampling_branches]
+    names = [branch_name(i) for i in range(len(branches))]
+    fork = st.columns([2, 1, 3, 2], vertical_alignment="bottom")
+    if st.session_state.get("sampling_fork_from", 0) >= len(branches):
+        st.session_state.sampling_fork_from = 0
+    source = fork[0].selectbox("Fork", range(len(branches)), format_func=names.__getitem__, key="sampling_fork_from")
+    tokens = branches[source].token_ids
+    if not 1 <= st.session_state.get("sampling_fork_step", 1) <= len(tokens):
+        st.session_state.sampling_fork_step = 1
+    step = int(fork[1].number_input("at step", 1, len(tokens), step=1, key="sampling_fork_step"))
+    with ui.user_errors():
+        options = whatif.alternatives(lm, text, tokens[:step - 1])
+    choice = fork[2].selectbox("take instead", options, format_func=lambda a: f"{a.token}  (p {a.prob:.3f})",
+                               index=1 if len(options) > 1 else 0, key=f"sampling_fork_token_{source}_{step}")
+
+    def add_branch() -> None:
+        forced = tuple(tokens[:step - 1]) + (choice.token_id,)
+        if forced not in st.session_state.sampling_branches:
+            st.session_state.sampling_branches = [*st.session_state.sampling_branches, forced]
+
+    fork[3].button("Continue from here", on_click=add_branch, type="primary")
+    tree = whatif.tree(text, branches)
+    ui.chart(branches_figure(tree, "Branches"), "what_if_tree")
+    side_by_side = {}
+    for name, b in zip(names, branches):
+        side_by_side[f"{name} (log P {b.logprob:.2f})"] = [f"{'➜ ' if i < b.forced and r != 1 else ''}{t}  {lp:.2f}"
+                                                           for i, (t, lp, r) in enumerate(zip(b.tokens, b.logprobs,
+                                                                                               b.ranks))]
+    rows = max(len(column) for column in side_by_side.values())
+    frame = pd.DataFrame({k: v + [""] * (rows - len(v)) for k, v in side_by_side.items()},
+                         index=range(1, rows + 1))
+    st.dataframe(frame, width="stretch", height=min(420, 38 + 35 * rows))
+    st.caption("Each cell: the token and its log-probability given everything before it; ➜ marks a token "
+               "chosen by hand.")
+    if len(branches) > 1:
+        st.button("Remove the branches", on_click=lambda: st.session_state.update(sampling_branches=[()]))
+    if len(branches) > 1:  # shareable: the forks go into the URL
+        st.query_params["sampling_branches"] = whatif.encode_branches(st.session_state.sampling_branches[1:])
+    else:
+        st.query_params.pop("sampling_branches", None)
+
+
 with steps_tab:
     st.caption(
         "Generate one token at a time. Greedy always takes the top token; sampling draws from the final "
@@ -176,6 +230,7 @@ with steps_tab:
                 ui.chart(plots.distribution_figure(
                     step_dist, sampling.label_tokens(lm, step_dist.token_ids.tolist()), chosen=step.token_id,
                     height=380), f"generation_step_{inspect}", key=f"sampling_step_{title[:6]}")
+        what_if(n_steps)
         call = "".join(f",\n    {k}={v!r}" for k, v in sampled.settings.generate_kwargs().items())
         st.markdown("The sampled tokens straight from transformers:")
         st.code(

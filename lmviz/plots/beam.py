@@ -1,4 +1,5 @@
-"""The beam search tree as a plotly figure, replayable step by step (expand -> evaluate -> prune).
+"""The beam search tree as a plotly figure, replayable step by step (expand -> evaluate -> prune), and the
+what-if branches of the sampling page drawn the same way (`branches_figure`).
 
 Steps run left to right (x = tokens generated), the prompt at x = 0. Each
 column lists that step's candidates, grouped under their parent beam in the
@@ -20,6 +21,8 @@ lines.
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 from lmviz.beam import FINISHED, KEPT, PRUNED, BeamNode, BeamTree
@@ -27,6 +30,7 @@ from lmviz.plots import FINISHED as FINISHED_COLOUR
 from lmviz.plots import HIGHLIGHT, REMOVED, safe_label, style
 from lmviz.plots import KEPT as KEPT_COLOUR
 from lmviz.tokens import visible
+from lmviz.whatif import WhatIfTree
 
 PHASES = ("expand", "evaluate", "prune")
 CANDIDATE = "#868e96"  # a candidate not yet judged (replay: expand / evaluate)
@@ -204,3 +208,61 @@ def tree_figure(
     figure.update_yaxes(visible=False, range=[-(tallest / 2) - 0.3, tallest / 2 + 0.7])
     figure.update_layout(legend=dict(orientation="h", y=1.0, x=0, yanchor="bottom"), hovermode="closest")
     return style(figure, title, height=max(420, ROW_PX * tallest + 160))
+
+
+BRANCH_COLOURS = [KEPT_COLOUR, HIGHLIGHT, "#2f9e44", "#ae3ec9", "#1098ad", "#f08c00", "#c2255c", "#5c940d"]
+
+
+def branches_figure(tree: WhatIfTree, title: str | None = None) -> go.Figure:
+    """What-if branches as a tree, laid out like the beam search (steps left to right, no crossing edges):
+    each branch in its own colour, the tokens chosen by hand as diamonds, the model's own picks as dots.
+    Labels: the token and its probability given the prefix; the hover adds ranks and sums."""
+    placed = positions(list(tree.nodes))
+    steps = max(node.step for node in tree.nodes)
+    chars = label_chars(steps)
+    figure = go.Figure()
+    for index, branch in enumerate(tree.branches):  # each branch from where it leaves the ones before it
+        own = [node for node in tree.nodes[1:] if node.branches[0] == index]
+        path = ([tree.nodes[own[0].parent]] if own else []) + own
+        figure.add_scatter(x=[placed[n.id][0] for n in path], y=[placed[n.id][1] for n in path], mode="lines",
+                           line=dict(color=BRANCH_COLOURS[index % len(BRANCH_COLOURS)], width=3 if index else 4),
+                           name=f"{branch_name(index)}: log P = {branch.logprob:.2f}", hoverinfo="skip")
+    for chosen in (False, True):
+        members = [n for n in tree.nodes[1:] if n.chosen == chosen]
+        if not members:
+            continue
+        figure.add_scatter(
+            x=[placed[n.id][0] for n in members], y=[placed[n.id][1] for n in members], mode="markers+text",
+            text=[f'{safe_label(_label(n.token, chars))}<br><span style="font-size:11px;color:#495057">'
+                  f'{_probability(n.logprob)}</span>' for n in members],
+            textposition="top center", textfont=dict(size=14, color="#212529"), showlegend=chosen,
+            name="chosen by hand" if chosen else "the model's pick",
+            marker=dict(symbol="diamond" if chosen else "circle", size=14 if chosen else 10,
+                        color=[BRANCH_COLOURS[n.branches[0] % len(BRANCH_COLOURS)] for n in members]),
+            hovertext=[f"<b>{safe_label(visible(n.token))}</b> (id {n.token_id}), step {n.step}<br>"
+                       f"P = {math.exp(n.logprob):.4f} (log {n.logprob:.3f}), rank {n.rank}<br>"
+                       f"log P of the path so far {n.cumulative:.3f}<br>"
+                       + ", ".join(branch_name(b) for b in n.branches) for n in members],
+            hovertemplate="%{hovertext}<extra></extra>")
+    figure.add_scatter(x=[0], y=[placed[0][1]], mode="markers+text", text=["prompt"], textposition="top center",
+                       marker=dict(symbol="square", size=14, color="#212529"), showlegend=False,
+                       hovertext=[safe_label(visible(tree.prompt[-200:]))], hovertemplate="%{hovertext}<extra></extra>")
+    column_sizes: dict[int, int] = {}
+    for x, _ in placed.values():
+        column_sizes[int(x)] = column_sizes.get(int(x), 0) + 1
+    tallest = max(column_sizes.values())
+    figure.update_xaxes(range=[-0.4, steps + 0.6], tickmode="array", tickvals=list(range(steps + 1)),
+                        ticktext=["prompt"] + [f"step {s}" for s in range(1, steps + 1)], showgrid=False,
+                        zeroline=False)
+    figure.update_yaxes(visible=False, range=[-(tallest / 2) - 0.3, tallest / 2 + 0.7])
+    figure.update_layout(legend=dict(orientation="h", y=1.0, x=0, yanchor="bottom"), hovermode="closest")
+    return style(figure, title, height=max(360, ROW_PX * tallest + 180))
+
+
+def _probability(logprob: float) -> str:
+    p = math.exp(logprob)
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
+
+
+def branch_name(index: int) -> str:
+    return "greedy" if index == 0 else f"branch {index}"

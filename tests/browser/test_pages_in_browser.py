@@ -299,3 +299,29 @@ def test_attention_page(page, server_url):
     charts(page)
     assert_no_error_box(page)
     screenshot(page, "presenter-attention")
+
+
+def test_what_if_tree_after_two_branches(page, server_url):
+    """Step by step: generate 8 tokens, fork at step 3, fork that branch at step 6: the tree shows three
+    branches, each with its log-probability in the legend."""
+    open_page(page, server_url, "sampling")
+    page.get_by_role("tab", name="Step by step").click()
+    wait_idle(page)
+    page.get_by_role("button", name="+10 tokens").click()
+    wait_idle(page)
+    set_number(page, "at step", 3)
+    page.get_by_role("button", name="Continue from here").click()
+    wait_idle(page)
+    assert "sampling_branches=" in page.url
+    pick(page, "Fork", "branch 1")
+    set_number(page, "at step", 6)
+    page.get_by_role("button", name="Continue from here").click()
+    wait_idle(page)
+    tree = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Branches").first
+    tree.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    legend = tree.inner_text()
+    assert "greedy: log P" in legend and "branch 1: log P" in legend and "branch 2: log P" in legend
+    assert page.url.split("sampling_branches=")[1].split("&")[0].count("%7C") == 1  # two forks, '|' between
+    assert_no_error_box(page)
+    tree.screenshot(path=str(screenshot(page, "what-if-two-branches").with_name("what-if-tree.png")))

@@ -119,3 +119,31 @@ def test_masked_model_gets_a_warning(tiny_dirs):
 
 def test_lecture_number_format():
     assert [lecture_number(v) for v in (0.032052, 0.0, 1.0, 0.96433)] == [".0321", ".0000", "1.0000", ".9643"]
+
+
+def test_what_if_two_branches(smollm):
+    """Fork the model's path at step 3, then fork that branch at step 6: a tree of three branches whose
+    columns show each branch's tokens and log-probabilities (the backend's, tested in tests/test_whatif.py),
+    kept in the URL so the view can be shared."""
+    from lmviz import whatif
+
+    at = run_page("sampling", "This weekend I plan to", sampling_steps=8)
+    at.number_input(key="sampling_fork_step").set_value(3).run()
+    [fork] = [b for b in at.button if b.label == "Continue from here"]
+    fork.click().run()
+    at.selectbox(key="sampling_fork_from").set_value(1).run()
+    at.number_input(key="sampling_fork_step").set_value(6).run()
+    [fork] = [b for b in at.button if b.label == "Continue from here"]
+    fork.click().run()
+    assert not at.exception and not at.error
+    branches = at.session_state["sampling_branches"]
+    assert len(branches) == 3 and branches[2][:3] == branches[1][:3] and len(branches[2]) == 6
+    assert at.query_params["sampling_branches"] == whatif.encode_branches(branches[1:])
+    [frame] = [d.value for d in at.dataframe if any("log P" in str(c) for c in d.value.columns)]
+    for column, forced in zip(frame.columns, branches):
+        branch = whatif.branch(smollm, "This weekend I plan to", forced, 8)
+        assert column == f"{'greedy' if not forced else column.split(' (')[0]} (log P {branch.logprob:.2f})"
+        assert frame[column].iloc[-1].endswith(f"{branch.logprobs[-1]:.2f}")
+    shared = run_page("sampling", "This weekend I plan to", sampling_steps=8,
+                      query={"sampling_branches": at.query_params["sampling_branches"]})
+    assert shared.session_state["sampling_branches"] == branches  # the link opens the same tree

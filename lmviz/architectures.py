@@ -93,10 +93,13 @@ class Architecture:
     decomposition: Decomposition | None = None  # blocks split into attention and MLP parts, or None
     decomposition_refusal: str | None = None  # why the blocks can't be split, when decomposition is None
 
-    def require_decomposition(self) -> Decomposition:
-        """The blocks' attention and MLP parts, or LmvizError with the reason they can't be found."""
-        if self.decomposition is None:
-            raise LmvizError(self.decomposition_refusal or self.refusal
+    def require_decomposition(self, additive: bool = True) -> Decomposition:
+        """The blocks' attention and MLP parts, or LmvizError with the reason they can't be found. With
+        additive=True (attribution, ablation) the parts must also add up to each block's output; attention
+        patterns only need the attention modules (additive=False)."""
+        if self.decomposition is None or (additive and self.decomposition.additive_refusal):
+            raise LmvizError((self.decomposition.additive_refusal if self.decomposition else None)
+                             or self.decomposition_refusal or self.refusal
                              or f"lmviz can't split the blocks of '{self.model_type}' into attention and MLP parts.")
         return self.decomposition
 
@@ -119,6 +122,8 @@ class Decomposition:
     n_heads: int
     d_head: int
     max_error: float  # max |input + attention part + MLP part - output| on the probe, over all blocks
+    additive_refusal: str | None = None  # why the parts don't add up to the blocks' outputs (BLOOM adds the
+    # residual inside its attention): then only the attention modules are usable, for attention patterns
 
     def attn_post_norm(self, layer: int) -> nn.Module | None:
         """The norm between the attention's output and the residual stream (Gemma), or None."""
@@ -525,21 +530,23 @@ def _decompose(model: nn.Module, blocks: tuple[nn.Module, ...], probe_ids: torch
 
     attn_writes = tuple(writer(b, a) for b, a in zip(blocks, attentions))
     mlp_writes = tuple(writer(b, m) for b, m in zip(blocks, mlps))
-    worst = 0.0
+    worst, not_additive = 0.0, None
     for block, attn, mlp in zip(blocks, attn_writes, mlp_writes):
         h_in, h_out = seen.get(id(block), (None, None))
         a, m = seen.get(id(attn), (None, None))[1], seen.get(id(mlp), (None, None))[1]
         if any(t is None or t.shape != h_out.shape for t in (h_in, a, m)) if h_out is not None else True:
-            return None, f"{cannot}: a block's parts don't have the residual stream's shape."
+            not_additive = f"{cannot}: a block's parts don't have the residual stream's shape."
+            break
         u = UNIT_ROUNDOFF.get(h_out.dtype, 2.0**-24)
         h_in, a, m, h_out = (t.double() for t in (h_in, a, m, h_out))
         error = (h_in + a + m - h_out).abs()
         if not bool((error <= 4 * u * (h_in.abs() + a.abs() + m.abs()) + 1e-30).all()):
-            return None, f"{cannot} that add up to the block's output (off by {float(error.max()):.3g})."
+            not_additive = f"{cannot} that add up to the block's output (off by {float(error.max()):.3g})."
+            break
         worst = max(worst, float(error.max()))
     width = next(iter(widths))
     return Decomposition(tuple(attentions), tuple(out_projs), attn_writes, mlp_writes,
-                         n_heads, width // n_heads, worst), None
+                         n_heads, width // n_heads, worst, not_additive), None
 
 
 @dataclass(frozen=True)

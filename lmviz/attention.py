@@ -80,7 +80,7 @@ class AttentionResult:
 def max_tokens(lm: LoadedModel) -> int:
     """Longest text whose eager attention fits: one layer's (head, pos, pos) probabilities stay within
     PATTERN_BUDGET (2,730 tokens for SmolLM2's 9 heads), and within what lmviz traces at once."""
-    n_heads = lm.arch.require_decomposition().n_heads
+    n_heads = lm.arch.require_decomposition(additive=False).n_heads
     return max(1, min(trace_module.max_tokens(lm), int(math.isqrt(PATTERN_BUDGET // (4 * n_heads)))))
 
 
@@ -141,7 +141,7 @@ def run_attention(lm: LoadedModel, text: str, window: tuple[int, int] | None = N
                   widest: int | None = MAX_WINDOW) -> AttentionResult:
     """One uncached eager pass over `text` (see the module docstring); widest=None lifts the window's limit
     (the CLI's whole (query, key) matrices)."""
-    parts = lm.arch.require_decomposition()
+    parts = lm.arch.require_decomposition(additive=False)
     ids = trace_module.encode(lm, text)
     limit = max_tokens(lm)
     if len(ids) > limit:
@@ -169,8 +169,8 @@ def run_attention(lm: LoadedModel, text: str, window: tuple[int, int] | None = N
         raise LmvizError(f"{type(lm.model).__name__} ('{lm.arch.model_type}') fails with eager attention "
                          f"({type(error).__name__}), so lmviz can't show its attention probabilities.") from None
     if len(seen) != n_layers:
-        raise LmvizError(f"{lm.name}'s attention did not return its probabilities in eager mode, so lmviz can't "
-                         "show its attention patterns.")
+        raise LmvizError(f"The attention of {type(lm.model).__name__} ('{lm.arch.model_type}') does not return its "
+                         "probabilities in eager mode, so lmviz can't show its attention patterns.")
     with lm.lock:
         tokens = tuple(display_tokens(lm.tokenizer, ids))
     return AttentionResult(lm.name, text, tuple(ids), tokens, (start, stop), patterns, stats)

@@ -195,7 +195,7 @@ def install(lm) -> None:
 
 def part_hooks(lm) -> PartHooks:
     """The model's part hooks, or LmvizError saying why its blocks can't be split into parts."""
-    parts = lm.arch.require_decomposition()
+    parts = lm.arch.require_decomposition(additive=False)
     hooks = _HOOKS.get(lm.model)
     if hooks is None or hooks.parts is not parts:
         raise LmvizError(f"{lm.name} was loaded without lmviz's part hooks; load it with lmviz.models.load.")

@@ -124,8 +124,10 @@ def pytest_terminal_summary(terminalreporter):
     from tests.test_architectures import PARTS
 
     exact = sum(outcome == "exact" for outcome in PARTS.values())
-    terminalreporter.write_line(f"attention and attribution: {exact} exact, {len(PARTS) - exact} refused, of the "
-                                f"{len(PARTS)} types whose lens is exact")
+    patterns = sum(outcome == "exact" or outcome.startswith("refused: attribution refused") for outcome in PARTS.values())
+    terminalreporter.write_line(f"attention and attribution: {exact} exact, {len(PARTS) - exact} refused in part or "
+                                f"whole, of the {len(PARTS)} types whose lens is exact; attention patterns exact "
+                                f"for {patterns}")
     for model_type, outcome in sorted(PARTS.items()):
         if outcome != "exact":
             terminalreporter.write_line(f"  {model_type}: {outcome}")

@@ -18,7 +18,7 @@ st.caption("Where every head looks, which blocks and heads pushed the prediction
 lm = ui.current_model(kinds=("causal",))
 text = ui.current_text()
 with ui.user_errors():
-    parts = lm.arch.require_decomposition()
+    parts = lm.arch.require_decomposition(additive=False)  # patterns need the attention modules only
     n_tokens = len(trace.encode(lm, text))
 n_layers, n_heads = lm.n_layers, parts.n_heads
 
@@ -98,6 +98,8 @@ ui.chart(plots.query_lines(patterns, layer, head, int(st.session_state.att_query
 
 # ------------------------------------------------------------------ 2. direct logit attribution
 st.header("Which parts wrote the prediction")
+with ui.user_errors():  # attribution and ablation need parts that add up to each block's output
+    lm.arch.require_decomposition()
 row = st.columns([1, 1, 1, 1])
 row[0].selectbox("After position", list(range(n_tokens)), key="att_position",
                  format_func=lambda p: f"{p} {patterns.tokens[p]}")

@@ -122,7 +122,7 @@ st.caption("Cell text: that layer's most likely next token (**bold** when it is 
            "Hover a cell for its top tokens.")
 
 # "why this token?": open attribution for one cell (its position, its top-1 token, the blocks below it)
-if lm.arch.decomposition is not None:
+if lm.arch.decomposition is not None and not lm.arch.decomposition.additive_refusal:
     why = st.columns([2, 2, 3], vertical_alignment="bottom")
     if st.session_state.get("lens_why_pos") not in positions:
         st.session_state.lens_why_pos = positions[-1]

@@ -71,10 +71,13 @@ def unsplittable(tmp_path_factory) -> str:
 
 
 def test_a_model_whose_blocks_cant_be_split_is_refused_in_one_line(unsplittable):
+    """BLOOM's attention patterns are shown; attribution and ablation are refused in one line."""
     lm = models.load(unsplittable)
-    assert lm.arch.refusal is None and lm.arch.decomposition is None
+    assert lm.arch.refusal is None and lm.arch.decomposition.additive_refusal
     at = run_page("attention", TEXT, model=unsplittable)
     assert not at.exception
+    assert [h.value for h in at.header] == ["Where the heads look", "Which parts wrote the prediction"]
+    assert len(at.get("plotly_chart")) == 3  # the head grid, one head's pattern, one query's lines
     assert "can't split" in at.error[0].value and "\n" not in at.error[0].value
     lens = run_page("lens", TEXT, model=unsplittable)  # the other pages still work
     assert not lens.exception and lens.get("plotly_chart")  # (its error box is about the default watched tokens)

@@ -627,8 +627,10 @@ def freeze_norm(norm: nn.Module, x: torch.Tensor) -> FrozenNorm | None:
     modules = list(norm) if isinstance(norm, nn.Sequential) else [norm]
     steps, point = [], x
     for module in modules:
-        try:  # called as the model calls it: (batch, pos, d)
-            output = module(point.unsqueeze(0))[0]
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else point.device
+        try:  # called as the model calls it: (batch, pos, d), where its weights are
+            output = module(point.to(device).unsqueeze(0))[0].cpu()
         except Exception:  # noqa: BLE001 - not a norm that takes one vector at a time (a convolution, …)
             return None
         if not isinstance(output, torch.Tensor) or output.shape != point.shape:

@@ -14,8 +14,8 @@ layer's (head, query, key) tensor at once. It keeps:
   look at itself): the entropy of the row (nats), the probability on the first
   token, on the previous token, on the query itself, and an induction score:
   the probability on the token right after an earlier copy of the query's
-  token (the "A B … A → B" pattern), averaged over queries that have an earlier
-  copy (NaN when no token repeats).
+  token (the "A B … A → B" pattern; never the query itself), averaged over
+  queries that have such a token (NaN when none has).
 """
 
 from __future__ import annotations
@@ -99,11 +99,12 @@ def _check_window(window: tuple[int, int] | None, n_tokens: int, widest: int | N
 
 
 def induction_targets(ids: list[int]) -> list[list[int]]:
-    """For every query position q, the keys j+1 (j+1 <= q) right after an earlier copy j < q of ids[q]."""
+    """For every query position q, the keys j+1 < q right after an earlier copy j of ids[q] (the query itself
+    is never one: in "!!!" that would score a head that looks at itself)."""
     seen: dict[int, list[int]] = {}
     targets = []
     for q, token in enumerate(ids):
-        targets.append([j + 1 for j in seen.get(token, ())])
+        targets.append([j + 1 for j in seen.get(token, ()) if j + 1 < q])
         seen.setdefault(token, []).append(q)
     return targets
 

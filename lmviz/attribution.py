@@ -180,7 +180,7 @@ def resolve_target(lm: LoadedModel, spec: str) -> int:
     spec = spec.strip()
     if not spec:
         raise LmvizError("Give a target token: its id, or its text (e.g. Paris, or ·Paris for the exact piece).")
-    if spec.lstrip("-").isdigit():
+    if spec.lstrip("-").isdecimal() and spec.isascii():  # "²" is a digit but not a number int() reads
         return int(spec)
     spec = spec.replace("\\n", "\n")
     try:

@@ -183,7 +183,7 @@ class _Active:
 
 
 _HOOKS: "weakref.WeakKeyDictionary[nn.Module, PartHooks]" = weakref.WeakKeyDictionary()
-_TWINS: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_TWINS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (hooks, twin)
 _LOCK = threading.Lock()
 
 
@@ -206,20 +206,23 @@ def eager_twin(lm) -> nn.Module:
     """The model again, sharing every parameter, buffer and hook, but running eager attention, which
     returns the attention probabilities (the shared model keeps its faster kernel). Made once per model."""
     with _LOCK:
-        twin = _TWINS.get(lm.model)
-        if twin is None:
+        (hooks, recorder), twin = _TWINS.get(lm.model, ((None, None), None))
+        if twin is None or hooks is not _HOOKS.get(lm.model) or recorder is not lm.recorder:  # the hooks it has now
             model = lm.model
             memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-            memo[id(lm.recorder)] = lm.recorder
-            if model in _HOOKS:
-                memo[id(_HOOKS[model])] = _HOOKS[model]
+            for module in model.modules():  # hooks are shared, not copied: their owners (recorders) too
+                for hooks_dict in (module._forward_hooks, module._forward_pre_hooks):
+                    for hook in hooks_dict.values():
+                        owner = getattr(hook, "__self__", None)
+                        if owner is not None:
+                            memo[id(owner)] = owner
             twin = copy.deepcopy(model, memo)
             twin.config._attn_implementation = "eager"
             for module in twin.modules():  # sub-configs (a text config inside a multimodal one)
                 config = getattr(module, "config", None)
                 if config is not None and hasattr(config, "_attn_implementation"):
                     config._attn_implementation = "eager"
-            _TWINS[lm.model] = twin
+            _TWINS[lm.model] = ((_HOOKS.get(lm.model), lm.recorder), twin)
     return twin
 
 

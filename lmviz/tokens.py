@@ -75,3 +75,12 @@ def display_tokens(tokenizer, token_ids, cache: dict[int, str] | None = None) ->
             cache[token_id] = display_token(tokenizer, token_id)
         out.append(cache[token_id])
     return out
+
+
+MARKDOWN_SPECIALS = set("\\`*_{}[]()#+-.!|~$<>:")
+
+
+def markdown_safe(text: str) -> str:
+    """A token made safe inside Markdown (Streamlit labels, st.markdown): every character Markdown or its
+    LaTeX (`$`) could act on gets a backslash, so `**`, `$$` or a lone backslash show as themselves."""
+    return "".join("\\" + char if char in MARKDOWN_SPECIALS else char for char in text)

@@ -47,7 +47,7 @@ def loop_statistics(probs: torch.Tensor, ids: list[int]) -> dict[str, list[float
         out["self"].append(sum(float(probs[h, q, q]) for q in rows) / (n - 1))
         scores = []
         for q in rows:
-            after_copies = [j + 1 for j in range(q) if ids[j] == ids[q]]
+            after_copies = [j + 1 for j in range(q - 1) if ids[j] == ids[q]]  # j + 1 < q: never the query
             if after_copies:
                 scores.append(sum(float(probs[h, q, k]) for k in after_copies))
         out["induction"].append(sum(scores) / len(scores) if scores else math.nan)
@@ -107,6 +107,7 @@ def test_twin_shares_weights_and_leaves_the_model_fast(smollm):
 
 def test_induction_targets():
     assert attention.induction_targets([5, 6, 7, 5, 6]) == [[], [], [], [1], [2]]
+    assert attention.induction_targets([5, 5, 5, 7]) == [[], [], [1], []]  # never the query itself
 
 
 def test_bad_windows_are_refused(smollm):
@@ -114,3 +115,18 @@ def test_bad_windows_are_refused(smollm):
         attention.attention(smollm, TEXT, (5, 99))
     with pytest.raises(LmvizError, match="at most 60"):
         attention.attention(smollm, " ".join(["word"] * 80), (0, 70))
+
+
+def test_describing_a_model_again_renews_its_eager_twin(tiny_dirs):
+    """A notebook that wraps the same module twice (models.describe) gets working patterns from the second
+    wrapper: the twin is copied again with the hooks the model has now."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    first = models.describe("first", model, tokenizer, "causal")
+    assert attention.run_attention(first, TEXT).n_layers == model.config.num_hidden_layers
+    second = models.describe("second", model, tokenizer, "causal")
+    expected = reference_attentions(eager_reference(tiny_dirs["llama"]), list(attention.run_attention(second, TEXT).input_ids))
+    got = attention.run_attention(second, TEXT, window=(0, 5))
+    assert (got.patterns[-1].double() - expected[-1][:, :5, :5]).abs().max() <= ULPS

@@ -216,3 +216,12 @@ def test_unsplittable_blocks_are_refused_in_one_line(tiny_bert):
     with pytest.raises(LmvizError) as error:
         attribution.attribute(tiny_bert, "a [MASK] b")
     assert "\n" not in str(error.value)
+
+
+def test_numbers_that_int_cannot_read_are_read_as_text(smollm):
+    for typed in ("²", "-²", "١٢"):  # str.isdigit() is True for these, int() fails on the first two
+        try:
+            token_id = attribution.resolve_target(smollm, typed)
+        except LmvizError:
+            continue
+        assert 0 <= token_id < smollm.vocab_size

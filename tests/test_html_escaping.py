@@ -28,3 +28,16 @@ def test_generation_html_escapes_prompt_and_tokens(tiny_gpt2, seed):
     settings = sampling.SamplingSettings(temperature=0.0 if seed is None else 1.0)
     generation = sampling.generate(tiny_gpt2, HOSTILE, settings, steps=4, seed=seed)
     assert_inert(sampling_plots.generation_html(generation))
+
+
+def test_tokens_inside_markdown_stay_text():
+    """Labels and st.markdown read Markdown (and $…$ as LaTeX): a token like '**', '$$' or a backslash is
+    shown as itself, and the escaped text renders back to the token under CommonMark's backslash rule."""
+    import re
+
+    from lmviz.tokens import markdown_safe
+
+    for token in ["**", "$$", "\\", "`x`", "[a](b)", "·_name_", ":red[x]", "~~", "<b>", "# h"]:
+        escaped = markdown_safe(token)
+        assert re.sub(r"\\(.)", r"\1", escaped) == token  # what Markdown shows
+        assert not re.search(r"(?<!\\)[*_`$\[\]~<#:]", escaped)  # nothing left for Markdown to act on

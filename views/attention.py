@@ -11,6 +11,7 @@ from lmviz import ablation, attention, attribution, trace
 from lmviz.errors import LmvizError
 from lmviz.interventions import Component
 from lmviz.plots import attention as plots
+from lmviz.tokens import markdown_safe
 
 st.title("Attention & attribution")
 st.caption("Where every head looks, which blocks and heads pushed the prediction up, and what changes when one "
@@ -143,7 +144,7 @@ with st.expander("What does holding the norm fixed mean?"):
 ui.chart(plots.attribution_bars(result), "attribution_blocks", key="att_bars", clickable=True)
 ui.chart(plots.head_attribution(result), "attribution_heads", key="att_head_grid", clickable=True)
 st.caption("Click a bar or a head to take it out below. Heads sum to their attention block"
-           + (" (plus the output projection's bias)." if bool(result.head_bias.abs().max() > 0) else "."))
+           + (" (plus the output projection's bias)." if bool((result.head_bias != 0).any()) else "."))
 with st.expander("Every part as a table"):
     frame = pd.DataFrame(result.components())
     st.dataframe(frame, width="stretch", height=320)
@@ -167,9 +168,12 @@ with ui.user_errors(), st.spinner(f"Running the model without {component.label} 
     effect = ablation.ablate(lm, text, component, st.session_state.att_mode)
 facts = st.columns(3)
 facts[0].metric("KL(before ‖ after), next token", f"{effect.kl:.4g} nats")
-facts[1].metric("Text loss (mean NLL)", f"{effect.loss_after:.4f}", f"{effect.loss_change:+.4f} nats",
-                delta_color="inverse")
-facts[2].metric(f"p('{effect.before_tokens[0]}') after", f"{effect.after_of_before[0]:.4f}",
+if math.isnan(effect.loss_after):  # a one-token text: no token after the first to score
+    facts[1].metric("Text loss (mean NLL)", "—", help="A one-token text has no next token to score.")
+else:
+    facts[1].metric("Text loss (mean NLL)", f"{effect.loss_after:.4f}", f"{effect.loss_change:+.4f} nats",
+                    delta_color="inverse")
+facts[2].metric(f"p('{markdown_safe(effect.before_tokens[0])}') after", f"{effect.after_of_before[0]:.4f}",
                 f"{effect.after_of_before[0] - effect.before_probs[0]:+.4f}")
 ui.chart(plots.ablation_bars(effect), f"ablation_{component.kind}_L{component.layer}")
 

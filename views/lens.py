@@ -6,7 +6,7 @@ import ui
 from lmviz import lens, tables, trace
 from lmviz.errors import LmvizError
 from lmviz.plots import lens as plots
-from lmviz.tokens import visible
+from lmviz.tokens import markdown_safe, visible
 
 st.title("Logit lens")
 st.caption(
@@ -133,7 +133,7 @@ if lm.arch.decomposition is not None and not lm.arch.decomposition.additive_refu
     why[1].selectbox("Layer", list(range(n_layers, -1, -1)), key="lens_why_layer", format_func=result.layer_label)
     why_pos, why_layer = st.session_state.lens_why_pos, st.session_state.lens_why_layer
     why_id = int(result.top_ids[why_layer, result.column(why_pos), 0])
-    if why[2].button(f"Which blocks wrote '{result.token(why_id)}'? →", help="Opens Attention & attribution on this "
+    if why[2].button(f"Which blocks wrote '{markdown_safe(result.token(why_id))}'? →", help="Opens Attention & attribution on this "
                      "cell: the logit of its top token split over the embedding and blocks 0 … layer−1."):
         st.session_state.update(att_position=why_pos, att_target_kind="a token I type", att_target_text=str(why_id),
                                 att_upto=why_layer)

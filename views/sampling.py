@@ -10,6 +10,7 @@ from lmviz import sampling, tables, whatif
 from lmviz.errors import LmvizError
 from lmviz.plots import sampling as plots
 from lmviz.plots.beam import branch_name, branches_figure
+from lmviz.tokens import markdown_safe
 
 st.title("Temperature & sampling")
 st.caption(
@@ -132,8 +133,23 @@ def what_if(length: int) -> None:
                "T = 1, no penalties or filters). Branches share their common start; **log P** adds up each "
                "branch's token log-probabilities: how likely the model finds the whole continuation.")
     ui.init_from_url("sampling_branches", [()], whatif.decode_branches)
-    with ui.user_errors():
-        branches = [whatif.branch(lm, text, forced, length) for forced in st.session_state.sampling_branches]
+    if st.session_state.get("sampling_branches_for", (lm.name, text)) != (lm.name, text):
+        st.session_state.sampling_branches = [()]  # forks of another text or model mean nothing here
+    st.session_state.sampling_branches_for = (lm.name, text)
+    branches, kept = [], []
+    for forced in st.session_state.sampling_branches:
+        try:
+            branches.append(whatif.branch(lm, text, forced, length))
+            kept.append(forced)
+        except LmvizError:  # forked after the last step shown, or ids from a link for another vocabulary
+            pass
+    if len(kept) < len(st.session_state.sampling_branches):
+        st.info(f"{len(st.session_state.sampling_branches) - len(kept)} branch(es) forked after step {length} or "
+                "not made of this model's tokens were put aside.", icon="ℹ️")
+        st.session_state.sampling_branches = kept or [()]
+    if not branches:
+        with ui.user_errors():
+            branches = [whatif.branch(lm, text, (), length)]
     names = [branch_name(i) for i in range(len(branches))]
     fork = st.columns([2, 1, 3, 2], vertical_alignment="bottom")
     if st.session_state.get("sampling_fork_from", 0) >= len(branches):
@@ -225,7 +241,8 @@ with steps_tab:
                     continue
                 step = generation.steps[inspect - 1]
                 step_dist = step.distribution
-                st.markdown(f"Step {inspect} chose **{step.token}** (rank {step.rank}, p {step.prob:.3f}); "
+                st.markdown(f"Step {inspect} chose **{markdown_safe(step.token)}** (rank {step.rank}, "
+                            f"p {step.prob:.3f}); "
                             "grey: removed by a filter.")
                 ui.chart(plots.distribution_figure(
                     step_dist, sampling.label_tokens(lm, step_dist.token_ids.tolist()), chosen=step.token_id,

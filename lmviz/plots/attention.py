@@ -126,7 +126,8 @@ def attribution_bars(result: Attribution) -> go.Figure:
 def head_attribution(result: Attribution) -> go.Figure:
     """Layers x heads, each head's part of the logit, on a diverging scale centred at zero."""
     values = result.heads.numpy()
-    top = float(np.abs(values).max()) or 1.0
+    top = float(np.abs(values).max()) if values.size else 1.0
+    top = top or 1.0
     n_layers, n_heads = values.shape
     hover = [[f"L{layer}.H{head}: {values[layer, head]:+.4f}" for head in range(n_heads)] for layer in range(n_layers)]
     figure = go.Figure(go.Heatmap(z=values, x=list(range(n_heads)), y=list(range(n_layers)), colorscale=DIVERGING,

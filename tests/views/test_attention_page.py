@@ -43,6 +43,14 @@ def test_settings_come_from_and_go_to_the_url(smollm):
     assert all(at.query_params[key] == value for key, value in query.items())
 
 
+def test_the_embeddings_alone(smollm):
+    """Up to layer 0: only the embedding's part, no blocks and no heads (the lens's bottom row)."""
+    at = run_page("attention", TEXT, att_upto=0)
+    assert not at.exception and not at.error
+    result = attribution.attribute(smollm, TEXT, layer=0)
+    assert metrics(at)["Sum of the parts"] == f"{result.total:.4f}" and result.heads.shape == (0, 9)
+
+
 def test_a_typed_target_and_a_bad_one(smollm):
     at = run_page("attention", TEXT, att_target_kind="a token I type", att_target_text="Paris")
     assert not at.exception and metrics(at)["Target"] == "·Paris"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -163,23 +164,17 @@ class PartHooks:
             return output if edit is not None else None
         return hook
 
+    @contextmanager
     def active(self, recording: Recording | None, edits: tuple[Edit, ...]):
         """Context: this thread's passes record into `recording` and apply `edits`."""
         by_layer: dict[int, list[Edit]] = {}
         for edit in edits:
             by_layer.setdefault(edit.component.layer, []).append(edit)
-        return _Active(self.local, recording, by_layer)
-
-
-class _Active:
-    def __init__(self, local, recording, edits):
-        self.local, self.recording, self.edits = local, recording, edits
-
-    def __enter__(self):
-        self.local.recording, self.local.edits = self.recording, self.edits
-
-    def __exit__(self, *exc):
-        self.local.recording, self.local.edits = None, {}
+        self.local.recording, self.local.edits = recording, by_layer
+        try:
+            yield
+        finally:
+            self.local.recording, self.local.edits = None, {}
 
 
 _HOOKS: "weakref.WeakKeyDictionary[nn.Module, PartHooks]" = weakref.WeakKeyDictionary()

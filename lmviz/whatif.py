@@ -44,10 +44,6 @@ class Branch:
         """Sum of the log-probabilities of the generated tokens: log P(continuation | prompt)."""
         return float(sum(self.logprobs))
 
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / max(1, len(self.logprobs))
-
 
 def branch(lm: LoadedModel, text: str, forced: tuple[int, ...] = (), steps: int = 10) -> Branch:
     """The cached branch of `text` that takes the tokens `forced` first, then continues greedily to `steps`

@@ -223,7 +223,7 @@ def main() -> None:
                  "hooks: ablate": lambda ids: hooks_ablate(model, hooks, ids, layer, head)},
           texts, args.runs, args.warmup)
     hook_out = {name: hooks_ablate(model, hooks, ids, layer, head) for name, ids in texts.items()}
-    seam_edit = (interventions.Edit(interventions.Component("head", layer, head)),)
+    seam_edit = (interventions.Edit(interventions.Component("head", layer, head).site),)
     timed(rows, {"lmviz.interventions.run: ablate": lambda ids: interventions.run(lm, ids, edits=seam_edit,
                                                                                    logits_at=-1)},
           texts, args.runs, args.warmup)

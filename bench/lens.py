@@ -87,8 +87,8 @@ def best(fn, repeat: int) -> tuple[float, object]:
 @torch.inference_mode()
 def bare_products(lm, t) -> float:
     """Time of the unembedding matrix products alone, one (pos, d) x (d, vocab) per layer."""
-    weight = lm.unembed.weight
-    inputs = [lm.final_norm(t.hidden[i]) for i in range(t.n_layers)] + [t.hidden[-1]]
+    weight = lm.head.unembed.weight
+    inputs = [lm.head.norm(t.hidden[i]) for i in range(t.n_layers)] + [t.hidden[-1]]
     started = time.perf_counter()
     for x in inputs:
         x @ weight.T
@@ -100,7 +100,7 @@ def bare_topk(lm, t, k: int) -> float:
     """Time of top-k over every layer's (pos, vocab) logits (the logits made outside the clock)."""
     total = 0.0
     for i in range(t.n_layers + 1):
-        logits = lm.logits_from_hidden(t.hidden[i], normalize=i < t.n_layers)
+        logits = lm.head.logits(t.hidden[i], normalize=i < t.n_layers)
         started = time.perf_counter()
         torch.topk(logits, k, dim=-1)
         total += time.perf_counter() - started
@@ -113,7 +113,7 @@ def naive_lens(lm, t, k: int, watched: tuple[int, ...]) -> dict[str, torch.Tenso
     n = t.n_layers
     logits = torch.empty(n + 1, t.n_tokens, lm.vocab_size)  # (layer+1, pos, vocab): 3 GB at 512 tokens
     for i in range(n):
-        logits[i] = lm.logits_from_hidden(t.hidden[i])
+        logits[i] = lm.head.logits(t.hidden[i])
     logits[n] = trace.logits(lm, t)
     final = torch.log_softmax(logits[n], dim=-1)
     p_final = final.exp()

@@ -4,7 +4,8 @@ Zero-ablation replaces the component's output by zeros; mean-ablation by its
 mean over this text's positions (less of a shock to the layers after it: the
 component still says "something typical", just nothing about this position).
 For a head the output is its d_head slice of the output projection's input;
-for a block, what it adds to the residual stream.
+for a block, what it adds to the residual stream. Either is one `Edit` of the
+component's site (`Component.site`, `lmviz.interventions`).
 
 The result compares the next-token distribution after the last token before
 and after (top tokens, KL(before ‖ after) in nats, computed in float64 over the
@@ -22,12 +23,15 @@ from lmviz import interventions
 from lmviz import trace as trace_module
 from lmviz.cache import cached
 from lmviz.errors import LmvizError
-from lmviz.interventions import MODES, Component, Edit
+from lmviz.interventions import Component, Edit, Recording, Site
 from lmviz.models import LoadedModel
 from lmviz.tokens import display_tokens
 
 TOP_K = 10
-LOGITS_BUDGET = 2**30  # bytes of one pass's (pos, vocab) float32 logits
+MODES = ("zero", "mean")
+# bytes of the (pos, vocab) float32 logits one ablation pass keeps whole (the text's loss needs every row):
+# a longer text is refused. Not windows.BATCH_LOGITS_BUDGET, a batching threshold with a chunked fallback.
+ABLATION_LOGITS_LIMIT = 2**30
 
 
 @dataclass(frozen=True)
@@ -74,40 +78,36 @@ def _outcome(logits: torch.Tensor, ids: list[int], rows: int = 256) -> Outcome:
     return Outcome(torch.log_softmax(logits[-1].double(), dim=-1), loss)
 
 
-def max_tokens(lm: LoadedModel) -> int:
-    """Longest text ablated at once: its logits must fit LOGITS_BUDGET (5,461 tokens for a 49k vocabulary)."""
-    return max(1, min(trace_module.max_tokens(lm), LOGITS_BUDGET // (4 * lm.vocab_size)))
+def max_ablation_tokens(lm: LoadedModel) -> int:
+    """Longest text ablated at once: its logits must fit ABLATION_LOGITS_LIMIT (5,461 tokens for a 49k
+    vocabulary)."""
+    return max(1, min(trace_module.max_tokens(lm), ABLATION_LOGITS_LIMIT // (4 * lm.vocab_size)))
 
 
 @dataclass(frozen=True)
 class _Clean:
     outcome: Outcome
-    head_means: dict[int, torch.Tensor]  # layer -> (n_heads·d_head,) the output projection's input, mean over pos
-    attn_means: dict[int, torch.Tensor]  # layer -> (d_model,)
-    mlp_means: dict[int, torch.Tensor]  # layer -> (d_model,)
+    means: dict[Site, torch.Tensor]  # every block's attn.hook_z, hook_attn_out, hook_mlp_out: mean over positions
 
 
 def _ids(lm: LoadedModel, text: str) -> list[int]:
-    if lm.kind != "causal":
-        raise LmvizError(f"{lm.name} is not a causal language model: ablation compares next-token predictions.")
+    lm.require_causal("ablation")
     lm.arch.require_decomposition()
     ids = trace_module.encode(lm, text)
-    if len(ids) > max_tokens(lm):
+    if len(ids) > max_ablation_tokens(lm):
         raise LmvizError(f"The text is {len(ids)} tokens long; ablation on {lm.name} takes at most "
-                         f"{max_tokens(lm)} (its logits over every position must fit "
-                         f"{LOGITS_BUDGET // 2**20:,} MB). Shorten it.")
+                         f"{max_ablation_tokens(lm)} (its logits over every position must fit "
+                         f"{ABLATION_LOGITS_LIMIT // 2**20:,} MB). Shorten it.")
     return ids
 
 
 def _clean(lm: LoadedModel, text: str, ids: list[int]) -> _Clean:
     def compute() -> _Clean:
-        recording = interventions.Recording(at="mean")
+        sites = [Site(f"blocks.{layer}.{hook}") for layer in range(lm.n_layers)
+                 for hook in ("attn.hook_z", "hook_attn_out", "hook_mlp_out")]
+        recording = Recording(sites, at="mean")
         logits = interventions.run(lm, torch.tensor([ids]), record=recording)
-
-        def means(values):
-            return {layer: tensor[0] for layer, tensor in values.items()}
-
-        return _Clean(_outcome(logits, ids), means(recording.heads), means(recording.attn), means(recording.mlp))
+        return _Clean(_outcome(logits, ids), {site: recording[site][0] for site in sites})
     return cached("ablation-clean", lm, (text,), compute)
 
 
@@ -124,16 +124,14 @@ def edit_for(lm: LoadedModel, text: str, component: Component, mode: str) -> Edi
     """The Edit that zero- or mean-ablates `component` on `text`."""
     if mode not in MODES:
         raise LmvizError(f"Ablation mode must be one of {', '.join(MODES)}, not '{mode}'.")
-    check_component(lm, component)
+    site = check_component(lm, component).site
     if mode == "zero":
-        return Edit(component)
-    clean = _clean(lm, text, _ids(lm, text))
+        return Edit(site)
+    value = _clean(lm, text, _ids(lm, text)).means[Site(site.name)]  # the whole site: every head side by side
     if component.kind == "head":
         width = lm.arch.require_decomposition().d_head
-        value = clean.head_means[component.layer][component.head * width:(component.head + 1) * width]
-    else:
-        value = (clean.attn_means if component.kind == "attn" else clean.mlp_means)[component.layer]
-    return Edit(component, value)
+        value = value[component.head * width:(component.head + 1) * width]
+    return Edit(site, value)
 
 
 def ablate(lm: LoadedModel, text: str, component: Component, mode: str = "zero", k: int = TOP_K) -> AblationResult:
@@ -141,10 +139,11 @@ def ablate(lm: LoadedModel, text: str, component: Component, mode: str = "zero",
     ids = _ids(lm, text)
     edit = edit_for(lm, text, component, mode)
     key = (text, component, mode, k)
-    return cached("ablation", lm, key, lambda: _ablate(lm, text, ids, edit, mode, k))
+    return cached("ablation", lm, key, lambda: _ablate(lm, text, ids, component, edit, mode, k))
 
 
-def _ablate(lm: LoadedModel, text: str, ids: list[int], edit: Edit, mode: str, k: int) -> AblationResult:
+def _ablate(lm: LoadedModel, text: str, ids: list[int], component: Component, edit: Edit, mode: str,
+            k: int) -> AblationResult:
     before = _clean(lm, text, ids).outcome
     after = _outcome(interventions.run(lm, torch.tensor([ids]), edits=(edit,)), ids)
     p_before = before.last_log_probs.exp()
@@ -155,7 +154,7 @@ def _ablate(lm: LoadedModel, text: str, ids: list[int], edit: Edit, mode: str, k
         tokens_after = tuple(display_tokens(lm.tokenizer, top_after.indices.tolist()))
         tokens_before = tuple(display_tokens(lm.tokenizer, top_before.indices.tolist()))
     return AblationResult(
-        lm.name, text, edit.component, mode,
+        lm.name, text, component, mode,
         tuple(top_after.indices.tolist()), tuple(top_after.values.exp().tolist()), tokens_after,
         tuple(top_before.indices.tolist()), tuple(top_before.values.exp().tolist()), tokens_before,
         max(kl, 0.0), before.loss, after.loss, tuple(after.last_log_probs[top_before.indices].exp().tolist()),

@@ -4,76 +4,52 @@ The analyses need to know, for any loaded transformers model:
 
 - the **blocks**: the transformer layers, in order (the modules named by the
   model's `_no_split_modules`, held in one `nn.ModuleList`); the residual
-  stream is read at their outputs;
-- the **final norm**: whatever the model applies between the last block's
-  output and the unembedding (a norm, OPT-350m's projection, BERT's MLM
-  transform). It is found by running a short probe with hooks and following
-  the values from the last block's output to the unembedding's input;
-- the **head**: the unembedding (`get_output_embeddings()`) plus what the
-  model does to its output: Cohere multiplies by `logit_scale`, Granite
-  divides by `logits_scaling`, Gemma-2/3 soft-cap, and any other constant
-  factor is measured on the probe;
-- the **attention, MLP and output projection** inside each block, and how the
-  block writes them to the residual stream (`Decomposition`: output = input +
-  attention part + MLP part, checked on the probe), and how to hold a norm's
-  scale fixed so the logit is linear in the residual (`freeze_norm`); both are
-  what direct logit attribution (`lmviz.attribution`) needs;
-- the **EOS ids** that `generate()` stops at (the KV cache is the model's own: `lmviz.decoding`).
+  stream runs from each to the next;
+- the **head** (`lmviz.head.Head`): the final norm, i.e. whatever the model
+  applies between the last block's output and the unembedding (a norm,
+  OPT-350m's projection, BERT's MLM transform), found by running a short
+  probe with hooks and following the values from the last block's output to
+  the unembedding's input; then the unembedding (`get_output_embeddings()`)
+  and what the model does to its output: Cohere multiplies by `logit_scale`,
+  Granite divides by `logits_scaling`, Gemma-2/3 soft-cap, and any other
+  constant factor is measured on the probe;
+- the **attention, MLP and their output projections** inside each block, and
+  how the block writes them to the residual stream (`Decomposition`: output =
+  input + attention part + MLP part, checked on the probe). The MLP's output
+  projection is kept only where the MLP returns exactly its output (checked
+  on the probe): then a neuron's share is its activation times its column.
+
+This module only finds and checks. Reading and editing these parts during a
+pass is `lmviz.interventions`; holding a norm's scale fixed for attribution
+is `lmviz.frozen_norm`.
 
 Discovery is verified on every load: on the probe, the head applied to the
 last block's output (before the final norm) must reproduce the model's own
-logits within a bound derived from the dtype. A model that fails keeps
-working where only its own logits are used (sampling, beam search, loss), and
-everything that projects hidden states to the vocabulary refuses it with
-`Architecture.refusal`: one line that names the architecture. A lens that is
-silently wrong is never shown.
+logits within a bound derived from the dtype (`Head.error_bound`). A model
+that fails keeps working where only its own logits are used (sampling, beam
+search, loss), and everything that projects hidden states to the vocabulary
+refuses it with `Architecture.refusal`: one line that names the architecture.
+A lens that is silently wrong is never shown.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from lmviz.errors import LmvizError
+from lmviz.head import UNIT_ROUNDOFF, Head
 
 PROBE_IDS = (1, 2, 3, 5, 8, 13, 21)  # a short probe; ids below every vocabulary's size
-
-# dtype -> unit roundoff u (half the distance from 1 to the next number)
-UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 # Child names that hold a block's attention, MLP and the attention's output projection.
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "multi_head_attention", "mixer")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
 OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo", "proj")
-
-
-@dataclass(frozen=True)
-class LogitTransform:
-    """What the model does to the unembedding's output, in this order:
-    logits = softcap(scale * z / divisor), softcap(x) = cap * tanh(x / cap)."""
-
-    scale: float = 1.0  # Cohere's logit_scale, or a factor measured on the probe
-    divisor: float = 1.0  # Granite's logits_scaling
-    softcap: float | None = None  # Gemma-2/3's final_logit_softcapping
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.scale != 1.0:
-            logits = logits * self.scale
-        if self.divisor != 1.0:
-            logits = logits / self.divisor
-        if self.softcap:  # the same operations, in the same order, as transformers
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
-    @property
-    def factor(self) -> float:
-        return self.scale / self.divisor
+# Child names of an MLP's output projection (what reads the neurons).
+MLP_OUT_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "w2", "wo")
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,9 +58,7 @@ class Architecture:
 
     model_type: str
     blocks: tuple[nn.Module, ...]  # (layer,) in the order the model runs them
-    final_norm: nn.Module  # (…, d_model) -> (…, d_head); nn.Identity when there is none
-    unembed: nn.Module | None  # (…, d_head) -> (…, vocab); None for classifiers
-    logit_transform: LogitTransform = field(default_factory=LogitTransform)
+    head: Head | None  # final norm, unembedding, logit transform; None for classifiers. Verified unless refusal
     refusal: str | None = None  # why hidden states can't be projected to the vocabulary, or None
     head_reads_last_hidden: bool = True  # the unembedding reads transformers' last hidden state as it is
     labels_shift: int | None = 1  # 1: labels= loss shifts labels itself; 0: pass them shifted; None: no loss
@@ -112,7 +86,9 @@ class Decomposition:
     The attention part is the output of `attn_writes[layer]`: the attention itself (Llama, GPT-2) or a
     norm applied to its output (Gemma's post-attention norm); likewise `mlp_writes`. The attention's
     output projection `out_projs[layer]` reads the heads side by side, `d_head` numbers each, so one
-    head's share is the projection of its slice alone.
+    head's share is the projection of its slice alone. The MLP's output projection `mlp_out_projs[layer]`
+    reads its `d_mlp` neurons, and its output is the MLP's (checked), so one neuron's share is its
+    activation times its column.
     """
 
     attentions: tuple[nn.Module, ...] = field(repr=False)  # (layer,) attention modules: return (output, weights)
@@ -124,6 +100,9 @@ class Decomposition:
     max_error: float  # max |input + attention part + MLP part - output| on the probe, over all blocks
     additive_refusal: str | None = None  # why the parts don't add up to the blocks' outputs (BLOOM adds the
     # residual inside its attention): then only the attention modules are usable, for attention patterns
+    mlp_out_projs: tuple[nn.Module, ...] | None = field(default=None, repr=False)  # (layer,) (…, d_mlp) -> (…, d)
+    d_mlp: int | None = None
+    neurons_refusal: str | None = None  # why there are no mlp_out_projs (a mixture of experts has no one MLP)
 
     def attn_post_norm(self, layer: int) -> nn.Module | None:
         """The norm between the attention's output and the residual stream (Gemma), or None."""
@@ -161,11 +140,23 @@ def find_blocks(model: nn.Module) -> tuple[nn.Module, ...]:
     return best or fallback
 
 
-def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    for value in list(args) + [kwargs.get("hidden_states")] + list(kwargs.values()):
+def _input_at(args: tuple, kwargs: dict) -> int | str | None:
+    """Where a module's call holds its input: the first float tensor among the positional arguments, else
+    the `hidden_states` keyword, else the first float tensor among the keywords. None when there is none."""
+    for i, value in enumerate(args):
         if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value
+            return i
+    for key in ["hidden_states", *kwargs]:
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return key
     return None
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """A module call's input (see `_input_at`)."""
+    where = _input_at(args, kwargs)
+    return None if where is None else args[where] if isinstance(where, int) else kwargs[where]
 
 
 def _output_tensor(output) -> torch.Tensor | None:
@@ -374,46 +365,17 @@ def _final_norm(probe: _Probe, unembed: nn.Module) -> nn.Module | None:
     return None
 
 
-def _config_transform(config) -> LogitTransform:
-    """The logit post-processing a config asks for (attributes transformers reads in ForCausalLM)."""
+def _config_transform(config) -> dict:
+    """The logit post-processing a config asks for (attributes transformers reads in ForCausalLM), as
+    Head's scale, divisor and softcap."""
     scale = getattr(config, "logit_scale", None)
     divisor = getattr(config, "logits_scaling", None)
     softcap = getattr(config, "final_logit_softcapping", None)
-    return LogitTransform(
+    return dict(
         scale=float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0,
         divisor=float(divisor) if isinstance(divisor, (int, float)) and divisor else 1.0,
         softcap=float(softcap) if softcap else None,
     )
-
-
-def head_error_bound(normed: torch.Tensor, unembed: nn.Module, transform: LogitTransform) -> torch.Tensor:
-    """Elementwise bound on |our logits - the model's| when both compute the same head in a different
-    order: each logit is a dot product of length d, whose rounding error is at most d·u·Σ|h_i||w_i|
-    (Higham, γ_d), counted twice (ours and the model's) plus the norm's own rounding; the transform
-    adds a few roundings of the result. Σ|h_i||w_i| is bounded by ‖h‖·‖w‖ (Cauchy–Schwarz), so the
-    check on every trace costs one outer product, not a second pass over the unembedding."""
-    u = UNIT_ROUNDOFF.get(normed.dtype, 2.0**-24)
-    d = normed.shape[-1]
-    if isinstance(unembed, nn.Linear):
-        magnitude = normed.detach().float().norm(dim=-1, keepdim=True) * _row_norms(unembed)
-        if unembed.bias is not None:
-            magnitude = magnitude + unembed.bias.detach().abs().float()
-    else:  # an unknown head module: bound by the largest logit times the width
-        magnitude = unembed(normed).abs().float().amax() * torch.ones(1)
-    return (4 * d + 16) * u * abs(transform.factor) * magnitude + 1e-30
-
-
-_ROW_NORMS: "weakref.WeakKeyDictionary[nn.Module, tuple[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
-
-
-def _row_norms(unembed: nn.Linear) -> torch.Tensor:
-    """(vocab,) float32 ‖w_v‖ of the unembedding's rows, computed again only when the weight changes."""
-    weight = unembed.weight.detach()
-    version, norms = _ROW_NORMS.get(unembed, (-1, None))
-    if norms is None or version != weight._version:
-        norms = weight.float().norm(dim=-1) * (1 + 2.0**-20)  # above the float32 norm's own rounding
-        _ROW_NORMS[unembed] = (weight._version, norms)
-    return norms
 
 
 def discover(model: nn.Module, kind: str) -> Architecture:
@@ -424,30 +386,31 @@ def discover(model: nn.Module, kind: str) -> Architecture:
     blocks = find_blocks(model)
     unembed = model.get_output_embeddings() if kind != "classifier" else None
     if kind == "classifier":
-        return Architecture(model_type, blocks, nn.Identity(), None, refusal=None)
-    if not blocks:
-        return Architecture(model_type, blocks, nn.Identity(), unembed,
-                            refusal=f"lmviz can't find the transformer blocks of {arch_name}.")
+        return Architecture(model_type, blocks, None, refusal=None)
     if unembed is None:
-        return Architecture(model_type, blocks, nn.Identity(), None,
+        return Architecture(model_type, blocks, None,
                             refusal=f"{arch_name} has no output embedding to project hidden states with.")
+    bare = Head(nn.Identity(), unembed)  # where lmviz can't find or verify the rest of the head
+    if not blocks:
+        return Architecture(model_type, blocks, bare,
+                            refusal=f"lmviz can't find the transformer blocks of {arch_name}.")
     device = next(model.parameters()).device
     probe_ids = torch.tensor([PROBE_IDS], device=device)
     try:
         probe = _probe(model, blocks, unembed, probe_ids)
     except Exception as error:  # noqa: BLE001 - a model that can't run the probe can't be verified either
-        return Architecture(model_type, blocks, nn.Identity(), unembed,
+        return Architecture(model_type, blocks, bare,
                             refusal=f"{arch_name} failed on a short probe ({type(error).__name__}), "
                                     "so lmviz can't verify its head.")
     if not _one_stream(probe):
-        return Architecture(model_type, blocks, nn.Identity(), unembed,
+        return Architecture(model_type, blocks, bare,
                             refusal=f"{arch_name}'s blocks do not pass one hidden state from each to the next, "
                                     "so lmviz can't read its layers as one residual stream.")
     decomposition, why_not = _decompose(model, blocks, probe_ids, arch_name)
     parts = {"decomposition": decomposition, "decomposition_refusal": why_not}
     final_norm = _final_norm(probe, unembed)
     if final_norm is None or probe.logits is None:
-        return Architecture(model_type, blocks, nn.Identity(), unembed, **parts,
+        return Architecture(model_type, blocks, bare, **parts,
                             refusal=f"lmviz can't trace how {arch_name} turns its last block's output into "
                                     "logits, so it can't project hidden states to the vocabulary.")
     reads_last = _same(probe.last_hidden, probe.head_input)
@@ -455,22 +418,21 @@ def discover(model: nn.Module, kind: str) -> Architecture:
     with torch.inference_mode():
         normed = final_norm(probe.block_outputs[-1])
         raw = unembed(normed)
-    model_logits = probe.logits.to(raw.dtype)
-    candidates = [_config_transform(config)]
+    model_logits = probe.logits.to(raw.dtype).float().cpu()
+    candidates = [Head(final_norm, unembed, **_config_transform(config))]
     ratio = _least_squares_scale(raw, model_logits)  # any other constant factor; verified below
     if ratio is not None and ratio != 1.0:
-        candidates.append(LogitTransform(scale=ratio))
-    for transform in candidates:
-        with torch.inference_mode():
-            ours = transform(raw)
-            bound = head_error_bound(normed, unembed, transform)
-        error = (ours.float() - model_logits.float()).abs()
+        candidates.append(Head(final_norm, unembed, scale=ratio))
+    for head in candidates:
+        ours = head.logits(probe.block_outputs[-1])
+        error = (ours - model_logits).abs()
+        bound = head.error_bound(normed).cpu()
         if ours.shape == model_logits.shape and bool((error <= bound).all()):
-            return Architecture(model_type, blocks, final_norm, unembed, transform, None,
+            return Architecture(model_type, blocks, head, None,
                                 reads_last, shift, float(error.max()), float(bound.max()), **parts)
-    worst = float((candidates[0](raw).float() - model_logits.float()).abs().max()) \
-        if raw.shape == model_logits.shape else float("nan")
-    return Architecture(model_type, blocks, final_norm, unembed, candidates[0], **parts,
+    ours = candidates[0].logits(probe.block_outputs[-1])
+    worst = float((ours - model_logits).abs().max()) if ours.shape == model_logits.shape else float("nan")
+    return Architecture(model_type, blocks, candidates[0], **parts,
                         refusal=f"lmviz can't reproduce the logits of {arch_name} from its hidden states "
                                 f"(off by up to {worst:.3g}), so it won't show a logit lens for it.",
                         max_head_error=worst)
@@ -505,6 +467,7 @@ def _decompose(model: nn.Module, blocks: tuple[nn.Module, ...], probe_ids: torch
     widths = {_in_features(p) for p in out_projs}
     if not isinstance(n_heads, int) or len(widths) != 1 or None in widths or next(iter(widths)) % n_heads:
         return None, f"{cannot}: its output projection does not read {n_heads} heads side by side."
+    mlp_outs = [_child(m, MLP_OUT_NAMES) for m in mlps]
     seen: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}  # id(module) -> (input, output)
     handles = []
 
@@ -512,9 +475,9 @@ def _decompose(model: nn.Module, blocks: tuple[nn.Module, ...], probe_ids: torch
         seen[id(module)] = (_first_tensor(args, kwargs), _output_tensor(output))
 
     try:
-        for block in blocks:
+        for block, mlp_out in zip(blocks, mlp_outs):
             handles.append(block.register_forward_hook(record, with_kwargs=True))
-            for child in block.children():
+            for child in [*block.children(), *([mlp_out] if mlp_out is not None else [])]:
                 handles.append(child.register_forward_hook(record, with_kwargs=True))
         model(input_ids=probe_ids, use_cache=False)
     finally:
@@ -545,173 +508,24 @@ def _decompose(model: nn.Module, blocks: tuple[nn.Module, ...], probe_ids: torch
             break
         worst = max(worst, float(error.max()))
     width = next(iter(widths))
-    return Decomposition(tuple(attentions), tuple(out_projs), attn_writes, mlp_writes,
-                         n_heads, width // n_heads, worst, not_additive), None
+    neurons, d_mlp, no_neurons = _neurons(mlps, mlp_outs, seen, arch_name)
+    return Decomposition(tuple(attentions), tuple(out_projs), attn_writes, mlp_writes, n_heads, width // n_heads,
+                         worst, not_additive, neurons, d_mlp, no_neurons), None
 
 
-@dataclass(frozen=True)
-class _Affine:
-    """One step of a frozen norm: y = center?(x) * scale * gain + bias, all float64."""
-
-    scale: torch.Tensor  # (…, 1): the norm's 1/rms or 1/std at the point it was frozen at
-    gain: torch.Tensor | None  # (d,) or None
-    center: bool  # subtract the mean first (LayerNorm)
-    bias: torch.Tensor | None  # (d,) or None
-
-    def linear(self, c: torch.Tensor) -> torch.Tensor:
-        c = c - c.mean(-1, keepdim=True) if self.center else c
-        c = c * self.scale
-        return c * self.gain if self.gain is not None else c
-
-
-@dataclass(frozen=True)
-class FrozenNorm:
-    """A norm with its scale held at the value it had for one input x: then norm(c₁ + c₂ + …) =
-    linear(c₁) + linear(c₂) + … + bias exactly, which is what lets direct logit attribution split a
-    logit into parts that sum to it. Checked against the norm itself at x (`freeze_norm`)."""
-
-    steps: tuple[_Affine, ...]
-
-    def linear(self, c: torch.Tensor) -> torch.Tensor:
-        """(…, d) -> (…, d) float64: the norm's linear part, applied to one part of the residual."""
-        c = c.double()
-        for step in self.steps:
-            c = step.linear(c)
-        return c
-
-    @property
-    def bias(self) -> torch.Tensor | float:
-        """(d,) float64, or 0.0: what the norm adds whatever the input."""
-        total: torch.Tensor | float = 0.0
-        for step in self.steps:
-            total = step.linear(total) if isinstance(total, torch.Tensor) else total
-            if step.bias is not None:
-                total = total + step.bias
-        return total
-
-
-_EPS_NAMES = ("variance_epsilon", "eps", "epsilon", "layer_norm_eps", "layer_norm_epsilon")
-
-
-def _norm_candidates(norm: nn.Module, x: torch.Tensor) -> list[_Affine]:
-    """The ways `norm` could compute its output from x (float64), to be checked against it: LayerNorm or
-    RMSNorm, with a gain w, 1 + w (Gemma, Nemotron) or none (OLMo), a bias if it has one."""
-    ones = torch.ones(*x.shape[:-1], 1, dtype=torch.float64)
-    if isinstance(norm, (nn.Identity, nn.Dropout)):
-        return [_Affine(ones, None, False, None)]
-    if isinstance(norm, Scale):
-        return [_Affine(ones * norm.factor, None, False, None)]
-    named = [getattr(norm, n) for n in _EPS_NAMES if isinstance(getattr(norm, n, None), float)]
-    weight = getattr(norm, "weight", None)
-    if weight is not None and (not isinstance(weight, torch.Tensor) or weight.shape != x.shape[-1:]):
-        return []
-    gains = [None] if weight is None else [weight.detach().double().cpu(), 1 + weight.detach().double().cpu()]
-    bias = getattr(norm, "bias", None)
-    bias = bias.detach().double().cpu() if isinstance(bias, torch.Tensor) and bias.shape == x.shape[-1:] else None
-    x = x.double()
-    candidates = []
-    for eps in named[:1] or [1e-5, 1e-6]:  # a norm that keeps its epsilon in code: the usual two
-        std = (x.var(-1, unbiased=False, keepdim=True) + eps).rsqrt()
-        rms = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
-        kinds = ((rms, False), (std, True)) if "rms" in type(norm).__name__.lower() else ((std, True), (rms, False))
-        candidates += [_Affine(scale, gain, center, bias) for gain in gains for scale, center in kinds]
-    return candidates  # where two would pass (a residual with mean 0), the class name decides
-
-
-@torch.inference_mode()
-def freeze_norm(norm: nn.Module, x: torch.Tensor) -> FrozenNorm | None:
-    """`norm` with its scale held at its value for x (…, d), checked: linear(x) + bias must equal norm(x)
-    within the rounding of computing a norm (a mean of d squares, a square root, a product). None for a
-    norm lmviz does not know how to hold fixed. Handles nn.Identity, a constant Scale, LayerNorm, RMSNorm
-    (with gain w or 1 + w) and nn.Sequential chains of them."""
-    modules = list(norm) if isinstance(norm, nn.Sequential) else [norm]
-    steps, point = [], x
-    for module in modules:
-        parameter = next(module.parameters(), None)
-        device = parameter.device if parameter is not None else point.device
-        try:  # called as the model calls it: (batch, pos, d), where its weights are
-            output = module(point.to(device).unsqueeze(0))[0].cpu()
-        except Exception:  # noqa: BLE001 - not a norm that takes one vector at a time (a convolution, …)
-            return None
-        if not isinstance(output, torch.Tensor) or output.shape != point.shape:
-            return None
-        expected = output.double().cpu()
-        u = UNIT_ROUNDOFF.get(point.dtype, 2.0**-24)
-        for candidate in _norm_candidates(module, point.cpu()):
-            linear = candidate.linear(point.double().cpu())
-            ours = linear + candidate.bias if candidate.bias is not None else linear
-            size = linear.abs() + candidate.bias.abs() if candidate.bias is not None else linear.abs()
-            bound = (point.shape[-1] + 16) * 2.0**-24 * size + 2 * u * expected.abs() + 1e-30
-            if bool(((ours - expected).abs() <= bound).all()):
-                steps.append(candidate)
-                break
-        else:
-            return None
-        point = output
-    return FrozenNorm(tuple(steps))
-
-
-# ---------------------------------------------------------------- reading the residual stream
-
-
-@dataclass
-class Captured:
-    """The residual stream of one forward pass, (batch, pos, d) each."""
-
-    block_input: torch.Tensor | None = None  # what block 0 read: the embeddings
-    block_outputs: list[torch.Tensor] = field(default_factory=list)  # (layer,) what each block returned
-    head_input: torch.Tensor | None = None  # what the unembedding read
-
-
-class StreamRecorder:
-    """Hooks installed once per loaded model that record the residual stream for whichever thread asked.
-
-    Registering and removing hooks while another thread runs the model is a race in torch
-    (a hook can be called with the wrong signature), so the hooks stay installed; each
-    one looks up this thread's `Captured` and does nothing when there is none.
-    """
-
-    def __init__(self, arch: Architecture):
-        self.local = threading.local()
-        if arch.blocks:
-            arch.blocks[0].register_forward_pre_hook(self._before_first, with_kwargs=True)
-            for block in arch.blocks:
-                block.register_forward_hook(self._after_block, with_kwargs=True)
-        if arch.unembed is not None:
-            arch.unembed.register_forward_pre_hook(self._before_head, with_kwargs=True)
-
-    def _before_first(self, module, args, kwargs):
-        captured = getattr(self.local, "captured", None)
-        if captured is not None:
-            captured.block_input = _first_tensor(args, kwargs)
-
-    def _after_block(self, module, args, kwargs, output):
-        captured = getattr(self.local, "captured", None)
-        if captured is not None:
-            captured.block_outputs.append(_output_tensor(output))
-
-    def _before_head(self, module, args, kwargs):
-        captured = getattr(self.local, "captured", None)
-        if captured is not None:
-            captured.head_input = _first_tensor(args, kwargs)
-
-    @contextmanager
-    def capture(self) -> Iterator[Captured]:
-        """Record the residual stream of the forward passes this thread makes inside the block."""
-        captured = self.local.captured = Captured()
-        try:
-            yield captured
-        finally:
-            self.local.captured = None
-
-
-# ---------------------------------------------------------------- generation
-
-
-def eos_ids(model: nn.Module) -> tuple[int, ...]:
-    """The ids generate() stops at: the generation config's eos_token_id (an id, a list, or none)."""
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        return ()
-    return tuple(dict.fromkeys(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])))
+def _neurons(mlps: list[nn.Module], mlp_outs: list[nn.Module | None], seen: dict, arch_name: str
+             ) -> tuple[tuple[nn.Module, ...] | None, int | None, str | None]:
+    """The MLPs' output projections, their width d_mlp, and None; or (None, None, why not). Each must be
+    a linear layer whose output the MLP returns as it is (checked on the probe), so that the MLP's output
+    is Σ_n neuron_n · column_n exactly."""
+    cannot = f"lmviz can't read the neurons of {arch_name}'s MLP"
+    if any(p is None for p in mlp_outs):
+        return None, None, (f"{cannot}: it has no one output projection lmviz knows by name "
+                            "(a mixture of experts has one per expert).")
+    widths = {_in_features(p) for p in mlp_outs}
+    if len(widths) != 1 or None in widths:
+        return None, None, f"{cannot}: its output projections are not linear layers of one width."
+    for mlp, out in zip(mlps, mlp_outs):
+        if not _same(seen.get(id(out), (None, None))[1], seen.get(id(mlp), (None, None))[1]):
+            return None, None, f"{cannot}: the MLP does not return what its output projection computes."
+    return tuple(mlp_outs), next(iter(widths)), None

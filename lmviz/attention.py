@@ -77,7 +77,7 @@ class AttentionResult:
         return self.patterns[layer, head, query - start, : query + 1]
 
 
-def max_tokens(lm: LoadedModel) -> int:
+def max_attention_tokens(lm: LoadedModel) -> int:
     """Longest text whose eager attention fits: one layer's (head, pos, pos) probabilities stay within
     PATTERN_BUDGET (2,730 tokens for SmolLM2's 9 heads), and within what lmviz traces at once."""
     n_heads = lm.arch.require_decomposition(additive=False).n_heads
@@ -144,7 +144,7 @@ def run_attention(lm: LoadedModel, text: str, window: tuple[int, int] | None = N
     (the CLI's whole (query, key) matrices)."""
     parts = lm.arch.require_decomposition(additive=False)
     ids = trace_module.encode(lm, text)
-    limit = max_tokens(lm)
+    limit = max_attention_tokens(lm)
     if len(ids) > limit:
         raise LmvizError(f"The text is {len(ids)} tokens long; attention patterns of {lm.name} are computed for "
                          f"at most {limit} tokens (one layer's patterns must fit {PATTERN_BUDGET // 2**20} MB). "
@@ -165,7 +165,7 @@ def run_attention(lm: LoadedModel, text: str, window: tuple[int, int] | None = N
 
     try:
         interventions.run(lm, torch.tensor([ids]), eager=True, logits_at=-1,
-                          record=interventions.Recording(at=slice(0, 0), on_attention=reduce))
+                          record=interventions.Recording(on_attention=reduce))
     except Exception as error:  # noqa: BLE001 - transformers' eager attention of this model is broken
         raise LmvizError(f"{type(lm.model).__name__} ('{lm.arch.model_type}') fails with eager attention "
                          f"({type(error).__name__}), so lmviz can't show its attention probabilities.") from None

@@ -7,7 +7,7 @@ on load). The logit of a target token t is
     logit_t = factor · W_U[t] · final_norm(residual) + b_U[t]
 
 The final norm divides by the residual's own size, so it is not linear. Hold
-its scale fixed at the value it has for the actual residual (`freeze_norm`):
+its scale fixed at the value it has for the actual residual (`lmviz.frozen_norm`):
 then final_norm(a + b + …) = L(a) + L(b) + … + bias exactly, and the logit
 splits into one number per part that sum to it. "Holding the norm fixed"
 means: every part is judged by how much it pushes the residual towards W_U[t],
@@ -19,12 +19,14 @@ is linear, so each head's share is the projection of its d_head slice alone
 (plus the projection's bias, shown once per block). Where the block norms its
 attention output before adding it (Gemma), that norm's scale is held fixed too.
 
-Everything is computed in float64 from one recorded pass at the chosen position.
+Everything is computed in float64 from one pass recorded at the chosen position
+(`lmviz.interventions`: every block's hook_resid_post, hook_attn_out,
+hook_mlp_out, attn.hook_z, and attn.hook_out for a post-norm), with the
+model's verified head (`lmviz.head`: `Head.direction`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,9 +34,11 @@ from torch import nn
 
 from lmviz import interventions
 from lmviz import trace as trace_module
-from lmviz.architectures import UNIT_ROUNDOFF, FrozenNorm, freeze_norm
+from lmviz.frozen_norm import FrozenNorm, freeze_norm
+from lmviz.head import UNIT_ROUNDOFF
 from lmviz.cache import cached
 from lmviz.errors import LmvizError
+from lmviz.interventions import Site
 from lmviz.lens import resolve_watched
 from lmviz.models import LoadedModel
 
@@ -88,12 +92,11 @@ class PositionParts:
     mlp: torch.Tensor  # (layer, d) what each MLP block added
     attn_raw: torch.Tensor  # (layer, d) each attention's own output, before a post-norm
     heads_in: torch.Tensor  # (layer, n_heads·d_head) the output projections' inputs
-    logits: torch.Tensor  # (vocab,) float32: the model's own logits at the position
+    logits: torch.Tensor  # (vocab,) the model's own logits at the position, in its dtype
 
 
 def _require_attributable(lm: LoadedModel) -> None:
-    if lm.kind != "causal":
-        raise LmvizError(f"{lm.name} is not a causal language model: attribution explains next-token logits.")
+    lm.require_causal("attribution")
     lm.require_vocabulary_head()
     lm.arch.require_decomposition()
 
@@ -109,18 +112,22 @@ def position_parts(lm: LoadedModel, text: str, position: int) -> PositionParts:
 
 
 def _record(lm: LoadedModel, ids: list[int], position: int) -> PositionParts:
-    layers = range(lm.n_layers)
-    recording = interventions.Recording(at=[position])
-    with lm.recorder.capture() as stream:
-        logits = interventions.run(lm, torch.tensor([ids]), record=recording, logits_at=position)
-    return PositionParts(
-        residuals=torch.stack([h[0, position].detach().cpu() for h in [stream.block_input, *stream.block_outputs]]),
-        attn=torch.stack([recording.attn[layer][0] for layer in layers]),
-        mlp=torch.stack([recording.mlp[layer][0] for layer in layers]),
-        attn_raw=torch.stack([recording.attn_raw[layer][0] for layer in layers]),
-        heads_in=torch.stack([recording.heads[layer][0] for layer in layers]),
-        logits=logits,
-    )
+    def every_block(hook: str) -> list[Site]:
+        return [Site(f"blocks.{layer}.{hook}") for layer in range(lm.n_layers)]
+
+    stream = [Site("blocks.0.hook_resid_pre"), *every_block("hook_resid_post")]
+    parts = {hook: every_block(hook) for hook in ("hook_attn_out", "hook_mlp_out", "attn.hook_out", "attn.hook_z")}
+    recording = interventions.Recording([*stream, *(site for sites in parts.values() for site in sites)],
+                                        at=[position])
+    output = interventions.forward(lm, torch.tensor([ids]), record=recording)
+    logits = output.logits[0, position].cpu()  # in the model's dtype: a float32 copy would break a float64 bound
+
+    def stacked(sites: list[Site]) -> torch.Tensor:
+        return torch.stack([recording[site][0] for site in sites])
+
+    return PositionParts(residuals=stacked(stream), attn=stacked(parts["hook_attn_out"]),
+                         mlp=stacked(parts["hook_mlp_out"]), attn_raw=stacked(parts["attn.hook_out"]),
+                         heads_in=stacked(parts["attn.hook_z"]), logits=logits)
 
 
 def check_position(position: int | None, n_tokens: int) -> int:
@@ -194,16 +201,6 @@ def resolve_target(lm: LoadedModel, spec: str) -> int:
         raise LmvizError(str(error).replace("Watch one of those pieces", "Pick one of those pieces as the target"))
 
 
-def _direction(lm: LoadedModel, target: int) -> tuple[torch.Tensor, float]:
-    """(d_head,) float64 the target's unembedding row times the logit factor, and its bias."""
-    unembed = lm.unembed
-    if not isinstance(unembed, nn.Linear):
-        raise LmvizError(f"{lm.name}'s unembedding is not one linear layer, so lmviz can't attribute its logits.")
-    factor = lm.arch.logit_transform.factor
-    bias = float(unembed.bias.detach()[target]) * factor if unembed.bias is not None else 0.0
-    return unembed.weight[target].detach().double().cpu() * factor, bias
-
-
 def _frozen(norm: nn.Module, x: torch.Tensor, what: str, lm: LoadedModel) -> FrozenNorm:
     frozen = freeze_norm(norm, x.unsqueeze(0))
     if frozen is None:
@@ -215,9 +212,12 @@ def _frozen(norm: nn.Module, x: torch.Tensor, what: str, lm: LoadedModel) -> Fro
 def _attribute(lm: LoadedModel, text: str, position: int, target: int, layer: int,
                parts: PositionParts) -> Attribution:
     decomposition = lm.arch.require_decomposition()
-    direction, unembed_bias = _direction(lm, target)
+    head = lm.head
+    if not head.linear:
+        raise LmvizError(f"{lm.name}'s unembedding is not one linear layer, so lmviz can't attribute its logits.")
+    direction, unembed_bias = head.direction(target)
     residual = parts.residuals[layer]
-    final = _frozen(lm.final_norm, residual, "final norm", lm)
+    final = _frozen(head.norm, residual, "final norm", lm)
 
     def logit_of(vectors: torch.Tensor, frozen: FrozenNorm = final) -> torch.Tensor:
         return frozen.linear(vectors) @ direction
@@ -237,10 +237,8 @@ def _attribute(lm: LoadedModel, text: str, position: int, target: int, layer: in
     if layer == lm.n_layers:  # the model's own logit
         logit = float(parts.logits[target])
     else:  # the logit lens at `layer`: the model's verified head on the residual there
-        logit = float(lm.logits_from_hidden(residual.unsqueeze(0).to(lm.device))[0, target])
-    transform = lm.arch.logit_transform
-    if transform.softcap:  # the parts sum to the logit before the cap
-        logit = transform.softcap * math.atanh(max(-1 + 1e-16, min(1 - 1e-16, logit / transform.softcap)))
+        logit = float(head.logits(residual.unsqueeze(0))[0, target])
+    logit = head.before_cap(logit)  # the parts sum to the logit before a soft-cap
     embed = float(logit_of(parts.residuals[0]))
     attn, mlp = logit_of(parts.attn[:layer]), logit_of(parts.mlp[:layer])
     bound = _sum_bound(lm, parts, layer, direction, final)
@@ -250,14 +248,15 @@ def _attribute(lm: LoadedModel, text: str, position: int, target: int, layer: in
     return Attribution(lm.name, text, position, layer, target, token, logit, embed, attn, mlp,
                        torch.stack(heads) if heads else empty,
                        torch.stack(head_bias) if head_bias else torch.zeros(0, dtype=torch.float64),
-                       constant, bound, transform.softcap)
+                       constant, bound, head.softcap)
 
 
 def _sum_bound(lm: LoadedModel, parts: PositionParts, layer: int, direction: torch.Tensor,
                final: FrozenNorm) -> float:
     """How far Σ parts may be from the model's logit through rounding: the model adds 2·layer parts to
     the residual (each add rounds by u·|result|, bounded by u·Σ|parts| so far), normalizes (rounding
-    ≤ (d+16)·u·|normed|) and takes a dot product of length d (≤ (4d+16)·u·Σ|h||w|, as the head check)."""
+    ≤ (d+16)·u·|normed|, with u at least float32's: the norms upcast) and takes a dot product of length d
+    (≤ (3d+16)·u·Σ|h||w|)."""
     residual = parts.residuals[layer]
     u = UNIT_ROUNDOFF.get(residual.dtype, 2.0**-24)
     d = residual.shape[-1]
@@ -269,8 +268,9 @@ def _sum_bound(lm: LoadedModel, parts: PositionParts, layer: int, direction: tor
     for step in final.steps:  # |L(e)| elementwise, LayerNorm's centering included
         residual_error = (residual_error + residual_error.mean() if step.center else residual_error) * \
             step.scale.abs()[0] * (step.gain.abs() if step.gain is not None else 1)
-    bound = float(residual_error @ weights + (4 * d + 32) * u * (normed @ weights))
-    cap = lm.arch.logit_transform.softcap
+    u_norm = max(u, 2.0**-24)  # transformers' norms compute in float32 even in a float64 model
+    bound = float(residual_error @ weights + ((d + 16) * u_norm + (3 * d + 16) * u) * (normed @ weights))
+    cap = lm.head.softcap
     if cap:  # recovering the logit before the cap from the capped float32 one amplifies its rounding
         y = min(abs(float(parts.logits.abs().max())) / cap, 1 - 1e-12)
         bound += 8 * 2.0**-24 * cap / (1 - y * y)

@@ -21,7 +21,9 @@ model with a 49k vocabulary. `run_logit_lens` never holds it. It walks over
 blocks of (positions x all layers) and, inside a block, over slices of the
 vocabulary small enough to stay in the CPU cache; each tile of logits is
 folded at once into running statistics (top-k, an online log-sum-exp,
-entropy, KL, ranks) and then overwritten by the next tile.
+entropy, KL, ranks) and then overwritten by the next tile. The tiles come from
+the model's verified head (`lmviz.head.Head.tile`), which computes exactly
+what the model's own head does, one vocabulary slice at a time.
 """
 
 from __future__ import annotations
@@ -33,13 +35,12 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from lmviz import compute
 from lmviz import trace as tracing
-from lmviz.architectures import LogitTransform
 from lmviz.cache import cached, is_cached_result
 from lmviz.errors import LmvizError
+from lmviz.head import Head
 from lmviz.models import LoadedModel
 from lmviz.tokens import token_text, visible
 from lmviz.trace import Trace
@@ -235,72 +236,6 @@ def resolve_watched(lm: LoadedModel, pieces: Sequence[str]) -> tuple[int, ...]:
 # ---------------------------------------------------------------- the computation
 
 
-class _Head:
-    """The model's head split into pieces the tiled loop can use.
-
-    For an nn.Linear unembedding (nearly every causal LM) tiles are
-    `hidden @ weight[v0:v1].T + bias[v0:v1]`, then soft-capping, exactly what
-    `LoadedModel.logits_from_hidden` computes, one vocabulary slice at a time.
-    Any other head module is called whole (one tile = the full vocabulary).
-    """
-
-    def __init__(self, lm: LoadedModel):
-        self.lm = lm
-        self.transform = lm.arch.logit_transform  # scale, divisor, soft-cap
-        self.plain = self.transform == LogitTransform()  # no transform at all
-        unembed = lm.unembed
-        self.linear = isinstance(unembed, nn.Linear)
-        # the model's own weights (float32, or bfloat16/float16 in a low-precision model); the lens multiplies
-        # in float32, converting one vocabulary slice at a time (a no-op for float32 models)
-        self.weight = unembed.weight.detach() if self.linear else None  # (vocab, d_head)
-        self.bias = unembed.bias.detach().float() if self.linear and unembed.bias is not None else None
-
-    def weights(self, v0: int, v1: int) -> torch.Tensor:
-        """(v1-v0, d_head) float32 rows of the unembedding."""
-        return self.weight[v0:v1].float()
-
-    def weighted_sum(self, p: torch.Tensor, width: int = 8192) -> torch.Tensor:
-        """(n, d_head) = p @ W for p (n, vocab), in float32, a slice of the vocabulary at a time."""
-        total = torch.zeros(p.shape[0], self.weight.shape[1], device=p.device)
-        for v0 in range(0, p.shape[1], width):
-            total += p[:, v0:v0 + width] @ self.weights(v0, v0 + width)
-        return total
-
-    def full(self, rows: torch.Tensor) -> torch.Tensor:
-        """(rows, vocab) logits of rows (rows, d_head), as LoadedModel.logits_from_hidden(normalize=False)."""
-        if not self.linear:
-            return self.transform(self.lm.unembed(rows)).float()
-        return self.transform(torch.nn.functional.linear(rows.float(), self.weights(0, self.weight.shape[0]), self.bias))
-
-    def tile(self, rows: torch.Tensor, v0: int, v1: int, out: torch.Tensor) -> torch.Tensor:
-        """(rows, v1-v0) logits of rows (rows, d_head) for the vocabulary slice v0:v1."""
-        if not self.linear:
-            out.copy_(self.transform(self.lm.unembed(rows)).float()[:, v0:v1])
-            return out
-        weight = self.weights(v0, v1)
-        if self.bias is None:
-            torch.matmul(rows, weight.T, out=out)
-        else:
-            torch.addmm(self.bias[v0:v1], rows, weight.T, out=out)
-        transform = self.transform  # in place, the same operations in the same order as LogitTransform
-        if transform.scale != 1.0:
-            out.mul_(transform.scale)
-        if transform.divisor != 1.0:
-            out.div_(transform.divisor)
-        if transform.softcap:
-            out.div_(transform.softcap).tanh_().mul_(transform.softcap)
-        return out
-
-    def at(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor | None:
-        """(rows, n) logits of the given token ids, per row (ids: (rows, n)); None for a non-linear head."""
-        if not self.linear:
-            return None
-        logits = torch.einsum("rd,rnd->rn", rows, self.weight[ids].float())
-        if self.bias is not None:
-            logits = logits + self.bias[ids]
-        return self.transform(logits)
-
-
 class _Running:
     """Statistics of rows of logits, folded in one vocabulary tile at a time.
 
@@ -383,11 +318,7 @@ class _Running:
 
 
 def _check_inputs(lm: LoadedModel, trace: Trace, k: int, watched_ids: Sequence[int]) -> tuple[int, ...]:
-    if lm.kind != "causal" or lm.unembed is None:
-        raise LmvizError(
-            f"{lm.name} is a {lm.kind} model; the logit lens reads next-token predictions, "
-            "so it needs a causal language model."
-        )
+    lm.require_causal("the logit lens")
     lm.require_vocabulary_head()
     if trace.model_name != lm.name or trace.n_layers != lm.n_layers:
         raise LmvizError("This trace was made with another model: trace the text with this one first.")
@@ -423,17 +354,12 @@ def check_positions(positions: tuple[int, int] | None, n_pos: int) -> tuple[int,
     return first, end
 
 
-def _normed_rows(lm: LoadedModel, hidden: torch.Tensor, normalize: bool) -> torch.Tensor:
+def _normed_rows(head: Head, hidden: torch.Tensor, normalize: bool) -> torch.Tensor:
     """(layer*pos, d): hidden states (layer, pos, d) of layers 0..L-1, through the final norm when
     normalizing (recomputed for every vector), flattened layer-major."""
-    if normalize:
-        hidden = lm.final_norm(hidden.to(_device_of(lm.final_norm)))  # may change the width (OPT-350m: 1024 -> 512)
+    if normalize:  # where the norm's weights are; it may change the width (OPT-350m: 1024 -> 512)
+        hidden = head.norm(hidden.to(next((p.device for p in head.norm.parameters()), torch.device("cpu"))))
     return hidden.reshape(-1, hidden.shape[-1]).float().contiguous()
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    """Where a module's weights are (the CPU for a module without any)."""
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 @torch.inference_mode()
@@ -458,7 +384,7 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
     the model's own logits (normalized) or the head applied to hidden[L] (raw).
     """
     watched = _check_inputs(lm, trace, k, watched_ids)
-    head = _Head(lm)
+    head = lm.head
     if not normalize and head.linear and head.weight.shape[1] != trace.hidden.shape[-1]:
         raise LmvizError(f"{lm.name}'s unembedding expects {head.weight.shape[1]}-wide vectors but its hidden "
                          f"states are {trace.hidden.shape[-1]} wide, so a raw lens (without the final "
@@ -495,7 +421,7 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
 
     # tiles and running statistics live where the head's weights are (a GPU, or the CPU); each block's
     # results come back to the CPU
-    device = head.weight.device if head.linear else _device_of(lm.unembed)
+    device = head.device
     for p0 in range(first, end, block_pos):
         with compute.slot(), torch.device(device):  # one block at a time: others' work goes on between blocks
             p1 = min(end, p0 + block_pos)
@@ -503,10 +429,10 @@ def run_logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool =
             n_block = p1 - p0
             n_lens = n_layers * n_block  # rows from the matrix product
             n_rows = n_lens + n_block
-            rows = _normed_rows(lm, trace.hidden[:n_layers, p0:p1], normalize).to(device)  # (layer*pos, d)
+            rows = _normed_rows(head, trace.hidden[:n_layers, p0:p1], normalize).to(device)  # (layer*pos, d)
             final = tracing.logits(lm, trace, slice(p0, p1)).to(device)  # (pos, vocab) the model's output logits
             # the rows of layer L: the output itself, or (raw) the bare head on hidden[L] (already normed)
-            last_rows = final if normalize else head.full(trace.hidden[n_layers, p0:p1].to(device))  # (pos, vocab)
+            last_rows = final if normalize else head.tile(trace.hidden[n_layers, p0:p1].to(device))  # (pos, vocab)
             # the final distribution in float64: a shared rounding error in its log-sum-exp would scale
             # every p_final by the same 1 + 1e-5 and shift sum p_final z, hence KL, by 1e-5 x the logits
             final_logp = torch.log_softmax(final.double(), dim=-1)  # (pos, vocab)

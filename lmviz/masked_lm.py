@@ -31,7 +31,7 @@ IGNORE_INDEX = -100  # the label CrossEntropyLoss skips (transformers' conventio
 SEED_EPSILON = 1e-5  # BERT's run_pretraining.py adds this to the denominator of the MLM loss
 
 
-# model_type -> where each part of the masked-LM head sits, relative to lm.unembed
+# model_type -> where each part of the masked-LM head sits inside the head module
 # (BERT: model.cls; RoBERTa family: model.lm_head), and the activation when it is not a module.
 _MLM_PARTS = {
     "bert": dict(dense="predictions.transform.dense", activation="predictions.transform.transform_act_fn",
@@ -313,7 +313,7 @@ def mlm_loss(lm: LoadedModel, text: str, positions: Sequence[int], max_predictio
         output = lm.model(input_ids=input_ids[None], labels=labels[None], output_hidden_states=True)
         sequence_output = output.hidden_states[-1][0]  # (pos, d_model)
         gathered = sequence_output[masked_positions]  # (pred, d_model)  gather_indexes
-        head_logits = lm.logits_from_hidden(gathered)  # (pred, vocab)  the head on the gathered rows only
+        head_logits = lm.head.logits(gathered)  # (pred, vocab)  the head on the gathered rows only
         top1 = head_logits.argmax(dim=-1)  # (pred,)
     with lm.lock:  # the tokenizer only
         tokens = tuple(display_tokens(lm.tokenizer, ids))

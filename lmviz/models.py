@@ -2,9 +2,10 @@
 
 `load(name)` returns a `LoadedModel`: the model in eval mode, its tokenizer,
 its kind (causal / masked / classifier), and its `Architecture`: the blocks,
-the final norm and the head that turn a hidden state into scores over the
-vocabulary, found on the model and verified against its own logits on load
-(see `lmviz.architectures`).
+their parts, and the head (`lmviz.head.Head`) that turns a hidden state into
+scores over the vocabulary, found on the model and verified against its own
+logits on load (see `lmviz.architectures`). Loading also installs the hooks
+through which analyses read and edit a pass (`lmviz.interventions`).
 
 Names that `load` understands:
 - an embedded model (`EMBEDDED`, default `smollm2-135m`), shipped inside a
@@ -25,20 +26,17 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from lmviz import compute, interventions
-from lmviz.architectures import PROBE_IDS, Architecture, StreamRecorder, discover
-from lmviz.embedded import DEFAULT_MODEL, EMBEDDED, converted_copy
+from lmviz.architectures import PROBE_IDS, Architecture, discover
+from lmviz.embedded import DEFAULT_MODEL, EMBEDDED, Progress, antiberty, converted_copy
 from lmviz.errors import LmvizError
+from lmviz.head import Head
 from lmviz.placement import Placement, placement
-
-Progress = Callable[[str], None]
-
 
 KINDS = ("causal", "masked", "classifier")
 
@@ -51,8 +49,7 @@ class LoadedModel:
     model: nn.Module  # in eval mode, in placement.dtype, on placement.device (or spread by a device_map)
     tokenizer: object  # a transformers tokenizer
     kind: str  # "causal" | "masked" | "classifier"
-    arch: Architecture  # blocks, final norm, head: where they are, verified on load
-    recorder: StreamRecorder  # hooks that read the residual stream for the thread that asks
+    arch: Architecture  # blocks, their parts, the head: where they are, verified on load
     n_layers: int
     d_model: int
     vocab_size: int  # rows of the unembedding (may exceed len(tokenizer))
@@ -66,41 +63,28 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
-    def final_norm(self) -> nn.Module:
-        """(…, d_model) -> (…, d_head): what the model applies between its last block and the unembedding."""
-        return self.arch.final_norm
-
-    @property
-    def unembed(self) -> nn.Module | None:
-        """(…, d_head) -> (…, vocab) before the logit transform; None for classifiers."""
-        return self.arch.unembed
-
-    @property
-    def logit_softcap(self) -> float | None:
-        return self.arch.logit_transform.softcap
-
-    @property
     def cache_key(self) -> tuple[str, int]:
         return (self.name, self.serial)
 
+    def require_causal(self, what: str) -> None:
+        """Raise one line saying that `what` (e.g. "the logit lens") needs a causal LM, unless this is one."""
+        if self.kind != "causal":
+            raise LmvizError(f"{self.name} is a {self.kind} model; {what} needs a causal language model, "
+                             f"one that predicts the next token (e.g. {DEFAULT_MODEL}).")
+
     def require_vocabulary_head(self) -> None:
         """Raise the one-line refusal when hidden states can't be projected to the vocabulary exactly."""
-        if self.unembed is None:
+        if self.arch.head is None:
             raise LmvizError(f"{self.name} is a {self.kind} model: it has no vocabulary head.")
         if self.arch.refusal:
             raise LmvizError(self.arch.refusal)
 
-    @torch.inference_mode()
-    def logits_from_hidden(self, hidden: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Project hidden states (…, d_model) to vocabulary logits (…, vocab), the way the model's
-        own head does: final norm (skipped when normalize=False), unembedding, logit transform
-        (scale, divisor, soft-capping). Refuses a model whose head did not verify on load."""
+    @property
+    def head(self) -> Head:
+        """The head that turns hidden states into logits, verified on load (`lmviz.head`); LmvizError with
+        the one-line refusal for a model whose head lmviz could not verify, or that has none."""
         self.require_vocabulary_head()
-        weight = getattr(self.unembed, "weight", None)
-        if weight is not None:  # the head's dtype and device; the logits come back to the CPU in float32
-            hidden = hidden.to(device=weight.device, dtype=weight.dtype)
-        h = self.final_norm(hidden) if normalize else hidden
-        return self.arch.logit_transform(self.unembed(h)).float().cpu()
+        return self.arch.head
 
     @property
     def device(self) -> torch.device:
@@ -186,6 +170,17 @@ def forget(name: str) -> None:
             del _models[key]
 
 
+def offline_names() -> list[str]:
+    """The models lmviz can load without a model hub: the embedded ones, and AntiBERTy's when installed."""
+    return list(EMBEDDED) + (list(antiberty.MODELS) if antiberty.antiberty_available() else [])
+
+
+def loaded_kind(name: str) -> str | None:
+    """The kind of the model `name` if it is in memory (in any placement), else None: no load."""
+    with _models_lock:
+        return next((lm.kind for key, lm in _models.items() if key[0] == name.strip()), None)
+
+
 def loaded_names() -> list[str]:
     """Names of the models held in memory, least recently used first."""
     with _models_lock:
@@ -199,6 +194,8 @@ def _load_uncached(name: str, where: Placement, progress: Progress) -> LoadedMod
     transformers_logging.disable_progress_bar()  # progress goes through `progress`, not tqdm on stderr
     if name in EMBEDDED:
         directory = converted_copy(EMBEDDED[name], progress)
+    elif name in antiberty.MODELS:
+        directory = antiberty.prepare_antiberty(progress=progress)[antiberty.MODELS[name]]
     else:
         directory = _user_model_location(name)
     progress(f"Loading {name} ({where.dtype_name} on {where.device_map or where.device}) …")
@@ -347,7 +344,7 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str, where: Placement
         where = Placement(str(model.device), model.dtype, None, f"{str(model.dtype).removeprefix('torch.')} as loaded")
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     arch = discover(model, kind)
-    unembed = arch.unembed
+    unembed = arch.head.unembed if arch.head is not None else None
     vocab_size = unembed.out_features if isinstance(unembed, nn.Linear) else config.vocab_size
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     lm = LoadedModel(
@@ -356,7 +353,6 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str, where: Placement
         tokenizer=tokenizer,
         kind=kind,
         arch=arch,
-        recorder=StreamRecorder(arch),
         n_layers=len(arch.blocks) or config.num_hidden_layers,
         d_model=config.hidden_size,
         vocab_size=vocab_size,
@@ -366,7 +362,7 @@ def describe(name: str, model: nn.Module, tokenizer, kind: str, where: Placement
         placement=where,
         serial=next(_serials),
     )
-    interventions.install(lm)  # hooks on the blocks' parts, installed once (lmviz.interventions)
+    interventions.install(lm)  # the hooks every recording and edit goes through, installed once
     return lm
 
 

@@ -8,8 +8,12 @@ with `output_hidden_states=True` and keeps the result in lmviz's one cache
 A trace holds no (pos, vocab) logits: at 2,048 tokens they would take 400 MB
 for SmolLM2 and 2 GB for a 262k vocabulary. `logits(lm, t, rows)` recomputes
 the rows asked for from the last hidden state with the model's verified head
-(`lmviz.architectures`), the same operations the model runs. Every trace
-checks that on its last position against the model's own logits.
+(`lmviz.head`), the same operations the model runs. Every trace checks that
+on its last position against the model's own logits.
+
+The residual stream is recorded where the blocks pass it on (the sites
+`blocks.{l}.hook_resid_pre`, through `lmviz.interventions`), so models whose
+`hidden_states` skip the embeddings (Mamba, RWKV) are traced right too.
 """
 
 from __future__ import annotations
@@ -20,8 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmviz import compute
-from lmviz.architectures import head_error_bound
+from lmviz import interventions
 from lmviz.cache import budget_bytes, cached
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
@@ -67,7 +70,7 @@ def logits(lm: LoadedModel, t: Trace, rows=slice(None)) -> torch.Tensor:
     if t.own_logits is not None:
         return t.own_logits[rows]
     read = t.head_input if t.head_input is not None else t.hidden[-1]
-    return lm.logits_from_hidden(read[rows], normalize=False)
+    return lm.head.logits(read[rows], normalize=False)
 
 
 def max_tokens(lm: LoadedModel) -> int:
@@ -164,28 +167,28 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
         if not truncate:
             raise too_long(lm, len(ids))
         truncated_from, ids = len(ids), ids[:limit]
-    input_ids = torch.tensor([ids], device=lm.device)
+    input_ids = torch.tensor([ids])
     verified = lm.arch.refusal is None
+    reads_last = lm.arch.head_reads_last_hidden
     # the head reads hidden[-1] itself: the model need only compute its last row of logits (our check)
-    last_only = verified and lm.arch.head_reads_last_hidden and accepts_logits_to_keep(lm.model)
-    extra = {"logits_to_keep": 1} if last_only else {}
-    with compute.slot(), lm.recorder.capture() as captured, torch.inference_mode():
-        output = lm.model(input_ids=input_ids, output_hidden_states=True, use_cache=False, **extra)
+    extra = {"logits_to_keep": 1} if verified and reads_last and accepts_logits_to_keep(lm.model) else {}
+    final = interventions.Site(interventions.FINAL)  # what the unembedding reads, where that is not hidden[-1]
+    stream = [interventions.Site(f"blocks.{layer}.hook_resid_pre") for layer in range(len(lm.arch.blocks))]
+    recording = interventions.Recording(stream + ([] if reads_last else [final]) if verified else [])
+    output = interventions.forward(lm, input_ids, record=recording, output_hidden_states=True, **extra)
     with lm.lock:
         tokens = tuple(display_tokens(lm.tokenizer, ids))
     if verified:  # the residual stream as the blocks passed it on, then transformers' last (normed) state
-        layers = [captured.block_input] + captured.block_outputs[:-1] + [output.hidden_states[-1]]
+        layers = [recording[site] for site in stream] + [output.hidden_states[-1][0].cpu()]
     else:
-        layers = list(output.hidden_states or ())
+        layers = [h[0].cpu() for h in output.hidden_states or ()]
     if not layers or len({tuple(h.shape) for h in layers}) != 1:
         raise LmvizError(f"{lm.name}'s layers don't pass on hidden states of one shape, so lmviz can't trace it "
                          "as one residual stream.")
-    hidden = torch.stack(layers)[:, 0].cpu()  # in the model's dtype, kept in host memory like every result
-    head_input = None
-    if verified and not lm.arch.head_reads_last_hidden and captured.head_input is not None:
-        head_input = captured.head_input[0].to(hidden.dtype).cpu()
+    hidden = torch.stack(layers)  # in the model's dtype, kept in host memory like every result
+    head_input = None if not verified or reads_last else recording[final].to(hidden.dtype)
     result = Trace(
-        model_name=lm.name, text=text, input_ids=input_ids[0].cpu(), tokens=tokens, hidden=hidden,
+        model_name=lm.name, text=text, input_ids=input_ids[0], tokens=tokens, hidden=hidden,
         last_logits=output.logits[0, -1].float().cpu(), truncated_from=truncated_from, head_input=head_input,
         own_logits=None if verified else output.logits[0].float().cpu(),
     )
@@ -198,8 +201,7 @@ def _check_last_position(lm: LoadedModel, t: Trace, own: torch.Tensor) -> None:
     """The head lmviz recomputes logits with must give the model's own logits at the last position."""
     read = (t.head_input if t.head_input is not None else t.hidden[-1])[-1:]
     ours = logits(lm, t, slice(-1, None))[0]
-    with torch.inference_mode():
-        bound = head_error_bound(read, lm.unembed, lm.arch.logit_transform)[0]
+    bound = lm.head.error_bound(read)[0]
     if not bool(((ours - own.float()).abs() <= bound).all()):
         raise LmvizError(f"lmviz's copy of {lm.name}'s head disagrees with the model's own logits on this "
                          "text, so it won't show numbers computed from it.")

@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 import torch
 
 from lmviz import compute
-from lmviz.architectures import head_error_bound
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.trace import accepts_logits_to_keep
@@ -32,10 +31,12 @@ TARGETS_PER_CHUNK = 512  # scored positions projected to the vocabulary at once:
 TOKENS_PER_BATCH = 4096  # equal-shaped windows run together up to this many tokens per forward pass
 
 
-LOGITS_BUDGET = 256 * 2**20  # bytes of float32 logits one forward pass may return
+# bytes of float32 logits one batched forward pass may return; windows needing more go through the head in
+# chunks, so nothing is refused (unlike ablation.ABLATION_LOGITS_LIMIT, a limit on the text's length)
+BATCH_LOGITS_BUDGET = 256 * 2**20
 
 
-Progress = Callable[[int, int], None]  # (windows done, windows in all)
+WindowProgress = Callable[[int, int], None]  # (windows done, windows in all)
 
 
 @dataclass(frozen=True)
@@ -104,14 +105,14 @@ def score_rows(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 
 
 def score_windows(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
-              progress: Progress | None) -> tuple[torch.Tensor, ...]:
+              progress: WindowProgress | None) -> tuple[torch.Tensor, ...]:
     """Score every window's new tokens, (scored,) NLL, rank, top id, top probability in text order.
 
     Windows of one shape run together as a batch. Logits are computed only
     where they are needed: the model runs with logits_to_keep = the scored
     tokens (they are each window's last ones), so the context positions never
     reach the (…, vocab) head. A window whose scored logits would not fit in
-    LOGITS_BUDGET instead sends its final hidden states through the model's
+    BATCH_LOGITS_BUDGET instead sends its final hidden states through the model's
     head in chunks, after checking that head against the model's own output.
     """
     vocab = lm.vocab_size
@@ -133,7 +134,7 @@ def score_windows(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
         batch = torch.stack([ids[w.begin:w.end] for _, w in group]).to(lm.device)  # (batch, length)
         targets = torch.stack([ids[w.first:w.end] for _, w in group]).reshape(-1)  # (batch * n_scored,)
         with compute.slot(), torch.inference_mode():  # no model lock: other sessions' calls go on meanwhile
-            if keep_ok and shape.n_scored * vocab * 4 <= LOGITS_BUDGET:
+            if keep_ok and shape.n_scored * vocab * 4 <= BATCH_LOGITS_BUDGET:
                 # the last n_scored + 1 positions; all but the very last predict a scored token
                 logits = lm.model(input_ids=batch, use_cache=False, logits_to_keep=shape.n_scored + 1).logits
                 logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # (batch * n_scored, vocab)
@@ -151,7 +152,8 @@ def score_windows(lm: LoadedModel, ids: torch.Tensor, windows: Sequence[Window],
 
 def _batch_size(window: Window, vocab: int) -> int:
     """How many windows of this shape run in one forward pass (bounded in tokens and in logits memory)."""
-    return max(1, min(TOKENS_PER_BATCH // window.length, LOGITS_BUDGET // max(1, window.n_scored * vocab * 4)))
+    logits_bytes = max(1, window.n_scored * vocab * 4)
+    return max(1, min(TOKENS_PER_BATCH // window.length, BATCH_LOGITS_BUDGET // logits_bytes))
 
 
 def _reduce_from_hidden(lm: LoadedModel, batch: torch.Tensor, shape: Window, targets: torch.Tensor,
@@ -161,14 +163,14 @@ def _reduce_from_hidden(lm: LoadedModel, batch: torch.Tensor, shape: Window, tar
                       **({"logits_to_keep": 1} if keep_ok else {}))
     final = output.hidden_states[-1]  # (batch, length, d_model), final norm already applied
     own = output.logits[:, -1]  # (batch, vocab), the model's own head at the last position
-    mine = lm.logits_from_hidden(final[:, -1], normalize=False)
-    bound = head_error_bound(final[:, -1], lm.unembed, lm.arch.logit_transform)
+    mine = lm.head.logits(final[:, -1], normalize=False)
+    bound = lm.head.error_bound(final[:, -1])
     if not bool(((own.float() - mine).abs() <= bound).all()):
         raise LmvizError(f"lmviz's head for {lm.name} does not reproduce the model's logits "
                          f"(max difference {float((own.float() - mine).abs().max()):.2e}).")
     start = shape.first - shape.begin - 1  # the position predicting the first scored token
     hidden = final[:, start:start + shape.n_scored].reshape(-1, final.shape[-1])  # (batch * n_scored, d_model)
-    return [score_rows(lm.logits_from_hidden(hidden[i:i + TARGETS_PER_CHUNK], normalize=False),
+    return [score_rows(lm.head.logits(hidden[i:i + TARGETS_PER_CHUNK], normalize=False),
                     targets[i:i + TARGETS_PER_CHUNK]) for i in range(0, len(targets), TARGETS_PER_CHUNK)]
 
 

@@ -122,10 +122,10 @@ def test_concurrent_ablations_are_independent(smollm):
     thread's own edits): every result equals that head's ablation run alone, bit for bit."""
     ids = torch.tensor([smollm.tokenizer(TEXT)["input_ids"]])
     heads = [Component("head", layer, layer % 9) for layer in range(8)]
-    alone = {c: interventions.run(smollm, ids, edits=(interventions.Edit(c),), logits_at=-1) for c in heads}
+    alone = {c: interventions.run(smollm, ids, edits=(interventions.Edit(c.site),), logits_at=-1) for c in heads}
     plain = interventions.run(smollm, ids, logits_at=-1)
     with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda c: (c, interventions.run(smollm, ids, edits=(interventions.Edit(c),),
+        together = list(pool.map(lambda c: (c, interventions.run(smollm, ids, edits=(interventions.Edit(c.site),),
                                                                  logits_at=-1)), heads * 3))
     for component, logits in together:
         assert torch.equal(logits, alone[component])

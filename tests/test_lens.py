@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from lmviz import cli, lens, models, tables
+from lmviz import cli, lens, models
+from lmviz.tables import lens as tables
 from lmviz import trace as tracing
-from lmviz.architectures import LogitTransform, head_error_bound
+from lmviz.head import Head
 from lmviz.errors import LmvizError
 from tests import bounds
 
@@ -68,8 +69,8 @@ def reference(model, input_ids: torch.Tensor, normalize: bool, watched=(), k: in
     rows = [head(h) for h in inputs[:-1]]
     rows.append(out.logits if normalize else head(hidden[-1]))
     logits = torch.cat(rows).double()  # (layer+1, pos, vocab)
-    transform = LogitTransform(softcap=cap)
-    logit_error = torch.cat([head_error_bound(h, unembed, transform).amax(-1) for h in inputs]).double()
+    bound = Head(nn.Identity(), unembed, softcap=cap).error_bound
+    logit_error = torch.cat([bound(h).amax(-1) for h in inputs]).double()
     logp = torch.log_softmax(logits, dim=-1)
     final = torch.log_softmax(out.logits[0].double(), dim=-1)  # (pos, vocab)
     next_ids = input_ids[1:]
@@ -147,7 +148,7 @@ def test_tiny_models_match_reference(arch, normalize, tiles, request, tiny_dirs,
 @torch.no_grad()
 def test_gemma_soft_capping_is_applied(tiny_gemma3):
     t = tracing.trace(tiny_gemma3, TEXT)
-    assert tiny_gemma3.logit_softcap == 0.5
+    assert tiny_gemma3.head.softcap == 0.5
     assert own_logits(tiny_gemma3, t).abs().max() < 0.5  # the model's logits are capped …
     result = lens.run_logit_lens(tiny_gemma3, t, k=3)
     h = tiny_gemma3.model.model.norm(t.hidden[0])
@@ -160,7 +161,7 @@ def test_last_row_is_the_models_own_output(tiny_llama):
     t = tracing.trace(tiny_llama, TEXT)
     result = lens.run_logit_lens(tiny_llama, t, k=5)
     logits = own_logits(tiny_llama, t)
-    error = head_error_bound(t.hidden[-1], tiny_llama.unembed, tiny_llama.arch.logit_transform).amax(-1)  # (pos,)
+    error = tiny_llama.head.error_bound(t.hidden[-1]).amax(-1)  # (pos,)
     assert_top_ids(result.top_ids[-1], logits, error)
     assert (result.kl_to_final[-1] == 0).all()
     final = torch.log_softmax(logits.double(), -1)
@@ -172,18 +173,18 @@ def test_last_row_is_the_models_own_output(tiny_llama):
 def test_norm_applied_exactly_once(tiny_neox):
     """Normalizing the already-normed last hidden state again gives different logits: the lens must not."""
     t = tracing.trace(tiny_neox, TEXT)
-    twice = tiny_neox.logits_from_hidden(t.hidden[-1], normalize=True)
+    twice = tiny_neox.head.logits(t.hidden[-1], normalize=True)
     logits = own_logits(tiny_neox, t)
     assert (twice - logits).abs().max() > 1e-2
     result = lens.run_logit_lens(tiny_neox, t, k=3)
-    error = head_error_bound(t.hidden[-1], tiny_neox.unembed, tiny_neox.arch.logit_transform).amax(-1)
+    error = tiny_neox.head.error_bound(t.hidden[-1]).amax(-1)
     assert_top_ids(result.top_ids[-1], logits, error)
 
 
 def test_non_linear_head_goes_through_the_module(tiny_dirs, tiny_llama):
     """A head that is not a plain nn.Linear is called whole; the numbers are the same."""
-    wrapped = dataclasses.replace(tiny_llama, arch=dataclasses.replace(tiny_llama.arch,
-                                                                       unembed=nn.Sequential(tiny_llama.unembed)))
+    head = dataclasses.replace(tiny_llama.head, unembed=nn.Sequential(tiny_llama.head.unembed))
+    wrapped = dataclasses.replace(tiny_llama, arch=dataclasses.replace(tiny_llama.arch, head=head))
     t = tracing.trace(tiny_llama, TEXT)
     watched = lens.resolve_watched(tiny_llama, [" Paris"])
     for normalize in (True, False):
@@ -320,7 +321,7 @@ def test_a_head_lmviz_cannot_reproduce_is_refused(tiny_dirs):
 def test_stablelm_is_exact_without_a_table(tiny_lens_dirs):
     """An architecture nobody wrote down: its final norm is found on the model and verified."""
     lm = models.load(tiny_lens_dirs["stablelm"])
-    assert lm.arch.refusal is None and lm.final_norm is lm.model.model.norm
+    assert lm.arch.refusal is None and lm.head.norm is lm.model.model.norm
     t = tracing.trace(lm, TEXT)
     assert_matches(lens.run_logit_lens(lm, t, k=5), reference(reference_model(tiny_lens_dirs["stablelm"]),
                                                               t.input_ids, True, k=5))

@@ -5,7 +5,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from lmviz import embedded, models
-from lmviz.architectures import head_error_bound
 from lmviz.errors import LmvizError
 
 
@@ -20,8 +19,8 @@ def test_embedded_model_tokens_and_prediction(smollm):
 def test_embedded_model_facts(smollm):
     assert (smollm.kind, smollm.n_layers, smollm.d_model, smollm.vocab_size) == ("causal", 30, 576, 49152)
     assert smollm.tied and smollm.n_params == 134_515_008
-    assert isinstance(smollm.final_norm, type(smollm.model.model.norm))
-    assert smollm.unembed is smollm.model.lm_head
+    assert isinstance(smollm.head.norm, type(smollm.model.model.norm))
+    assert smollm.head.unembed is smollm.model.lm_head
     assert not smollm.model.training
 
 
@@ -54,26 +53,26 @@ def test_load_is_cached(tiny_dirs):
 
 def test_tiny_models_through_real_loader(tiny_gpt2, tiny_llama, tiny_bert):
     assert (tiny_gpt2.kind, tiny_gpt2.n_layers, tiny_gpt2.d_model) == ("causal", 2, 32)
-    assert tiny_gpt2.final_norm is tiny_gpt2.model.transformer.ln_f and tiny_gpt2.tied
-    assert tiny_llama.final_norm is tiny_llama.model.model.norm and not tiny_llama.tied
+    assert tiny_gpt2.head.norm is tiny_gpt2.model.transformer.ln_f and tiny_gpt2.tied
+    assert tiny_llama.head.norm is tiny_llama.model.model.norm and not tiny_llama.tied
     assert tiny_llama.n_layers == 3
     # BERT's MLM head = transform (dense, activation, LayerNorm) then the decoder: the transform is what
     # sits between the last block and the unembedding, so it is found as the "final norm"
-    assert tiny_bert.kind == "masked" and tiny_bert.unembed is tiny_bert.model.cls.predictions.decoder
-    assert tiny_bert.final_norm is tiny_bert.model.cls.predictions.transform and tiny_bert.tied
+    assert tiny_bert.kind == "masked" and tiny_bert.head.unembed is tiny_bert.model.cls.predictions.decoder
+    assert tiny_bert.head.norm is tiny_bert.model.cls.predictions.transform and tiny_bert.tied
     assert tiny_bert.arch.refusal is None and not tiny_bert.arch.head_reads_last_hidden
 
 
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
 def test_head_reproduces_model_logits(which, tiny_dirs):
-    """logits_from_hidden on the last hidden state (already normed by the model) equals the model's logits."""
+    """The head on the last hidden state (already normed by the model) equals the model's logits."""
     lm = models.load(tiny_dirs[which])
     reference = AutoModelForCausalLM.from_pretrained(tiny_dirs[which])
     ids = torch.tensor([lm.tokenizer("The capital of France is")["input_ids"]])
     with torch.no_grad():
         out = reference(ids, output_hidden_states=True)
-    bound = head_error_bound(out.hidden_states[-1], lm.unembed, lm.arch.logit_transform)
-    assert ((lm.logits_from_hidden(out.hidden_states[-1], normalize=False) - out.logits).abs() <= bound).all()
+    bound = lm.head.error_bound(out.hidden_states[-1])
+    assert ((lm.head.logits(out.hidden_states[-1], normalize=False) - out.logits).abs() <= bound).all()
 
 
 def test_masked_head_reproduces_model_logits(tiny_dirs, tiny_bert):
@@ -81,9 +80,9 @@ def test_masked_head_reproduces_model_logits(tiny_dirs, tiny_bert):
     ids = torch.tensor([tiny_bert.tokenizer("paris is the [MASK] of france")["input_ids"]])
     with torch.no_grad():
         out = reference(ids, output_hidden_states=True)
-    transformed = tiny_bert.final_norm(out.hidden_states[-1])
-    bound = head_error_bound(transformed, tiny_bert.unembed, tiny_bert.arch.logit_transform)
-    assert ((tiny_bert.logits_from_hidden(out.hidden_states[-1]) - out.logits).abs() <= bound).all()
+    transformed = tiny_bert.head.norm(out.hidden_states[-1])
+    bound = tiny_bert.head.error_bound(transformed)
+    assert ((tiny_bert.head.logits(out.hidden_states[-1]) - out.logits).abs() <= bound).all()
 
 
 def test_unknown_name_fails_at_once_offline(monkeypatch):
@@ -143,3 +142,30 @@ def test_remote_code_is_never_trusted(tmp_path):
     (tmp_path / "evil.py").write_text("raise SystemExit('remote code ran')\n")
     with pytest.raises(LmvizError, match="never runs"):
         models.load(str(tmp_path))
+
+
+def test_one_refusal_for_a_model_that_is_not_causal(tiny_bert):
+    """Every analysis that needs next-token predictions refuses a masked LM with the same one message."""
+    from lmviz import ablation, attribution, beam, lens, loss, sampling, whatif
+    from lmviz import trace as tracing
+    from lmviz.interventions import Component
+
+    text = "the capital of france"
+    calls = {
+        "next-token sampling": lambda: sampling.next_token(tiny_bert, text),
+        "generating text": lambda: sampling.generate(tiny_bert, text, steps=2),
+        "beam search": lambda: beam.beam_search(tiny_bert, text),
+        "the logit lens": lambda: lens.logit_lens(tiny_bert, tracing.trace(tiny_bert, text)),
+        "next-token loss": lambda: loss.loss_report(tiny_bert, text),
+        "ablation": lambda: ablation.ablate(tiny_bert, text, Component("attn", 0), "zero"),
+        "attribution": lambda: attribution.attribute(tiny_bert, text),
+        "continuing a text": lambda: whatif.branch(tiny_bert, text),
+    }
+    for what, call in calls.items():
+        with pytest.raises(LmvizError) as refused:
+            call()
+        assert str(refused.value) == (f"{tiny_bert.name} is a masked model; {what} needs a causal language model, "
+                                      f"one that predicts the next token (e.g. {models.DEFAULT_MODEL}).")
+    for call in (lambda: loss.layer_loss(tiny_bert, text), lambda: loss.context_curve(tiny_bert, text)):
+        with pytest.raises(LmvizError, match="next-token loss needs a causal language model"):
+            call()

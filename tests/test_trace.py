@@ -7,7 +7,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lmviz import trace as tracing
-from lmviz.architectures import head_error_bound
 from lmviz.cache import Cache
 from lmviz.errors import LmvizError
 
@@ -21,7 +20,7 @@ def test_trace_matches_transformers(tiny_dirs, tiny_llama):
     assert torch.equal(t.hidden, torch.stack(out.hidden_states)[:, 0])  # the same kernels on the same input
     # the model's own head on one row (logits_to_keep=1) or recomputed from the last hidden state: the same
     # products as the full pass, rounded in another order at most
-    bound = head_error_bound(t.hidden[-1], tiny_llama.unembed, tiny_llama.arch.logit_transform)
+    bound = tiny_llama.head.error_bound(t.hidden[-1])
     assert ((t.last_logits - out.logits[0, -1]).abs() <= bound[-1]).all()
     assert ((tracing.logits(tiny_llama, t) - out.logits[0]).abs() <= bound).all()
 

@@ -11,8 +11,10 @@ saves them as safetensors folders and loads each three ways through lmviz's own 
 float32 (the reference), CUDA float32 and CUDA bfloat16. On fixed texts it prints, per model and way:
 the max error of the lens's top-k probabilities and next-token cross-entropies against CPU float32,
 the share of equal top-1 tokens, the next-token distribution's max error, whether beam search gives
-the same hypotheses as on the CPU (float32) and as generate() in the same dtype on the GPU, the loss
-difference, and the speedups over the CPU. On a machine without CUDA it says so and exits 0;
+the same hypotheses as on the CPU (float32) and as generate() in the same dtype on the GPU, how many
+greedy and seeded sampled runs (lmviz's one decoding loop, drawing from a generator on the model's
+device) give generate()'s tokens there after torch.manual_seed, the loss difference, and the speedups
+over the CPU. On a machine without CUDA it says so and exits 0;
 `--cpu` runs the same checks with the CPU in the GPU's place (to try the script anywhere).
 """
 
@@ -86,11 +88,13 @@ def check(folder: str, label: str, device: str = "cuda") -> None:
         same_beams = [h.token_ids for h in tree.final] == [h.token_ids for h in ref[4].final]
         generated = generate_beams(lm, "Paris is the capital of", 3, 8)
         equal_generate = all(list(h.token_ids) == row[:h.length] for h, row in zip(tree.final, generated))
+        sampled, tried = sampled_equal(lm, "Paris is the capital of", 12)
         print(f"  {key[0]} {key[1]}: lens {t_lens:.2f} s ({ref[1] / t_lens:.1f}x), beam {t_beam:.2f} s "
               f"({ref[3] / t_beam:.1f}x), loss {t_loss:.2f} s ({ref[5] / t_loss:.1f}x); "
               f"max |lens top-k prob error| {probs:.2e}, max |lens NLL error| {nll:.2e}, equal top-1 {top1:.2%}, "
               f"max |next-token prob error| {dist_error:.2e}, beams equal to CPU float32: {same_beams}, "
               f"beams equal to generate() in {key[1]}: {equal_generate}, "
+              f"greedy/sampled tokens equal to generate() in {key[1]}: {sampled}/{tried}, "
               f"|loss difference| {abs(report.mean_nll - ref[6].mean_nll):.2e} nats")
 
 
@@ -102,6 +106,31 @@ def generate_beams(lm, text: str, beams: int, new_tokens: int) -> list[list[int]
                             do_sample=False, early_stopping=False, length_penalty=1.0,
                             pad_token_id=lm.tokenizer.pad_token_id or 0)
     return [row[ids.shape[1]:].tolist() for row in out]
+
+
+def sampled_equal(lm, text: str, new_tokens: int, seed: int = 0) -> tuple[int, int]:
+    """(runs equal to generate(), runs): greedy and seeded sampling at several settings
+    (sampling.generate), and beam.sample, token for token against generate() on the same model and
+    device with torch.manual_seed(seed) just before it."""
+    from lmviz import beam, sampling
+    from lmviz.sampling import SamplingSettings
+
+    def reference(**kwargs) -> list[int]:
+        ids = torch.tensor([lm.tokenizer(text)["input_ids"]], device=lm.device)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                    pad_token_id=lm.tokenizer.pad_token_id or 0, **kwargs)
+        return out[0, ids.shape[1]:].tolist()
+
+    runs = [(sampling.generate(lm, text, settings, steps=new_tokens, seed=seed).token_ids,
+             reference(**settings.generate_kwargs()))
+            for settings in (SamplingSettings(temperature=0), SamplingSettings(temperature=0.8, top_p=0.9),
+                             SamplingSettings(temperature=1.2, top_k=40, min_p=0.05),
+                             SamplingSettings(repetition_penalty=1.3))]
+    runs.append((list(beam.sample(lm, text, new_tokens, seed=seed).token_ids),
+                 reference(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)))
+    return sum(ours == theirs for ours, theirs in runs), len(runs)
 
 
 def main() -> None:

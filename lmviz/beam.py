@@ -54,25 +54,27 @@ generation config that would change them inside generate() (a repetition
 penalty, n-gram blocking, a minimum length, …) are not applied here; the tree
 lists them in `ignored_settings`.
 
-`greedy(...)` and `sample(...)` give the greedy and a seeded sampled
-continuation of the same prompt, with their total log-probabilities, equal to
-generate(do_sample=False) and to generate(do_sample=True, top_k=0) after
-torch.manual_seed(seed).
+The search runs on the model's device, as generate() does, and steps
+through `lmviz.decoding.Decoder`. `greedy(...)` and `sample(...)` give the
+greedy and a seeded sampled continuation of the same prompt through the one
+decoding loop (`lmviz.decoding.Decoding`), with their total
+log-probabilities, equal to generate(do_sample=False) and to
+generate(do_sample=True, top_k=0) after torch.manual_seed(seed).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
-from lmviz import architectures
+from lmviz import decoding
 from lmviz.cache import cached
-from lmviz.decoding import Decoder
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
+from lmviz.sampling import Sampler, SamplingSettings
 from lmviz.tokens import token_text
 from lmviz.trace import encode, max_tokens
 
@@ -219,11 +221,6 @@ def parse_early_stopping(value) -> bool | str:
     raise LmvizError(f"early_stopping must be true, false or never, not {value!r}.")
 
 
-def eos_token_ids(lm: LoadedModel) -> tuple[int, ...]:
-    """The EOS ids generate() stops at: the model's generation config (an id, a list, or none)."""
-    return architectures.eos_ids(lm.model)
-
-
 # generation-config settings that change the scores inside generate(): (name, neutral value)
 _SCORE_SETTINGS = (
     ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0), ("min_length", 0), ("min_new_tokens", None),
@@ -248,8 +245,7 @@ def ignored_settings(lm: LoadedModel) -> tuple[str, ...]:
 
 
 def _prompt_ids(lm: LoadedModel, text: str, max_new_tokens: int) -> list[int]:
-    if lm.kind != "causal":
-        raise LmvizError(f"{lm.name} is a {lm.kind} model; beam search needs a causal (left-to-right) model.")
+    lm.require_causal("beam search")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise LmvizError(f"New tokens must be a whole number of at least 1, not {max_new_tokens!r}.")
     if max_new_tokens > MAX_NEW_TOKENS:
@@ -271,7 +267,7 @@ def check_beams(lm: LoadedModel, num_beams) -> int:
         raise LmvizError(f"The number of beams must be a whole number of at least 1, not {num_beams!r}.")
     if num_beams > MAX_BEAMS:
         raise LmvizError(f"At most {MAX_BEAMS} beams here (asked for {num_beams}); the tree would be unreadable.")
-    keep = max(2, 1 + len(eos_token_ids(lm))) * num_beams
+    keep = max(2, 1 + len(decoding.eos_ids(lm.model))) * num_beams
     if keep > lm.vocab_size:
         raise LmvizError(f"{num_beams} beams need {keep} candidates per step, more than the {lm.vocab_size} tokens.")
     return num_beams
@@ -306,7 +302,7 @@ def beam_search(
     if isinstance(alternatives, bool) or not isinstance(alternatives, int) or not 0 <= alternatives <= MAX_ALTERNATIVES:
         raise LmvizError(f"Alternatives per beam must be a whole number from 0 to {MAX_ALTERNATIVES}.")
     prompt_ids = _prompt_ids(lm, text, max_new_tokens)
-    key = (text, eos_token_ids(lm), num_beams, max_new_tokens, length_penalty, early_stopping, alternatives)
+    key = (text, decoding.eos_ids(lm.model), num_beams, max_new_tokens, length_penalty, early_stopping, alternatives)
     # no model lock: forward passes run concurrently, and tokenizing elsewhere never waits for a search
     return cached("beam", lm, key, lambda: _search(
         lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, early_stopping, alternatives,
@@ -315,13 +311,14 @@ def beam_search(
 
 @torch.inference_mode()
 def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, early_stopping, alternatives) -> BeamTree:
-    model = lm.model
     piece, decode = _tokenizer_calls(lm)
     K, M, LP, ES = num_beams, max_new_tokens, length_penalty, early_stopping
-    eos = eos_token_ids(lm)
-    eos_tensor = torch.tensor(eos, dtype=torch.long)
+    eos = decoding.eos_ids(lm.model)
+    decoder = decoding.Decoder(lm.model, torch.tensor([prompt_ids], dtype=torch.long).repeat_interleave(K, dim=0))
+    device = decoder.device  # the search's tensors live where the logits are, as in generate()
+    eos_tensor = torch.tensor(eos, dtype=torch.long, device=device)
     keep = max(2, 1 + len(eos)) * K  # candidates ranked per step (rule 3)
-    top_k_mask = torch.arange(keep) < K  # (keep,) only the first K candidates may finish (rule 5)
+    top_k_mask = torch.arange(keep, device=device) < K  # (keep,) only the first K candidates may finish (rule 5)
 
     # Tree under construction: parallel lists, frozen into BeamNodes at the end.
     rows: list[dict] = [dict(
@@ -330,21 +327,19 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
     )]
 
     # Running beams (rule 1): (1, K) scores, the node each beam slot stands for.
-    running_scores = torch.zeros((1, K), dtype=torch.float)
+    running_scores = torch.zeros((1, K), dtype=torch.float, device=device)
     running_scores[:, 1:] = NEG
     running_nodes = [0] * K
     # Finished list: (1, K) scores (-1e9 = empty slot), flags, node ids.
-    finished_scores = torch.full((1, K), NEG, dtype=torch.float)
-    is_finished = torch.zeros((1, K), dtype=torch.bool)
+    finished_scores = torch.full((1, K), NEG, dtype=torch.float, device=device)
+    is_finished = torch.zeros((1, K), dtype=torch.bool, device=device)
     finished_nodes: list[int | None] = [None] * K
-    can_improve = torch.ones((1, 1), dtype=torch.bool)
+    can_improve = torch.ones((1, 1), dtype=torch.bool, device=device)
 
-    decoder = Decoder(model, torch.tensor([prompt_ids], dtype=torch.long).repeat_interleave(K, dim=0))
     steps, stop_reason = 0, f"reached max_new_tokens={M}"
     for step in range(1, M + 1):
         # rule 2: expand and evaluate
-        logits = decoder.next_logits()  # (K, vocab)
-        log_probs = nn.functional.log_softmax(logits, dim=-1)  # (K, vocab)
+        _, log_probs = decoder.step()  # (K, vocab)
         vocab = log_probs.shape[-1]
         accumulated = (log_probs[None] + running_scores[:, :, None]).reshape(1, -1)  # (1, K * vocab)
 
@@ -372,18 +367,18 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
         finished_scores = torch.gather(merged_scores, 1, picked)
         is_finished = torch.gather(merged_flags, 1, picked)
 
-        # record the candidates as tree nodes
+        # record the candidates as tree nodes (read back from the device once per step)
         parents = list(running_nodes)
-        real_beams = [b for b in range(K) if float(running_scores[0, b]) > NEG / 2]  # step 1: beam 0 only
+        real_beams = [b for b, score in enumerate(running_scores[0].tolist()) if score > NEG / 2]  # step 1: beam 0
         candidate_node: dict[tuple[int, int], int] = {}
-        positions_kept = {int(p): slot for slot, p in enumerate(next_positions[0].tolist())}
+        positions_kept = {p: slot for slot, p in enumerate(next_positions[0].tolist())}
         picked_list = picked[0].tolist()
         joined = {p - K for p, flag in zip(picked_list, is_finished[0].tolist()) if p >= K and flag}
-        for position in range(keep):
-            beam, token = int(top_beam[0, position]), int(top_token[0, position])
+        candidates = zip(top_beam[0].tolist(), top_token[0].tolist(), ends[0].tolist(),
+                         log_probs[top_beam[0], top_token[0]].tolist(), top_scores[0].tolist(), penalised[0].tolist())
+        for position, (beam, token, ended, logprob, cumulative, score) in enumerate(candidates):
             node_id = len(rows)
             candidate_node[(beam, token)] = node_id
-            ended = bool(ends[0, position])
             if ended:
                 how = "ended with EOS" if token in eos else f"reached max_new_tokens={M}"
                 if position in joined:
@@ -404,29 +399,28 @@ def _search(lm, text, prompt_ids, num_beams, max_new_tokens, length_penalty, ear
                 status, reason = PRUNED, f"ranked {position + 1} of {keep}; {K} better candidates continue"
             rows.append(dict(
                 id=node_id, parent=parents[beam], step=step, token_id=token, token=piece(token),
-                logprob=float(log_probs[beam, token]), cumulative=float(top_scores[0, position]),
-                score=float(penalised[0, position]), status=status, rank=position, reason=reason,
+                logprob=logprob, cumulative=cumulative, score=score, status=status, rank=position, reason=reason,
             ))
         if alternatives:
             best_logprobs, best_tokens = torch.topk(log_probs[real_beams], k=min(alternatives, vocab))  # (beam, alt)
             best_cumulative = accumulated.reshape(K, vocab)[real_beams].gather(1, best_tokens)  # (beam, alt)
             best_penalised = best_cumulative / (step**LP)
-            for i, beam in enumerate(real_beams):
-                for j, token in enumerate(best_tokens[i].tolist()):
+            best = zip(best_tokens.tolist(), best_logprobs.tolist(), best_cumulative.tolist(), best_penalised.tolist())
+            for beam, (tokens, logprobs, cumulatives, scores) in zip(real_beams, best):
+                for token, logprob, cumulative, score in zip(tokens, logprobs, cumulatives, scores):
                     if (beam, token) in candidate_node:
                         continue
                     node_id = len(rows)
                     candidate_node[(beam, token)] = node_id
                     rows.append(dict(
-                        id=node_id, parent=parents[beam], step=step, token_id=token,
-                        token=piece(token), logprob=float(best_logprobs[i, j]),
-                        cumulative=float(best_cumulative[i, j]), score=float(best_penalised[i, j]),
+                        id=node_id, parent=parents[beam], step=step, token_id=token, token=piece(token),
+                        logprob=logprob, cumulative=cumulative, score=score,
                         status=PRUNED, rank=None, reason=f"not among the {keep} best candidates of this step",
                     ))
 
         # finished list bookkeeping by node id (merged = old slots, then this step's candidates)
         merged_nodes = finished_nodes + [
-            candidate_node[(int(top_beam[0, p]), int(top_token[0, p]))] for p in range(keep)
+            candidate_node[(beam, token)] for beam, token in zip(top_beam[0].tolist(), top_token[0].tolist())
         ]
         finished_nodes = [merged_nodes[p] for p in picked_list]
 
@@ -516,46 +510,32 @@ def _path(rows: list[dict], node_id: int) -> list[int]:
 def greedy(lm: LoadedModel, text: str, max_new_tokens: int = 6) -> Continuation:
     """The most likely token at every step, until EOS or max_new_tokens (cached)."""
     prompt_ids = _prompt_ids(lm, text, max_new_tokens)
-    key = (text, eos_token_ids(lm), max_new_tokens)
-    return cached("greedy", lm, key, lambda: _decode(lm, prompt_ids, max_new_tokens, None))
+    key = (text, decoding.eos_ids(lm.model), max_new_tokens)
+    return cached("greedy", lm, key, lambda: _continue(lm, prompt_ids, max_new_tokens, decoding.greedy, None))
 
 
 def sample(lm: LoadedModel, text: str, max_new_tokens: int = 6, seed: int = 0) -> Continuation:
     """Draw every token from the model's full distribution (temperature 1, no top-k/top-p), seeded (cached)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise LmvizError(f"The seed must be a whole number from 0 up, not {seed!r}.")
+    seed = decoding.check_seed(seed)
     prompt_ids = _prompt_ids(lm, text, max_new_tokens)
-    key = (text, eos_token_ids(lm), max_new_tokens, seed)
-    return cached("sample", lm, key, lambda: _decode(lm, prompt_ids, max_new_tokens, seed))
+    key = (text, decoding.eos_ids(lm.model), max_new_tokens, seed)
+    return cached("sample", lm, key, lambda: _continue(
+        lm, prompt_ids, max_new_tokens, Sampler(SamplingSettings(), seed), seed))
 
 
-@torch.inference_mode()
-def _decode(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int, seed: int | None) -> Continuation:
-    eos = set(eos_token_ids(lm))
+def _continue(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int, choose: decoding.Chooser,
+              seed: int | None) -> Continuation:
+    tokens = list(itertools.islice(decoding.Decoding(lm.model, prompt_ids, choose), max_new_tokens))
+    ids = [t.id for t in tokens]
     piece, decode = _tokenizer_calls(lm)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    decoder = Decoder(lm.model, torch.tensor([prompt_ids], dtype=torch.long))
-    ids: list[int] = []
-    logprobs: list[float] = []
-    for _ in range(max_new_tokens):
-        logits = decoder.next_logits()  # (1, vocab)
-        if generator is None:
-            token = int(torch.argmax(logits, dim=-1))
-        else:
-            token = int(torch.multinomial(nn.functional.softmax(logits, dim=-1), num_samples=1, generator=generator))
-        ids.append(token)
-        logprobs.append(float(nn.functional.log_softmax(logits[0], dim=-1)[token]))
-        if token in eos:
-            break
-        decoder.append(torch.tensor([token]))
     return Continuation(
         method="greedy" if seed is None else "sample",
         seed=seed,
         token_ids=tuple(ids),
         tokens=tuple(piece(i) for i in ids),
         text=decode(ids),
-        logprobs=tuple(logprobs),
-        ended="eos" if ids and ids[-1] in eos else "max_new_tokens",
+        logprobs=tuple(t.logprob for t in tokens),
+        ended="eos" if tokens[-1].eos else "max_new_tokens",
     )
 
 

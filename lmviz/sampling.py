@@ -30,6 +30,7 @@ the numbers `generate` works with. Results:
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
@@ -46,16 +47,15 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
-from lmviz import architectures
+from lmviz import decoding
 from lmviz.cache import CACHE
-from lmviz.decoding import Decoder
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
 from lmviz.tokens import display_token, token_text
 
 # What removed a token, as stored in Distribution.removed_by (0 = still in the running).
 STAGES = ("kept", "top-k", "top-p", "min-p", "typical-p", "greedy")
-KEPT, TOP_K, TOP_P, MIN_P, TYPICAL_P, GREEDY = range(len(STAGES))
+NOT_REMOVED, TOP_K, TOP_P, MIN_P, TYPICAL_P, GREEDY = range(len(STAGES))
 
 MIN_TEMPERATURE = 1e-4  # below this, logits / T overflow float32; T = 0 (greedy) is the limit anyway
 MASS = 0.9  # effective vocabulary: how many tokens hold this much of the probability
@@ -163,17 +163,17 @@ class SamplingSettings:
     def processors(self, input_ids: torch.Tensor | None = None) -> list[tuple[int, LogitsProcessor]]:
         """transformers' logits processors for these settings, in generate()'s order.
 
-        Each comes with the STAGES code of what it removes (KEPT for those
+        Each comes with the STAGES code of what it removes (NOT_REMOVED for those
         that only rescale: repetition penalty, temperature). Greedy settings
         get only the repetition penalty, as generate(do_sample=False) does.
         """
         stages: list[tuple[int, LogitsProcessor]] = []
         if self.repetition_penalty != 1.0 and input_ids is not None:
-            stages.append((KEPT, RepetitionPenaltyLogitsProcessor(float(self.repetition_penalty))))
+            stages.append((NOT_REMOVED, RepetitionPenaltyLogitsProcessor(float(self.repetition_penalty))))
         if self.greedy:
             return stages
         if self.temperature != 1.0:
-            stages.append((KEPT, TemperatureLogitsWarper(float(self.temperature))))
+            stages.append((NOT_REMOVED, TemperatureLogitsWarper(float(self.temperature))))
         if self.top_k is not None:
             stages.append((TOP_K, TopKLogitsWarper(top_k=int(self.top_k), min_tokens_to_keep=1)))
         if self.top_p < 1.0:
@@ -256,6 +256,12 @@ class Distribution:
         subset = {name: getattr(self, name)[index] for name in _ROW_FIELDS}
         return replace(self, **subset)
 
+    def kept(self) -> Distribution:
+        """Only the rows that can still be drawn, in rank order. Not top(n_kept): typical-p can remove the
+        most probable tokens and keep less probable ones."""
+        index = (self.removed_by == NOT_REMOVED).nonzero().squeeze(1)
+        return replace(self, **{name: getattr(self, name)[index] for name in _ROW_FIELDS})
+
     def row_of(self, token_id: int) -> int:
         """Row index of a vocabulary id (raises LmvizError if this distribution does not hold it)."""
         hits = (self.token_ids == int(token_id)).nonzero()
@@ -265,7 +271,7 @@ class Distribution:
 
     def status(self) -> list[str]:
         """'kept' or 'removed by top-p' etc., per row."""
-        return ["kept" if code == KEPT else f"removed by {STAGES[code]}" for code in self.removed_by.tolist()]
+        return ["kept" if code == NOT_REMOVED else f"removed by {STAGES[code]}" for code in self.removed_by.tolist()]
 
 
 _ROW_FIELDS = ("token_ids", "rank", "logits", "scores", "model_probs", "model_logprobs", "tempered_probs",
@@ -306,20 +312,21 @@ def distribution(
 
     input_ids (pos,) are the tokens so far; the repetition penalty uses them.
     Softmax runs in the logits' dtype (float32 for a model, float64 for a
-    hand-typed toy vector) over the full vocabulary.
+    hand-typed toy vector) over the full vocabulary, on the logits' device (a
+    GPU's softmax is generate()'s there); the result's tensors are on the CPU.
     """
     logits = check_logits(logits)
-    vocab = logits.shape[0]
+    vocab, device = logits.shape[0], logits.device
     settings, notes = settings.for_vocabulary(vocab)
-    ids = None if input_ids is None else torch.as_tensor(input_ids, dtype=torch.int64).reshape(1, -1)
+    ids = None if input_ids is None else torch.as_tensor(input_ids, dtype=torch.int64, device=device).reshape(1, -1)
     scores = logits.unsqueeze(0).clone()  # (1, vocab): processors work on batches; never touch the caller's tensor
-    removed_by = torch.zeros(vocab, dtype=torch.int8)
+    removed_by = torch.zeros(vocab, dtype=torch.int8, device=device)
     tempered = None
     for code, processor in settings.processors(ids):
-        if code != KEPT and tempered is None:
+        if code != NOT_REMOVED and tempered is None:
             tempered = scores  # the filters start here
-        scores = processor(ids if ids is not None else torch.zeros((1, 0), dtype=torch.int64), scores)
-        newly_removed = torch.isneginf(scores[0]) & (removed_by == KEPT)
+        scores = processor(ids if ids is not None else torch.zeros((1, 0), dtype=torch.int64, device=device), scores)
+        newly_removed = torch.isneginf(scores[0]) & (removed_by == NOT_REMOVED)
         removed_by[newly_removed] = code
     if tempered is None:
         tempered = scores
@@ -329,12 +336,12 @@ def distribution(
     order = torch.sort(tempered, descending=True, stable=True).indices  # rank order; T > 0 keeps it
     if settings.greedy:
         # generate(do_sample=False) takes torch.argmax: the first of equal maxima.
-        winner = int(torch.argmax(scores))
-        order = torch.cat([torch.tensor([winner]), order[order != winner]])
+        winner = torch.argmax(scores, dim=0, keepdim=True)
+        order = torch.cat([winner, order[order != winner]])
         one_hot = torch.zeros_like(scores)
         one_hot[winner] = 1
         removed_by[:] = GREEDY
-        removed_by[winner] = KEPT
+        removed_by[winner] = NOT_REMOVED
         tempered_probs = probs = one_hot
         logprobs = torch.where(one_hot > 0, 0.0, -math.inf).to(scores.dtype)
         notes = ("Temperature 0 is greedy decoding: the most probable token is always chosen, nothing is "
@@ -346,40 +353,29 @@ def distribution(
         logprobs = torch.log_softmax(scores, -1)
     model_logprobs = torch.log_softmax(logits, -1)
     model_probs = model_logprobs.exp()
-    rank = torch.empty(vocab, dtype=torch.int64)
-    rank[order] = torch.arange(1, vocab + 1)
+    rank = torch.empty(vocab, dtype=torch.int64, device=device)
+    rank[order] = torch.arange(1, vocab + 1, device=device)
+    rows = dict(rank=rank, logits=logits, scores=scores, model_probs=model_probs, model_logprobs=model_logprobs,
+                tempered_probs=tempered_probs, probs=probs, logprobs=logprobs, removed_by=removed_by)
     return Distribution(
         settings=settings,
         vocab_size=vocab,
-        token_ids=order,
-        rank=rank[order],
-        logits=logits[order],
-        scores=scores[order],
-        model_probs=model_probs[order],
-        model_logprobs=model_logprobs[order],
-        tempered_probs=tempered_probs[order],
-        probs=probs[order],
-        logprobs=logprobs[order],
-        removed_by=removed_by[order],
+        token_ids=order.cpu(),
+        **{name: values[order].cpu() for name, values in rows.items()},
         model_entropy=float(entropy(model_probs)),
         entropy=float(entropy(probs)),
         model_effective_vocab=effective_vocabulary(model_probs),
         effective_vocab=effective_vocabulary(probs),
-        n_kept=int((removed_by == KEPT).sum()),
+        n_kept=int((removed_by == NOT_REMOVED).sum()),
         notes=notes,
     )
-
-
-def _require_causal(lm: LoadedModel) -> None:
-    if lm.kind != "causal":
-        raise LmvizError(f"{lm.name} is a {lm.kind} model; next-token sampling needs a causal language model.")
 
 
 def next_token(lm: LoadedModel, text: str, settings: SamplingSettings = SamplingSettings()) -> Distribution:
     """The distribution of the token that follows `text` (from the cached trace of the text)."""
     from lmviz import trace as tracing
 
-    _require_causal(lm)
+    lm.require_causal("next-token sampling")
     traced = tracing.trace(lm, text)
     return distribution(traced.last_logits, settings, traced.input_ids)
 
@@ -570,9 +566,8 @@ class Generation:
     """A prompt continued one token at a time, each step's distribution kept.
 
     Greedy settings (T = 0) take the argmax; otherwise each token is drawn
-    with torch.multinomial from a private torch.Generator seeded with `seed`,
-    exactly as generate() draws after torch.manual_seed(seed). The same seed
-    and settings give the same tokens, here and in generate().
+    as generate() draws it after torch.manual_seed(seed) (see `Sampler`). The
+    same seed and settings give the same tokens, here and in generate().
     """
 
     model_name: str
@@ -594,21 +589,49 @@ class Generation:
         return self.prompt + self.completion
 
 
+class Sampler:
+    """The chooser (`lmviz.decoding.Chooser`) for sampling settings: generate()'s processors, then its pick.
+
+    Each step's `Distribution` is computed on the logits' device, where
+    generate() computes it. T = 0 takes its top token (the argmax after the
+    repetition penalty); otherwise one torch.multinomial draw from its
+    probabilities, with a private torch.Generator on that device seeded with
+    `seed`. torch.manual_seed(seed) seeds every device's default generator
+    the same way, so the draws equal generate()'s on the CPU and on a GPU.
+    `last` keeps the latest step's distribution: its top `keep` rows and the
+    chosen token's.
+    """
+
+    def __init__(self, settings: SamplingSettings, seed: int | None, keep: int = 0):
+        self.settings = settings
+        self.seed = seed  # None only when greedy
+        self.keep = keep
+        self.rng: torch.Generator | None = None  # made at the first draw, on the logits' device
+        self.last: Distribution | None = None
+
+    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> int:
+        dist = distribution(logits, self.settings, ids)
+        if self.settings.greedy:
+            token = dist.top_id
+        else:
+            if self.rng is None:
+                self.rng = torch.Generator(device=logits.device).manual_seed(self.seed)
+            # generate(): probs = softmax(processed scores), (1, vocab); torch.multinomial(probs, num_samples=1)
+            probs = probs_in_input_order(dist).to(logits.device).unsqueeze(0)
+            token = int(torch.multinomial(probs, num_samples=1, generator=self.rng)[0, 0])
+        self.last = dist.top(self.keep, include=(token,))
+        return token
+
+
 class _Run:
-    """A generation in progress: the KV cache and the random generator, so it can go on."""
+    """A generation in progress, so it can go on: its decoding loop (with the KV cache) and its sampler."""
 
-    def __init__(self, prompt_ids: list[int], seed: int | None):
+    def __init__(self, lm: LoadedModel, prompt_ids: list[int], settings: SamplingSettings, seed: int | None,
+                 keep: int):
         self.lock = threading.Lock()
-        self.ids = list(prompt_ids)
-        self.decoder: Decoder | None = None  # the model's KV cache and what it has not seen yet
-        self.rng = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.sampler = Sampler(settings, seed, keep)
+        self.tokens = decoding.Decoding(lm.model, prompt_ids, self.sampler)
         self.steps: list[Step] = []
-        self.finished = False
-
-
-def eos_ids(lm: LoadedModel) -> set[int]:
-    """The tokens that end generation, as generate() reads them (the generation config)."""
-    return set(architectures.eos_ids(lm.model))
 
 
 def generate(
@@ -628,14 +651,11 @@ def generate(
     """
     from lmviz import trace as tracing
 
-    _require_causal(lm)
+    lm.require_causal("generating text")
     steps = int(_number(steps, "The number of steps"))
     if not 1 <= steps <= MAX_STEPS:
         raise LmvizError(f"Generate between 1 and {MAX_STEPS} tokens at a time, not {steps}.")
-    if settings.greedy:
-        seed = None
-    else:
-        seed = _seed(seed)
+    seed = None if settings.greedy else decoding.check_seed(seed)
     prompt_ids = tracing.encode(lm, text)
     limit = tracing.max_tokens(lm)
     if len(prompt_ids) + steps > limit:
@@ -644,58 +664,28 @@ def generate(
     settings, notes = settings.for_vocabulary(lm.vocab_size)
     # a run holds its KV cache (~46 KB per token on SmolLM2) and grows: measured again after each call
     key = ("generation", *lm.cache_key, tuple(prompt_ids), settings, seed, int(keep))
-    run = CACHE.get(key, lambda: _Run(prompt_ids, seed))
+    run = CACHE.get(key, lambda: _Run(lm, prompt_ids, settings, seed, int(keep)))
     with run.lock:
-        while len(run.steps) < steps and not run.finished:
-            _advance(lm, run, settings, int(keep), eos_ids(lm))
+        for token in itertools.islice(run.tokens, max(0, steps - len(run.steps))):
+            run.steps.append(_step(lm, len(run.steps), token, run.sampler.last))
         chosen = tuple(run.steps[:steps])
     CACHE.remeasure(key)
     with lm.lock:
         completion = lm.tokenizer.decode([s.token_id for s in chosen], clean_up_tokenization_spaces=False)
     return Generation(
         model_name=lm.name, prompt=text, prompt_ids=tuple(prompt_ids), settings=settings, seed=seed,
-        steps=chosen, completion=completion,
-        finished=bool(chosen) and chosen[-1].token_id in eos_ids(lm),
+        steps=chosen, completion=completion, finished=run.tokens.ended and len(chosen) == len(run.steps),
     )
 
 
-def _seed(seed) -> int:
-    value = _number(seed, "The seed")
-    if value != int(value) or not 0 <= value < 2**63:
-        raise LmvizError(f"The seed must be a whole number from 0 to 2^63 - 1, not {seed!r}.")
-    return int(value)
-
-
-def _advance(lm: LoadedModel, run: _Run, settings: SamplingSettings, keep: int, eos: set[int]) -> None:
-    """One decoding step, the way generate()'s loop does it: forward the new tokens through the
-    KV cache (only the last position's logits, as generate asks for), process, pick, append."""
-    with torch.inference_mode():
-        if run.decoder is None:
-            run.decoder = Decoder(lm.model, torch.tensor([run.ids]))
-        logits = run.decoder.next_logits()[0]  # (vocab,)
-        dist = distribution(logits, settings, run.ids)
-        if settings.greedy:
-            token_id = dist.top_id
-        else:
-            # generate(): probs = softmax(processed scores); torch.multinomial(probs, num_samples=1)
-            probs = _in_vocab_order(dist.probs, dist.token_ids).unsqueeze(0)  # (1, vocab)
-            token_id = int(torch.multinomial(probs, num_samples=1, generator=run.rng)[0, 0])
+def _step(lm: LoadedModel, index: int, token: decoding.Token, dist: Distribution) -> Step:
+    """A generated token with (the top rows of) the distribution it was chosen from."""
     with lm.lock:
-        piece = token_text(lm.tokenizer, token_id)
-        shown = display_token(lm.tokenizer, token_id)
-    row = dist.row_of(token_id)
-    run.steps.append(Step(
-        index=len(run.steps), token_id=token_id, text=piece, token=shown,
+        piece = token_text(lm.tokenizer, token.id)
+        shown = display_token(lm.tokenizer, token.id)
+    row = dist.row_of(token.id)
+    return Step(
+        index=index, token_id=token.id, text=piece, token=shown,
         prob=float(dist.probs[row]), model_prob=float(dist.model_probs[row]), rank=int(dist.rank[row]),
-        distribution=dist.top(keep, include=(token_id,)),
-    ))
-    run.ids.append(token_id)
-    run.decoder.append(torch.tensor([token_id]))
-    run.finished = token_id in eos
-
-
-def _in_vocab_order(values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Undo the rank-order sort: values indexed by vocabulary id."""
-    out = torch.empty_like(values)
-    out[token_ids] = values
-    return out
+        distribution=dist,
+    )

@@ -3,9 +3,11 @@
 A branch is the prompt continued by some tokens chosen by hand (`forced`: the
 path to the fork, then the alternative) and then greedily, token after token,
 by the model alone (temperature 1, no filters: the argmax of its logits), to a
-given length. Every token carries its log-probability and rank under the model
-given everything before it, so two branches compare by the sum of their
-log-probabilities: how likely the model finds each whole continuation.
+given length: the one decoding loop (`lmviz.decoding.Decoding`) with the
+greedy chooser after forced tokens. Every token carries its log-probability
+and rank under the model given everything before it, so two branches compare
+by the sum of their log-probabilities: how likely the model finds each whole
+continuation.
 
 Branches share their prefixes, so together they form a tree (`WhatIfTree`):
 one node per distinct prefix, drawn like the beam search tree.
@@ -13,16 +15,17 @@ one node per distinct prefix, drawn like the beam search tree.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 
+from lmviz import decoding
 from lmviz import trace as tracing
 from lmviz.cache import cached
-from lmviz.decoding import Decoder
 from lmviz.errors import LmvizError
 from lmviz.models import LoadedModel
-from lmviz.sampling import MAX_STEPS, eos_ids
+from lmviz.sampling import MAX_STEPS
 from lmviz.tokens import display_token, token_text
 
 
@@ -48,8 +51,7 @@ class Branch:
 def branch(lm: LoadedModel, text: str, forced: tuple[int, ...] = (), steps: int = 10) -> Branch:
     """The cached branch of `text` that takes the tokens `forced` first, then continues greedily to `steps`
     generated tokens in all (fewer if the model ends the text)."""
-    if lm.kind != "causal":
-        raise LmvizError(f"{lm.name} is not a causal language model: it does not continue texts.")
+    lm.require_causal("continuing a text")
     steps = int(steps)
     forced = tuple(int(t) for t in forced)
     if not 1 <= steps <= MAX_STEPS or len(forced) > steps:
@@ -62,26 +64,14 @@ def branch(lm: LoadedModel, text: str, forced: tuple[int, ...] = (), steps: int 
     return cached("what-if", lm, (tuple(prompt_ids), forced, steps), lambda: _run(lm, prompt_ids, forced, steps))
 
 
-@torch.inference_mode()
 def _run(lm: LoadedModel, prompt_ids: list[int], forced: tuple[int, ...], steps: int) -> Branch:
-    decoder = Decoder(lm.model, torch.tensor([prompt_ids]))
-    stop = set(eos_ids(lm))
-    ids, logprobs, ranks = [], [], []
-    while len(ids) < steps:
-        logits = decoder.next_logits()[0].double()  # (vocab,)
-        log_probs = torch.log_softmax(logits, -1)
-        token = forced[len(ids)] if len(ids) < len(forced) else int(logits.argmax())
-        ids.append(token)
-        logprobs.append(float(log_probs[token]))
-        ranks.append(int((logits > logits[token]).sum()) + 1)
-        if token in stop and len(ids) >= len(forced):
-            break
-        decoder.append(torch.tensor([token]))
+    tokens = list(itertools.islice(decoding.Decoding(lm.model, prompt_ids, decoding.greedy, forced), steps))
+    ids = [t.id for t in tokens]
     with lm.lock:
-        tokens = tuple(display_token(lm.tokenizer, t) for t in ids)
+        shown = tuple(display_token(lm.tokenizer, t) for t in ids)
         text = "".join(token_text(lm.tokenizer, t) for t in ids)
-    return Branch(tuple(prompt_ids), tuple(ids), tokens, tuple(logprobs), tuple(ranks), len(forced), text,
-                  len(ids) < steps)
+    return Branch(tuple(prompt_ids), tuple(ids), shown, tuple(t.logprob for t in tokens),
+                  tuple(t.rank for t in tokens), len(forced), text, len(ids) < steps)
 
 
 @dataclass(frozen=True)
@@ -142,9 +132,8 @@ def alternatives(lm: LoadedModel, text: str, prefix: tuple[int, ...], k: int = 1
     prefix = tuple(int(t) for t in prefix)
 
     def compute() -> tuple[Alternative, ...]:
-        with torch.inference_mode():
-            logits = Decoder(lm.model, torch.tensor([prompt_ids + list(prefix)])).next_logits()[0]
-        top = torch.topk(torch.softmax(logits.double(), -1), k)
+        _, log_probs = decoding.Decoder(lm.model, torch.tensor([prompt_ids + list(prefix)])).step()
+        top = torch.topk(log_probs[0].exp(), k)
         with lm.lock:
             return tuple(Alternative(int(i), display_token(lm.tokenizer, int(i)), float(p))
                          for p, i in zip(top.values, top.indices))

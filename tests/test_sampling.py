@@ -3,6 +3,7 @@ logits processors, plain torch softmax/entropy, and model.generate(do_sample=...
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -18,9 +19,9 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
-from lmviz import sampling, tables
+from lmviz import decoding, sampling
+from lmviz.tables import sampling as tables
 from lmviz import trace as tracing
-from lmviz.architectures import head_error_bound
 from lmviz.cache import CACHE
 from lmviz.cli import main
 from lmviz.errors import LmvizError
@@ -51,7 +52,7 @@ def next_logits(lm, text: str = PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         plain = lm.model(ids).logits[0, -1].float()
     t = tracing.trace(lm, text)
-    bound = head_error_bound(t.hidden[-1, -1:], lm.unembed, lm.arch.logit_transform)[0]
+    bound = lm.head.error_bound(t.hidden[-1, -1:])[0]
     assert ((t.last_logits - plain).abs() <= bound).all()
     return ids, t.last_logits
 
@@ -217,7 +218,7 @@ def test_which_filter_removed_each_token(smollm):
     order = torch.argsort(p, descending=True)
     mass_before = torch.cumsum(p[order], 0) - p[order]
     keep = top50[order][mass_before < 0.9]
-    assert set(torch.nonzero(removed == sampling.KEPT).flatten().tolist()) == set(keep.tolist())
+    assert set(torch.nonzero(removed == sampling.NOT_REMOVED).flatten().tolist()) == set(keep.tolist())
     assert set(torch.nonzero(removed == sampling.TOP_P).flatten().tolist()) == set(top50.tolist()) - set(keep.tolist())
     assert dist.status()[0] == "kept" and dist.status()[-1] == "removed by top-k"
     # ranks follow the logits, and temperature did not change them
@@ -334,11 +335,34 @@ def test_seeded_sampling_equals_generate(smollm, settings, seed, steps, referenc
     expected = generate_reference(smollm, steps, seed, do_sample=True, **reference)
     assert generation.token_ids == expected
     stopped_early = len(expected) < steps
-    assert generation.finished == stopped_early == (expected[-1] in sampling.eos_ids(smollm))
+    assert generation.finished == stopped_early == (expected[-1] in decoding.eos_ids(smollm.model))
     for step in generation.steps:  # every chosen token was possible, and its rank/probability recorded
         row = step.distribution.row_of(step.token_id)
-        assert step.distribution.removed_by[row] == sampling.KEPT and step.prob > 0
+        assert step.distribution.removed_by[row] == sampling.NOT_REMOVED and step.prob > 0
         assert step.rank == int(step.distribution.rank[row])
+
+
+@pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_llama"])
+def test_the_one_loop_equals_generate(request, model):
+    """lmviz.decoding.Decoding itself: the greedy chooser is generate(do_sample=False); a Sampler is
+    generate(do_sample=True) after torch.manual_seed with the same seed, for a couple of settings."""
+    lm = request.getfixturevalue(model)
+    ids = lm.tokenizer(PROMPT)["input_ids"]
+
+    def run(choose) -> list[int]:
+        return [t.id for t in itertools.islice(decoding.Decoding(lm.model, ids, choose), 8)]
+
+    assert run(decoding.greedy) == generate_reference(lm, 8, None, do_sample=False)
+    for settings, seed in [(SamplingSettings(temperature=0.7, top_k=20), 3),
+                           (SamplingSettings(top_p=0.8, repetition_penalty=1.2), 5)]:
+        assert run(sampling.Sampler(settings, seed)) == generate_reference(lm, 8, seed, **settings.generate_kwargs())
+
+
+def test_one_seed_check():
+    assert decoding.check_seed(3) == decoding.check_seed(3.0) == 3 and decoding.check_seed(2**63 - 1) == 2**63 - 1
+    for bad in (True, -1, 1.5, 2**63, "3", None):
+        with pytest.raises(LmvizError, match="seed must be"):
+            decoding.check_seed(bad)
 
 
 def test_step_distributions_equal_generate_scores(smollm):
@@ -428,6 +452,25 @@ def test_cli_text_json_kept_tokens_most_probable_first(smollm, capsys):
     assert ((got - probs[expected_ids]).abs() <= bounds.prob_bound(probs[expected_ids], eps)).all()
     assert abs(sum(result["probs"]) - 1.0) <= float(torch.expm1(eps)) + bounds.sum_bound(len(expected_ids))
     assert result["probs"] == sorted(result["probs"], reverse=True)
+
+
+def test_cli_typical_p_json_lists_only_kept_tokens(smollm, capsys):
+    """Typical-p can remove the most probable token, so the kept tokens are not the first rows by rank:
+    --json must list exactly the tokens transformers' TypicalLogitsWarper keeps, their probabilities summing to 1."""
+    assert main(["sample", PROMPT, "--typical-p", "0.2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ids, logits = next_logits(smollm)
+    scores = TypicalLogitsWarper(mass=0.2)(ids, logits.unsqueeze(0).clone())[0]
+    assert torch.isneginf(scores[int(logits.argmax())])  # the top token (" visit") is removed: the case at issue
+    probs = torch.softmax(scores.double(), -1)
+    kept = torch.nonzero(torch.isfinite(scores)).flatten()
+    expected_ids = kept[torch.argsort(probs[kept], descending=True, stable=True)].tolist()
+    assert result["token_ids"] == expected_ids and result["kept"] == len(expected_ids) == 33
+    assert result["tokens"] == [smollm.tokenizer.decode([i]) for i in expected_ids]
+    eps = 2 * bounds.log_softmax_bound(scores[kept])
+    got = torch.tensor(result["probs"], dtype=torch.float64)
+    assert ((got - probs[expected_ids]).abs() <= bounds.prob_bound(probs[expected_ids], eps)).all()
+    assert abs(sum(result["probs"]) - 1.0) <= float(torch.expm1(eps)) + bounds.sum_bound(len(expected_ids))
 
 
 def test_cli_readable_output(smollm, capsys):

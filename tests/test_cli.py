@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from lmviz.cli import main
 
 
@@ -45,3 +47,50 @@ def test_python_dash_m_entry_point(tiny_dirs):
     )
     assert done.returncode == 0, done.stderr
     assert "".join(json.loads(done.stdout)["tokens"]) == "hello there"
+
+
+def same_tokens(tokenizer, ids, tokens) -> bool:
+    """`tokens` (nested like `ids`) are the exact text of each id, as the tokenizer decodes it alone; a piece
+    of a UTF-8 character, which decodes to U+FFFD, must show its bytes as \\xNN instead."""
+    if isinstance(ids, list):
+        return len(ids) == len(tokens) and all(same_tokens(tokenizer, i, t) for i, t in zip(ids, tokens))
+    decoded = tokenizer.decode([ids], clean_up_tokenization_spaces=False)
+    return tokens == decoded if "\ufffd" not in decoded else "\\x" in tokens
+
+
+def shown_with_dots(tokens, display) -> bool:
+    """`display` is `tokens` with each space as '·' (checked where a token has no other invisible character)."""
+    if isinstance(tokens, list):
+        return len(tokens) == len(display) and all(shown_with_dots(t, d) for t, d in zip(tokens, display))
+    return not tokens.replace(" ", "").isprintable() or display == tokens.replace(" ", "·")
+
+
+@pytest.mark.parametrize("argv", [
+    ["tokens"], ["sample", "--top-k", "5"], ["embed"], ["lens"], ["attention"], ["attribute"],
+    ["ablate", "--layer", "0", "--head", "1"], ["loss"], ["beam"], ["fill-mask"],
+])
+def test_json_tokens_are_exact_text_and_display_is_separate(argv, tiny_dirs, capsys):
+    """One rule for every command: "tokens", "top_tokens" and "target_token" hold each token's exact text,
+    display strings ('·' for a space) are under "display" / "top_display" / "target_display"."""
+    from transformers import AutoTokenizer
+
+    model = tiny_dirs["bert" if argv[0] == "fill-mask" else "gpt2"]
+    text = "the capital [MASK] of france" if argv[0] == "fill-mask" else "the capital of france is"
+    assert main([argv[0], text, "--model", model, "--json", *argv[1:]]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    pairs = [(out.get("input_ids", out.get("token_ids")), out.get("tokens"), out.get("display")),
+             (out.get("top_ids"), out.get("top_tokens"), out.get("top_display")),
+             (out.get("target_id"), out.get("target_token"), out.get("target_display"))]
+    pairs += [(m["top_ids"], m["top_tokens"], m["top_display"]) for m in out.get("masks", [])]
+    pairs += [(h["token_ids"], h["tokens"], None) for h in out.get("final", [])]
+    checked = 0
+    for ids, tokens, display in pairs:
+        if tokens is None:
+            continue
+        assert same_tokens(tokenizer, ids, tokens)
+        if display is not None:
+            assert shown_with_dots(tokens, display)
+        checked += 1
+    assert checked >= 1 and (argv[0] != "loss" or out["display"])
+    assert len(out["placement"]) == 1  # every command that runs a model says where it ran

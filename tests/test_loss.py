@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmviz import cli, compare, loss, tables, windows
-from lmviz.architectures import head_error_bound
+from lmviz import cli, compare, loss, windows
+from lmviz.tables import loss as tables
 from lmviz.cache import CACHE
 from lmviz.cli import main
 from lmviz.errors import LmvizError
@@ -133,7 +133,7 @@ def test_embedded_model_against_its_own_loss(smollm):
     # one forward pass, the same on both sides; lmviz recomputes the head (another order), and both sides take
     # a float32 log-softmax and a float32 mean over the tokens
     logits = output.logits[0, :-1].float()
-    head = head_error_bound(output.hidden_states[-1][0, :-1], smollm.unembed, smollm.arch.logit_transform).amax(-1)
+    head = smollm.head.error_bound(output.hidden_states[-1][0, :-1]).amax(-1)
     eps = float((bounds.log_softmax_bound(logits, head) + bounds.log_softmax_bound(logits)).max())
     assert abs(report.mean_nll - own) <= eps + bounds.sum_bound(len(ids), own)
     assert abs(report.model_loss - own) <= 2 * float(bounds.log_softmax_bound(logits).max()) + bounds.sum_bound(len(ids), own)
@@ -151,7 +151,7 @@ def test_gemma_against_its_own_loss(gemma):
         output = gemma.model(ids[None], labels=ids[None], output_hidden_states=True)
     own = float(output.loss)
     logits = output.logits[0, :-1].float()
-    head = head_error_bound(output.hidden_states[-1][0, :-1], gemma.unembed, gemma.arch.logit_transform).amax(-1)
+    head = gemma.head.error_bound(output.hidden_states[-1][0, :-1]).amax(-1)
     eps = float((bounds.log_softmax_bound(logits, head) + bounds.log_softmax_bound(logits)).max())
     assert abs(report.mean_nll - own) <= eps + bounds.sum_bound(len(ids), own)
     assert abs(report.model_loss - own) <= 2 * float(bounds.log_softmax_bound(logits).max()) + bounds.sum_bound(len(ids), own)
@@ -254,7 +254,7 @@ def test_long_windows_go_through_the_head_in_chunks(tiny_gpt2_f64, monkeypatch):
     """Windows too big for the logits budget use the final hidden states and the model's head, chunked."""
     tiny_gpt2 = tiny_gpt2_f64
     ids = ids_of(tiny_gpt2, LONG)
-    monkeypatch.setattr(windows, "LOGITS_BUDGET", 1000)
+    monkeypatch.setattr(windows, "BATCH_LOGITS_BUDGET", 1000)
     monkeypatch.setattr(windows, "TARGETS_PER_CHUNK", 7)
     CACHE.clear()
     report = loss.loss_report(tiny_gpt2, LONG, max_length=50, stride=30, cross_check=False)
@@ -371,7 +371,7 @@ def test_loss_by_layer_against_hand_made_lens(tiny_llama, normalize):
     # the same hidden states; the head rounded in another order (tests/bounds.py), at every layer
     with torch.no_grad():
         inputs = [model.model.norm(h[0]) if normalize else h[0] for h in out.hidden_states[:-1]] + [out.hidden_states[-1][0]]
-        error = torch.stack([head_error_bound(h, tiny_llama.unembed, tiny_llama.arch.logit_transform).amax(-1) for h in inputs])
+        error = torch.stack([tiny_llama.head.error_bound(h).amax(-1) for h in inputs])
         logits = torch.stack([model.lm_head(h) for h in inputs])[:, :-1]
     eps = bounds.log_softmax_bound(logits, error[:, :-1]) + bounds.log_softmax_bound(logits)
     assert ((result.nll - expected).abs() <= eps).all()

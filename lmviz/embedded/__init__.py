@@ -27,7 +27,7 @@ import torch
 
 from lmviz.errors import LmvizError
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # a loading message for the user; models.load takes the same
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from lmviz.errors import LmvizError
 
 ANTIBERTY_PIP = "antiberty==0.1.3"  # MIT; later versions download their weights instead of shipping them
+MODELS = {"antiberty": "mlm", "antiberty-chain": "chain", "antiberty-species": "species"}  # name -> folder
 
 
 ANTIBERTY_CHAIN = {0: "Heavy", 1: "Light"}  # AntiBERTyRunner.LABEL_TO_CHAIN

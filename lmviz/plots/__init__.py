@@ -14,9 +14,9 @@ import html
 import plotly.graph_objects as go
 
 FONT_SIZE = 16  # readable on a projector from the back of a room
-KEPT = "#3b5bdb"
-REMOVED = "#ced4da"
-FINISHED = "#2f9e44"
+KEPT_COLOUR = "#3b5bdb"
+REMOVED_COLOUR = "#ced4da"
+FINISHED_COLOUR = "#2f9e44"
 HIGHLIGHT = "#e8590c"
 
 

@@ -14,9 +14,9 @@ import plotly.graph_objects as go
 from lmviz.ablation import AblationResult
 from lmviz.attention import AttentionResult
 from lmviz.attribution import Attribution
-from lmviz.plots import HIGHLIGHT, KEPT, REMOVED, safe_label, style
+from lmviz.plots import HIGHLIGHT, KEPT_COLOUR, REMOVED_COLOUR, safe_label, style
 
-ATTN_COLOUR = KEPT
+ATTN_COLOUR = KEPT_COLOUR
 MLP_COLOUR = "#e8590c"
 EMBED_COLOUR = "#868e96"
 DIVERGING = "RdBu"  # red pushes the logit down, blue up; white is zero
@@ -146,7 +146,7 @@ def ablation_bars(result: AblationResult) -> go.Figure:
     ids = list(dict.fromkeys([*result.before_ids[:8], *result.top_ids[:8]]))
     labels = [safe_label(names[i]) for i in ids]
     figure = go.Figure([
-        go.Bar(x=labels, y=[before[i] for i in ids], name="before", marker_color=REMOVED,
+        go.Bar(x=labels, y=[before[i] for i in ids], name="before", marker_color=REMOVED_COLOUR,
                hovertemplate="%{x}: %{y:.4f} before<extra></extra>"),
         go.Bar(x=labels, y=[after[i] for i in ids], name="after", marker_color=ATTN_COLOUR,
                hovertemplate="%{x}: %{y:.4f} after<extra></extra>"),

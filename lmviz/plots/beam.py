@@ -26,9 +26,7 @@ import math
 import plotly.graph_objects as go
 
 from lmviz.beam import FINISHED, KEPT, PRUNED, BeamNode, BeamTree
-from lmviz.plots import FINISHED as FINISHED_COLOUR
-from lmviz.plots import HIGHLIGHT, REMOVED, safe_label, style
-from lmviz.plots import KEPT as KEPT_COLOUR
+from lmviz.plots import FINISHED_COLOUR, HIGHLIGHT, KEPT_COLOUR, REMOVED_COLOUR, safe_label, style
 from lmviz.tokens import visible
 from lmviz.whatif import WhatIfTree
 
@@ -145,7 +143,7 @@ def tree_figure(
         groups.setdefault(key, []).append(node)
     edge_style = {
         KEPT: dict(color=KEPT_COLOUR, width=2),
-        PRUNED: dict(color=REMOVED, width=1),
+        PRUNED: dict(color=REMOVED_COLOUR, width=1),
         FINISHED: dict(color=FINISHED_COLOUR, width=2),
         "candidate": dict(color=CANDIDATE, width=1, dash="dot"),
         "win": dict(color=HIGHLIGHT, width=5),
@@ -190,7 +188,7 @@ def tree_figure(
     unjudged = [n for n in rest if not judged(n)]
     add_nodes(unjudged, "candidate (not judged yet)", CANDIDATE, "circle-open", 11, "#212529")
     done = [n for n in rest if judged(n)]
-    add_nodes([n for n in done if n.status == PRUNED], "pruned", REMOVED, SYMBOL[PRUNED], 9, PRUNED_TEXT)
+    add_nodes([n for n in done if n.status == PRUNED], "pruned", REMOVED_COLOUR, SYMBOL[PRUNED], 9, PRUNED_TEXT)
     kept = [n for n in done if n.status == KEPT and n.id not in winning]
     finished = [n for n in done if n.status == FINISHED and n.id not in winning]
     add_nodes(kept, "kept (a running beam)", KEPT_COLOUR, SYMBOL[KEPT], 12, "#212529")

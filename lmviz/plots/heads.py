@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from lmviz.classification import Classification
 from lmviz.embeddings import Neighbours
 from lmviz.masked_lm import MaskPredictions
-from lmviz.plots import HIGHLIGHT, KEPT, REMOVED, safe_label, style
+from lmviz.plots import HIGHLIGHT, KEPT_COLOUR, REMOVED_COLOUR, safe_label, style
 
 
 def neighbours_figure(result: Neighbours, max_rows: int | None = None) -> go.Figure:
@@ -38,7 +38,7 @@ def mask_figure(result: MaskPredictions, mask: int) -> go.Figure:
     logits = result.top_logits[mask].tolist()
     figure = go.Figure(go.Bar(
         x=probs, y=[f"{j + 1}. {token}" for j, token in enumerate(tokens)], orientation="h",
-        marker_color=[HIGHLIGHT] + [KEPT] * (len(probs) - 1),
+        marker_color=[HIGHLIGHT] + [KEPT_COLOUR] * (len(probs) - 1),
         text=[f"p {p:.3f} · logit {l:.2f}" for p, l in zip(probs, logits)], textposition="auto",
         hovertemplate="%{y}: p = %{x:.4f}<extra></extra>",
     ))
@@ -51,7 +51,7 @@ def mask_figure(result: MaskPredictions, mask: int) -> go.Figure:
 def classification_figure(result: Classification) -> go.Figure:
     """Logit and probability per label, label ids in order."""
     names = [f"{i}: {safe_label(label)}" for i, label in enumerate(result.labels)]
-    colours = [HIGHLIGHT if i == result.predicted else REMOVED for i in range(len(names))]
+    colours = [HIGHLIGHT if i == result.predicted else REMOVED_COLOUR for i in range(len(names))]
     figure = go.Figure()
     figure.add_bar(x=names, y=result.probs.tolist(), marker_color=colours, name="probability",
                    text=[f"{p:.3f}" for p in result.probs.tolist()], textposition="auto",

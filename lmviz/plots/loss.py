@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from lmviz.compare import ModelComparison
 from lmviz.loss import LN2, RANK_BUCKETS, ContextCurve, LayerLoss, LossReport, rank_bucket
-from lmviz.plots import HIGHLIGHT, KEPT, safe_label, style
+from lmviz.plots import HIGHLIGHT, KEPT_COLOUR, safe_label, style
 from lmviz.tokens import visible
 
 SURPRISAL_CAP = 16.0  # bits at which the colour saturates (p = 1/65536)
@@ -153,7 +153,7 @@ def surprisal_figure(report: LossReport, title: str | None = None, y_max: float 
         figure = go.Figure([
             go.Scattergl(x=x, y=bits, mode="markers", marker=dict(size=3, color="#adb5bd"), hovertext=hover,
                          hoverinfo="text", name="token"),
-            go.Scatter(x=x, y=running, mode="lines", line=dict(color=KEPT, width=2), name=f"mean of last {span}",
+            go.Scatter(x=x, y=running, mode="lines", line=dict(color=KEPT_COLOUR, width=2), name=f"mean of last {span}",
                        hoverinfo="skip"),
         ])
         figure.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
@@ -170,7 +170,7 @@ def layer_loss_figure(result: LayerLoss, title: str | None = None) -> go.Figure:
     mean = result.mean_nll.tolist()
     hover = [f"layer {i}<br>{h:.3f} nats = {h / LN2:.2f} bits<br>perplexity {math.exp(h):,.1f}"
              for i, h in zip(layers, mean)]
-    figure = go.Figure(go.Scatter(x=layers, y=mean, mode="lines+markers", line_color=KEPT,
+    figure = go.Figure(go.Scatter(x=layers, y=mean, mode="lines+markers", line_color=KEPT_COLOUR,
                                   hovertext=hover, hoverinfo="text", name="cross-entropy"))
     figure.add_trace(go.Scatter(x=[layers[-1]], y=[mean[-1]], mode="markers", marker=dict(size=14, color=HIGHLIGHT),
                                 name="model output", hoverinfo="skip"))
@@ -189,7 +189,7 @@ def context_figure(curve: ContextCurve, title: str | None = None) -> go.Figure:
              f"perplexity {math.exp(h):,.1f}"
              for w, s, c, h in zip(curve.lengths, curve.strides, curve.mean_context, curve.mean_nll)]
     figure = go.Figure(go.Scatter(x=list(curve.lengths), y=list(curve.mean_nll), mode="lines+markers",
-                                  line_color=KEPT, hovertext=hover, hoverinfo="text"))
+                                  line_color=KEPT_COLOUR, hovertext=hover, hoverinfo="text"))
     figure.update_xaxes(title="window length (tokens the model may see)", type="log", tickvals=list(curve.lengths),
                         ticktext=[str(w) for w in curve.lengths])
     figure.update_yaxes(title="cross-entropy (nats / token)")

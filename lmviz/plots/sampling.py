@@ -8,11 +8,11 @@ import html
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lmviz.plots import HIGHLIGHT, KEPT, REMOVED, safe_label, style
-from lmviz.sampling import KEPT as KEPT_CODE
+from lmviz.plots import HIGHLIGHT, KEPT_COLOUR, REMOVED_COLOUR, safe_label, style
+from lmviz.sampling import NOT_REMOVED
 from lmviz.sampling import Distribution, Generation, Sweep, ToyTable
 
-BEFORE = "#91a7ff"  # the model's own distribution (T = 1), lighter than KEPT
+BEFORE = "#91a7ff"  # the model's own distribution (T = 1), lighter than KEPT_COLOUR
 GREYED_TEXT = "#adb5bd"  # axis labels of removed tokens
 
 
@@ -34,7 +34,7 @@ def distribution_figure(
     filters (grey bar and label where a filter removed the token; preceded by the model's own
     T = 1 bar when temperature or the penalty reshaped it) and the final probability a token is
     drawn with. `chosen` (a vocabulary id) gets a bold label."""
-    removed = [code != KEPT_CODE for code in dist.removed_by.tolist()]
+    removed = [code != NOT_REMOVED for code in dist.removed_by.tolist()]
     status = dist.status()
     ids = dist.token_ids.tolist()
     x = list(range(len(ids)))  # positions, so equal labels stay separate bars
@@ -53,7 +53,7 @@ def distribution_figure(
                    if reshaped else "model (T = 1)")
     figure.add_bar(
         x=x, y=before.tolist(), name=before_name,
-        marker_color=[REMOVED if gone else KEPT for gone in removed],
+        marker_color=[REMOVED_COLOUR if gone else KEPT_COLOUR for gone in removed],
         hovertext=hover, hovertemplate="%{hovertext}<br>before filters p = %{y:.4f}<extra></extra>",
     )
     figure.add_bar(
@@ -74,7 +74,7 @@ def sweep_figure(sweep: Sweep, current: float | None = None, title: str | None =
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     custom = sweep.effective_vocab.tolist()
     figure.add_scatter(
-        x=temps, y=sweep.entropy.tolist(), name="entropy (nats)", mode="lines", line=dict(color=KEPT, width=3),
+        x=temps, y=sweep.entropy.tolist(), name="entropy (nats)", mode="lines", line=dict(color=KEPT_COLOUR, width=3),
         customdata=custom,
         hovertemplate="T = %{x:.3g}<br>entropy %{y:.3f} nats<br>%{customdata:,} tokens hold 90%<extra></extra>",
         secondary_y=False,
@@ -84,7 +84,7 @@ def sweep_figure(sweep: Sweep, current: float | None = None, title: str | None =
         line=dict(color=HIGHLIGHT, width=3, dash="dash"),
         hovertemplate="T = %{x:.3g}<br>top p = %{y:.4f}<extra></extra>", secondary_y=True,
     )
-    figure.add_hline(y=sweep.max_entropy, line=dict(color=REMOVED, dash="dot"), secondary_y=False,
+    figure.add_hline(y=sweep.max_entropy, line=dict(color=REMOVED_COLOUR, dash="dot"), secondary_y=False,
                      annotation_text=f"uniform: log {sweep.vocab_size:,} = {sweep.max_entropy:.2f}",
                      annotation_position="bottom left")
     if current is not None and current > 0:
@@ -107,7 +107,7 @@ def toy_figure(toy: ToyTable, title: str | None = None, height: int = 340) -> go
     """σ_T of the toy vector: one group of bars per logit, one bar per temperature."""
     labels = [f"x = {value:g}" for value in toy.logits.tolist()]
     x = list(range(len(labels)))
-    palette = [HIGHLIGHT, KEPT, "#2f9e44", "#ae3ec9", "#1098ad", "#f08c00"]
+    palette = [HIGHLIGHT, KEPT_COLOUR, "#2f9e44", "#ae3ec9", "#1098ad", "#f08c00"]
     figure = go.Figure()
     for i, (t, row) in enumerate(zip(toy.temperatures, toy.probs.tolist())):
         name = "T = 0 (greedy)" if t == 0 else f"T = {t:g}"

@@ -18,12 +18,13 @@ printed at the end of the run (see conftest.py). Marked `matrix`: deselect with
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from lmviz import beam, lens, loss, models
 from lmviz import trace as tracing
-from lmviz.architectures import head_error_bound
 from lmviz.errors import LmvizError
 from tests import architecture_zoo, bounds, tiny_models
 
@@ -62,8 +63,8 @@ def assert_lens_exact(lm: models.LoadedModel) -> None:
     for layer in range(t.n_layers + 1):
         ref = reference_lens_logits(lm, t, layer)  # (pos, vocab) float32
         last = t.head_input if t.head_input is not None else t.hidden[-1]
-        normed = lm.final_norm(t.hidden[layer]) if layer < t.n_layers else last
-        logit_error = head_error_bound(normed, lm.unembed, lm.arch.logit_transform).amax(-1).double()  # (pos,)
+        normed = lm.head.norm(t.hidden[layer]) if layer < t.n_layers else last
+        logit_error = lm.head.error_bound(normed).amax(-1).double()  # (pos,)
         eps = bounds.log_softmax_bound(ref, logit_error) + bounds.log_softmax_bound(ref)  # ours and the reference
         ref_logp = torch.log_softmax(ref.double(), -1)
         top1 = result.top_ids[layer, :, 0]
@@ -152,8 +153,70 @@ def assert_parts_exact_or_refused(lm: models.LoadedModel, directory) -> str:
         assert "\n" not in str(error)
         outcomes.append(f"attribution refused: {error}")
     else:
-        assert abs(result.total - result.logit) <= result.bound
+        partly = assert_parts_sum_to_the_logit(lm, directory, result)
+        if partly:
+            outcomes.append(partly)
     return "exact" if not outcomes else "refused: " + "; ".join(outcomes)
+
+
+def assert_parts_sum_to_the_logit(lm: models.LoadedModel, directory, result) -> str | None:
+    """The attribution's parts sum to the logit of transformers' own forward pass, not to lmviz's.
+
+    In float64: lmviz loads the folder in float64 and splits the same logit; transformers runs a fresh float64
+    copy (the same attention implementation, so both passes take the same steps). Their blocks are the same
+    computation, so the parts' sum and transformers' logit differ by float64 rounding (bounds.FLOAT64_SLACK,
+    relative to the sizes involved) plus the model's final norm: transformers' norms compute in float32 even
+    in a float64 model (RMSNorm's `.to(torch.float32)`), while the parts use it exactly, so its output is off
+    by float32 rounding: bounds.linear_bound of the vector the unembedding reads (captured with a plain
+    forward hook) and the target's row, times the model's logit scale (fitted on the whole row). A final
+    soft-cap (config.final_logit_softcapping) is 1-Lipschitz, so it never widens the gap.
+
+    In float32, against the model's own float32 logit, within the rounding bound lmviz states for its sum.
+    Returns a note where lmviz refuses float64 (then transformers must fail there too), else None."""
+    from transformers import AutoModelForCausalLM
+
+    from lmviz import attribution
+
+    cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+
+    def capped(total: float) -> float:
+        return cap * math.tanh(total / cap) if cap else total
+
+    ids = torch.tensor([tracing.encode(lm, TEXT)])
+    position, target = result.position, result.target_id
+    with torch.no_grad():
+        own = lm.model(input_ids=ids).logits[0, position, target].item()
+    assert abs(capped(result.total) - own) <= result.bound
+
+    lm64 = models.load(str(directory), dtype="float64")
+    try:
+        exact = attribution.attribute(lm64, TEXT, position=position, target=target)
+    except LmvizError as error:  # e.g. MoE experts run by torch._grouped_mm, which has no float64
+        with pytest.raises(RuntimeError):  # only where transformers itself can't run it in float64
+            AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float64)(input_ids=ids)
+        return f"attribution refused in float64 (checked in float32 only): {error}"
+    reference = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float64, attn_implementation=lm64.model.config._attn_implementation).eval()
+    head = reference.get_output_embeddings()
+    seen = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, position]))
+    try:
+        with torch.no_grad():
+            row = reference(input_ids=ids).logits[0, position]  # (vocab,)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        raw = head(seen[0])  # (vocab,) before any scale or cap
+    logit = float(row[target])
+    uncapped = cap * torch.atanh((row / cap).clamp(-1 + 1e-15, 1 - 1e-15)) if cap else row
+    scale = abs(float(uncapped @ raw / (raw @ raw)))  # e.g. Cohere's logit_scale, Granite's 1/logits_scaling
+    bias = head.bias[target:target + 1] if head.bias is not None else None
+    rounding = scale * float(bounds.linear_bound(seen[0], head.weight[target:target + 1], bias)[0])
+    size = (abs(exact.embed) + float(exact.attn.abs().sum() + exact.heads.abs().sum() + exact.head_bias.abs().sum())
+            + float(exact.mlp.abs().sum()) + abs(exact.constant) + abs(logit))
+    gap = abs(capped(exact.total) - logit)
+    assert gap <= rounding + bounds.FLOAT64_SLACK * (1 + size), (gap, rounding)
+    return None
 
 
 @pytest.mark.matrix

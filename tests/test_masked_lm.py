@@ -15,7 +15,8 @@ from transformers import (
     BertForMaskedLM,
 )
 
-from lmviz import classification, masked_lm, models, tables
+from lmviz import classification, masked_lm, models
+from lmviz.tables import heads as tables
 from lmviz.cli import main
 from lmviz.embedded import antiberty
 from lmviz.errors import LmvizError
@@ -70,15 +71,45 @@ def test_head_anatomy_is_read_from_the_model(tiny_dirs, tiny_bert):
         transformed = reference.cls.predictions.transform(out.hidden_states[-1][0])
     decoder = reference.cls.predictions.decoder
     assert anatomy.recompute_max_diff <= float(bounds.linear_bound(transformed, decoder.weight, decoder.bias).max())
-    # the head by hand, written out independently: dense -> gelu -> LayerNorm -> E^T + output bias
-    ids = AutoTokenizer.from_pretrained(tiny_dirs["bert"])("the capital of france is paris", return_tensors="pt")
+    # lmviz's head, as its anatomy lists it, applied step by step to the reference's last hidden states (the
+    # parts taken from the fresh reference by the anatomy's paths, in the anatomy's order), gives the
+    # reference's logits: a wrong path, a missing or misplaced step, or a decoder that is not the input
+    # embedding shows here
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["bert"])
     with torch.no_grad():
-        out = reference(**ids, output_hidden_states=True)
-        p = reference.cls.predictions
-        h = F.gelu(out.hidden_states[-1] @ p.transform.dense.weight.T + p.transform.dense.bias)
-        h = F.layer_norm(h, (h.shape[-1],), p.transform.LayerNorm.weight, p.transform.LayerNorm.bias, 1e-12)
-        by_hand = h @ reference.bert.embeddings.word_embeddings.weight.T + p.bias
-    bounds.assert_linear_close(by_hand[0], out.logits[0], h[0], reference.bert.embeddings.word_embeddings.weight, p.bias)
+        out = reference(**tokenizer("the capital of france is paris", return_tensors="pt"), output_hidden_states=True)
+        h = out.hidden_states[-1][0]  # (pos, d_model)
+        embedding = _part(reference, anatomy.embedding_path)
+        assert {step.name for step in anatomy.steps} == {"dense", "activation", "LayerNorm", "decoder", "output bias"}
+        for step in anatomy.steps:
+            part = _part(reference, step.path)
+            if step.name == "decoder":
+                decoder_input = h
+                h = h @ embedding.T  # the anatomy's claim: the decoder reads the INPUT embedding
+            elif step.name == "output bias":
+                h = h + part
+            else:
+                h = part(h)
+    bounds.assert_linear_close(h, out.logits[0], decoder_input, embedding, _part(reference, anatomy.steps[-1].path))
+
+    # lmviz's own logits, whole rows (k = the vocabulary) at every mask, against the reference's
+    text = "the capital of [MASK] is paris and [MASK] is the capital of england"
+    result = masked_lm.fill_mask(tiny_bert, text, k=tiny_bert.vocab_size)
+    with torch.no_grad():
+        out = reference(**tokenizer(text, return_tensors="pt"), output_hidden_states=True)
+        transformed = reference.cls.predictions.transform(out.hidden_states[-1][0])
+    decoder = reference.cls.predictions.decoder
+    for m, position in enumerate(result.mask_positions.tolist()):
+        mine = torch.empty(tiny_bert.vocab_size).scatter_(0, result.top_ids[m], result.top_logits[m])
+        assert sorted(result.top_ids[m].tolist()) == list(range(reference.config.vocab_size))
+        bounds.assert_linear_close(mine, out.logits[0, position], transformed[position], decoder.weight, decoder.bias)
+
+
+def _part(model, path: str):
+    """The attribute at a dotted path such as "cls.predictions.decoder" (raises when there is none)."""
+    for name in path.split("."):
+        model = getattr(model, name)
+    return model
 
 
 def test_mlm_loss_three_ways_agree_with_transformers(tiny_dirs, tiny_bert):

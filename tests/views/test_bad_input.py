@@ -1,7 +1,13 @@
 """The bad-input table of docs/bad-input.md, page by page: a clear message, no traceback, the text kept."""
 
+import io
+import urllib.parse
+
 import pytest
+import segno
 import torch
+from PIL import Image
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from transformers import AutoModelForCausalLM
 
 from tests.views import app, run_page
@@ -87,16 +93,52 @@ def test_every_chart_can_be_downloaded_as_html(smollm, page):
 
 
 def test_presenter_mode_from_the_url_and_its_share_code(smollm, monkeypatch):
-    """?present=1 turns presenter mode on and stays in the URL; the QR code is a PNG of the view's URL with
-    every setting, at the address the class can reach ($LMVIZ_PUBLIC_URL)."""
-    import ui
+    """?present=1 turns presenter mode on and stays in the URL; the page shows a QR code of the view's URL with
+    every setting, at the address the class can reach ($LMVIZ_PUBLIC_URL), not the presenter's localhost."""
+    images = {}  # media file id -> the bytes the page handed to st.image
+    store = MemoryMediaFileStorage.load_and_get_id
 
+    def keep(self, data, mimetype, kind, filename=None):
+        file_id = store(self, data, mimetype, kind, filename)
+        images[file_id] = data
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
     monkeypatch.setenv("LMVIZ_PUBLIC_URL", "http://192.168.1.20:8501")
-    at = run_page("lens", "This weekend I plan to", query={"present": "1"})
+    at = app("lens")
+    at.context["url"] = "http://localhost:8501/lens?present=1"  # what the presenter's own browser shows
+    at.session_state["text"] = "This weekend I plan to"
+    at.query_params["present"] = "1"
+    at.run()
     assert not at.exception and at.toggle(key="present").value is True
     assert at.query_params["present"] == "1" and at.query_params["lens_k"] == "10"
-    assert len(at.get("image")) == 1 and "Scan to open this view" in str(at.get("image")[0].proto)
-    png = ui.qr_png("http://192.168.1.20:8501/lens?present=1&lens_k=10")
-    assert png.startswith(b"\x89PNG") and len(png) > 300
+    [shown] = at.get("image")
+    [image] = shown.proto.imgs
+    assert image.caption == "Scan to open this view"
+    png = images[image.url.rsplit("/", 1)[-1].split(".")[0]]
+    # the URL a student's phone must open: the public address, the page's path, every setting of the page
+    expected = "http://192.168.1.20:8501/lens?" + urllib.parse.urlencode(at.query_params)
+    modules = _qr_modules(png)
+    symbols = [segno.make(expected, error=level) for level in "lmqh"]  # whatever error level the page picked
+    assert any(modules == [[bool(m) for m in row] for row in symbol.matrix] for symbol in symbols), expected
     at.toggle(key="present").set_value(False).run()
     assert "present" not in at.query_params and not at.get("image")
+
+
+def _qr_modules(png: bytes) -> list[list[bool]]:
+    """The dark (True) and light modules of the QR code in an image, read back by sampling each module's centre:
+    the symbol is the box of dark pixels inside the quiet zone, and its top-left finder pattern starts with a
+    run of 7 dark modules, which gives the module size (the page may scale the image by a fraction)."""
+    image = Image.open(io.BytesIO(png)).convert("L")
+    width, height = image.size
+    pixels = image.load()
+    dark = [[pixels[x, y] < 128 for x in range(width)] for y in range(height)]
+    rows = [y for y in range(height) if any(dark[y])]
+    columns = [x for x in range(width) if any(dark[y][x] for y in rows)]
+    top, left, right = rows[0], columns[0], columns[-1]
+    run = next(x for x in range(left, width) if not dark[top][x]) - left
+    module = run / 7
+    n = round((right - left + 1) / module)
+    assert n >= 21 and abs(n * module - (right - left + 1)) < module / 2  # a square symbol of whole modules
+    assert abs(rows[-1] - top + 1 - n * module) < module / 2
+    return [[dark[int(top + (r + 0.5) * module)][int(left + (c + 0.5) * module)] for c in range(n)] for r in range(n)]

@@ -3,4 +3,13 @@
     from lmviz import models, trace
     lm = models.load("smollm2-135m")
     t = trace.trace(lm, "This weekend I plan to")   # t.hidden: (layer+1, pos, d_model)
+
+In IPython, results display as their tables (`lmviz.notebook`).
 """
+
+import sys
+
+if "IPython" in sys.modules:  # a notebook: no set-up for results to show as tables
+    from lmviz import notebook
+
+    notebook.register()

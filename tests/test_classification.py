@@ -12,7 +12,8 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from lmviz import classification, models, tables
+from lmviz import classification, models
+from lmviz.tables import heads as tables
 from lmviz.errors import LmvizError
 from tests import bounds
 

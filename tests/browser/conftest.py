@@ -31,14 +31,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, extra_env: dict | None = None, args: tuple = (), wrapper=()) -> subprocess.Popen:
-    """`streamlit run app.py` on a local port; returns once /_stcore/health answers. wrapper: a command
-    that runs it, e.g. ("taskset", "-c", "0") to pin it to a core."""
+def start_server(port: int, extra_env: dict | None = None, args: tuple = (), wrapper=(),
+                 command: tuple = (sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")),
+                 cwd: Path = ROOT) -> subprocess.Popen:
+    """`streamlit run app.py` (or another `command` that serves the app, run in `cwd`) on a local port;
+    returns once /_stcore/health answers. wrapper: a command that runs it, e.g. ("taskset", "-c", "0")
+    to pin it to a core."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     process = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", *args],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [*wrapper, *command, "--server.port", str(port), "--server.headless", "true",
+         "--server.address", "127.0.0.1", *args],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.time() + 600  # a liveness limit, not a speed requirement
     while time.time() < deadline:
@@ -117,5 +120,6 @@ def screenshot(page, name: str) -> Path:
 
 def assert_no_error_box(page) -> None:
     """No exception box and no traceback anywhere in the page."""
-    assert page.locator('[data-testid="stException"]').count() == 0
+    errors = page.locator('[data-testid="stException"]')
+    assert errors.count() == 0, errors.first.inner_text()[-2000:]
     assert "Traceback" not in page.inner_text("body")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-import ui
+from lmviz.app import pages, ui
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 
@@ -13,7 +13,7 @@ def app(page: str | None = None) -> AppTest:
     """The whole app (sidebar and navigation) ready to run, optionally switched to `views/<page>.py`."""
     at = AppTest.from_file(str(APP), default_timeout=120)
     if page:
-        at.switch_page(f"views/{page}.py")
+        at.switch_page(pages.BY_NAME[page].script)
     return at
 
 

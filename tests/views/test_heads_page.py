@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertForMaskedLM, BertForSequenceClassification
 
-import ui
 from lmviz.tokens import display_token
 from tests import bounds
 from tests.views import frame_with, run_page
@@ -121,6 +120,6 @@ def test_antiberty_button_points_the_sidebar_at_the_offline_masked_lm(smollm):
     at = run("This weekend I plan to")
     at.button[0].click().run()
     assert not at.exception
-    assert at.session_state["model_choice"] == ui.OTHER_MODEL
-    assert at.session_state["model_other"].endswith("mlm")
+    assert at.session_state["model_choice"] == "antiberty"
     assert "[MASK]" in at.session_state["text"]
+    assert "Masked LM" in [tab.label for tab in at.tabs] and not at.warning  # the page now runs on a masked LM

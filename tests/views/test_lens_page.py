@@ -3,7 +3,6 @@
 import torch
 
 from lmviz import trace as tracing
-from lmviz.architectures import head_error_bound
 from lmviz.tokens import display_token
 from tests.views import run_page
 
@@ -22,7 +21,7 @@ def test_default_page_matches_the_model(smollm):
     # lmviz's head against the model's logits at the last position: within the head's rounding bound (as
     # verified on every trace), shown with 2 significant digits
     t = tracing.trace(smollm, PROMPT)
-    bound = head_error_bound(t.hidden[-1, -1:], smollm.unembed, smollm.arch.logit_transform).max()
+    bound = smollm.head.error_bound(t.hidden[-1, -1:]).max()
     assert float(metrics["max |lens(last) − model logits|"]) <= float(bound) * 1.05
     assert len(at.get("plotly_chart")) == 2  # the heatmap and the watched-token trajectories
     table = at.dataframe[0].value  # by layer, the output layer: rows = rank, columns = positions

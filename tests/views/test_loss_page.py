@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ui
+from lmviz.app import ui
 from lmviz import loss
 from tests import bounds
 from tests.views import run_page

@@ -3,7 +3,6 @@
 import torch
 
 from lmviz import trace as tracing
-from lmviz.architectures import head_error_bound
 from lmviz.sampling import lecture_number
 from tests import bounds
 from tests.views import app, frame_with, run_page
@@ -30,8 +29,7 @@ def test_default_page_distribution_table_and_lecture_table(smollm):
     with torch.no_grad():
         logits = smollm.model(ids).logits[0, -1].float()  # a plain forward pass
     # the page samples from the trace's last logits: the same pass, the head on one row (tests/bounds.py)
-    error = head_error_bound(tracing.trace(smollm, PROMPT).hidden[-1, -1:], smollm.unembed,
-                             smollm.arch.logit_transform).max()
+    error = smollm.head.error_bound(tracing.trace(smollm, PROMPT).hidden[-1, -1:]).max()
     eps = bounds.log_softmax_bound(logits, error) + bounds.log_softmax_bound(logits)
     log_p = torch.log_softmax(logits.double(), -1)
     shown_ids = torch.tensor(table["id"].tolist())

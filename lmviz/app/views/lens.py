@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-import ui
-from lmviz import lens, tables, trace
+from lmviz.app import pages, ui
+from lmviz.app.settings import Attention, Lens
+from lmviz import lens, trace
+from lmviz.tables import lens as tables
 from lmviz.errors import LmvizError
 from lmviz.plots import lens as plots
 from lmviz.tokens import markdown_safe, visible
@@ -17,28 +19,18 @@ st.caption(
 lm = ui.current_model(kinds=("causal",))
 text = ui.current_text()
 
-STAT_KEYS = list(lens.STATISTICS)
-
-
-SETTINGS = {  # key: (default, URL parser)
-    "lens_stat": ("top1_prob", ui.one_of(STAT_KEYS)),
-    "lens_normalized": (True, ui.flag),
-    "lens_k": (10, ui.in_range(int, 1, 20)),
-    "lens_stride": (1, ui.in_range(int, 1, 64)),
-    "lens_table": ("by layer", ui.one_of(["by layer", "by position"])),
-    "lens_values": ("token", ui.one_of(["token", "token+prob", "prob", "id"])),
-    "lens_watch": ("visit, go", str),
-    "lens_space": (True, ui.flag),
-    "lens_watch_value": ("prob", ui.one_of(["prob", "rank"])),
-}
-ui.init_settings(SETTINGS)
+SETTINGS = (Lens.STATISTIC, Lens.NORMALIZED, Lens.K, Lens.STRIDE, Lens.TABLE, Lens.VALUES, Lens.WATCH, Lens.SPACE,
+            Lens.WATCH_VALUE)
+for setting in SETTINGS:
+    ui.init(setting)
 
 controls = ui.controls().columns([2, 2, 1])
-controls[0].selectbox("Colour by", STAT_KEYS, format_func=lambda key: lens.STATISTICS[key][0], key="lens_stat")
-controls[1].toggle("Normalized (final norm at every layer)", key="lens_normalized",
+controls[0].selectbox("Colour by", Lens.STATISTIC.choices, format_func=lambda key: lens.STATISTICS[key][0],
+                      key=Lens.STATISTIC.key)
+controls[1].toggle("Normalized (final norm at every layer)", key=Lens.NORMALIZED.key,
                    help="Off = raw: lm_head(hidden_states[i]) with no norm, exactly seed 004's tables.")
-controls[2].number_input("top-k", min_value=1, max_value=20, step=1, key="lens_k")
-normalized = st.session_state.lens_normalized
+controls[2].number_input("top-k", min_value=1, max_value=20, step=1, key=Lens.K.key)
+normalized = ui.value(Lens.NORMALIZED)
 if normalized:
     st.caption(
         "**Normalized:** every layer goes through the model's final norm, then the unembedding, like the last "
@@ -63,19 +55,19 @@ if t.n_tokens == 1:
 
 # watched tokens: a bad entry is reported here and the rest of the page still runs
 watch_columns = st.columns([3, 1])
-watch_columns[0].text_input("Watch tokens (comma-separated)", key="lens_watch",
+watch_columns[0].text_input("Watch tokens (comma-separated)", key=Lens.WATCH.key,
                             help="Each must be a single token of this model, e.g. ' Paris, London'. "
                             "A leading · means a space.")
-watch_columns[1].checkbox("Add a leading space", key="lens_space",
+watch_columns[1].checkbox("Add a leading space", key=Lens.SPACE.key,
                           help="Words inside a sentence start with a space: ' Paris', not 'Paris'.")
 watched: tuple[int, ...] = ()
 try:
-    watched = lens.resolve_watched(lm, lens.parse_watched(st.session_state.lens_watch, st.session_state.lens_space))
+    watched = lens.resolve_watched(lm, lens.parse_watched(ui.value(Lens.WATCH), ui.value(Lens.SPACE)))
 except LmvizError as error:
     st.error(str(error), icon="🚫")
 
 n_pos, n_layers = t.n_tokens, lm.n_layers
-k, stat = int(st.session_state.lens_k), st.session_state.lens_stat
+k, stat = int(ui.value(Lens.K)), ui.value(Lens.STATISTIC)
 
 
 def lens_at(first: int, end: int, watched_ids=()) -> lens.LensResult:
@@ -85,15 +77,7 @@ def lens_at(first: int, end: int, watched_ids=()) -> lens.LensResult:
 
 
 # ------------------------------------------------------------------ heatmap window (chosen first: it is what runs)
-MAX_COLUMNS = 60
-ui.init_from_url("lens_window", (max(0, n_pos - 24), n_pos - 1), ui.int_pair)
-low, high = st.session_state.lens_window
-low, high = min(max(0, low), n_pos - 1), min(max(0, high), n_pos - 1)
-st.session_state.lens_window = (min(low, high), max(low, high))
-low, high = st.session_state.lens_window
-clipped = high - low + 1 > MAX_COLUMNS
-if clipped:
-    low = high - MAX_COLUMNS + 1
+low, high, clipped = ui.window(Lens.WINDOW, n_pos, Lens.SHOWN_COLUMNS, Lens.MAX_COLUMNS)
 positions = list(range(low, high + 1))
 result = lens_at(low, high + 1)
 
@@ -110,13 +94,13 @@ facts[3].metric("max |lens(last) − model logits|", f"{result.max_final_error:.
 st.subheader("Every layer's guess")
 window_columns = st.columns([3, 1])
 if n_pos > 1:
-    window_columns[0].slider("Positions shown", 0, n_pos - 1, key="lens_window",
-                             help=f"Only the positions shown are computed (at most {MAX_COLUMNS} at once).")
+    window_columns[0].slider("Positions shown", 0, n_pos - 1, key=Lens.WINDOW.key,
+                             help=f"Only the positions shown are computed (at most {Lens.MAX_COLUMNS} at once).")
 window_columns[1].number_input("Layer stride (the output layer is always kept)", min_value=1, max_value=64, step=1,
-                               key="lens_stride")
+                               key=Lens.STRIDE.key)
 if clipped:
-    st.caption(f"Showing the last {MAX_COLUMNS} positions of the window, so that cells stay readable.")
-layers = lens.layer_rows(n_layers, int(st.session_state.lens_stride))
+    st.caption(f"Showing the last {Lens.MAX_COLUMNS} positions of the window, so that cells stay readable.")
+layers = lens.layer_rows(n_layers, int(ui.value(Lens.STRIDE)))
 ui.chart(plots.heatmap(result, stat, positions, layers), "logit_lens_heatmap")
 st.caption("Cell text: that layer's most likely next token (**bold** when it is the actual next token). "
            "Hover a cell for its top tokens.")
@@ -135,33 +119,28 @@ if lm.arch.decomposition is not None and not lm.arch.decomposition.additive_refu
     why_id = int(result.top_ids[why_layer, result.column(why_pos), 0])
     if why[2].button(f"Which blocks wrote '{markdown_safe(result.token(why_id))}'? →", help="Opens Attention & attribution on this "
                      "cell: the logit of its top token split over the embedding and blocks 0 … layer−1."):
-        st.session_state.update(att_position=why_pos, att_target_kind="a token I type", att_target_text=str(why_id),
-                                att_upto=why_layer)
-        st.switch_page("views/attention.py")
+        ui.open_with(pages.ATTENTION, {Attention.POSITION: why_pos, Attention.TARGET: Attention.TYPED,
+                                   Attention.TARGET_TEXT: str(why_id), Attention.UP_TO: why_layer})
 
 # ------------------------------------------------------------------ seed-style table
 st.subheader("Top-k table")
 table_columns = st.columns([1, 2, 1])
-table_columns[0].radio("Table", ["by layer", "by position"], key="lens_table", horizontal=True)
-table_columns[2].selectbox("Cells", ["token", "token+prob", "prob", "id"], key="lens_values")
-values = st.session_state.lens_values
-if st.session_state.lens_table == "by layer":
-    ui.init_from_url("lens_layer", n_layers, ui.in_range(int, 0, n_layers))
-    if not 0 <= st.session_state.lens_layer <= n_layers:
-        st.session_state.lens_layer = n_layers
-    table_columns[1].selectbox("Layer", list(range(n_layers + 1)), format_func=result.layer_label, key="lens_layer")
-    frame = tables.lens_table(result, layer=st.session_state.lens_layer, values=values)
+table_columns[0].radio("Table", Lens.TABLE.choices, key=Lens.TABLE.key, horizontal=True)
+table_columns[2].selectbox("Cells", Lens.VALUES.choices, key=Lens.VALUES.key)
+values = ui.value(Lens.VALUES)
+if ui.value(Lens.TABLE) == "by layer":
+    ui.init(Lens.LAYER, high=n_layers)
+    table_columns[1].selectbox("Layer", list(range(n_layers + 1)), format_func=result.layer_label, key=Lens.LAYER.key)
+    frame = tables.lens_table(result, layer=ui.value(Lens.LAYER), values=values)
     frame.columns = [f"{p} {result.input_token(p)}" for p in positions]
     caption = (f"Rows: rank 0 … {result.k - 1}; columns: the positions shown above — like seed 004's "
                "`pd.DataFrame(...).T`.")
-    name = f"lens_layer{st.session_state.lens_layer}.csv"
+    name = f"lens_layer{ui.value(Lens.LAYER)}.csv"
 else:
-    ui.init_from_url("lens_pos", n_pos - 1, ui.in_range(int, 0, n_pos - 1))
-    if not 0 <= st.session_state.lens_pos < n_pos:
-        st.session_state.lens_pos = n_pos - 1
-    table_columns[1].selectbox("Position", list(range(n_pos)), key="lens_pos",
+    ui.init(Lens.POSITION, high=n_pos - 1)
+    table_columns[1].selectbox("Position", list(range(n_pos)), key=Lens.POSITION.key,
                                format_func=lambda p: f"{p} {t.tokens[p]}")
-    position = st.session_state.lens_pos
+    position = ui.value(Lens.POSITION)
     frame = tables.lens_table(lens_at(position, position + 1), position=position, values=values)
     frame.index = [result.layer_label(layer) for layer in frame.index]
     caption = "Rows: layers, embeddings first; columns: rank. Read down to see the guess settle."
@@ -196,23 +175,21 @@ if not watched:
     st.caption("Type tokens to watch above (e.g. ' Paris, London') to follow their probability and rank "
                "through the layers.")
 else:
-    ui.init_from_url("lens_watch_pos", n_pos - 1, ui.in_range(int, 0, n_pos - 1))
-    if not 0 <= st.session_state.lens_watch_pos < n_pos:
-        st.session_state.lens_watch_pos = n_pos - 1
+    ui.init(Lens.WATCH_POSITION, high=n_pos - 1)
     watch_controls = st.columns([2, 1])
-    watch_controls[0].selectbox("After position", list(range(n_pos)), key="lens_watch_pos",
+    watch_controls[0].selectbox("After position", list(range(n_pos)), key=Lens.WATCH_POSITION.key,
                                 format_func=lambda p: f"{p} {t.tokens[p]}")
-    watch_controls[1].radio("Show", ["prob", "rank"], key="lens_watch_value", horizontal=True,
+    watch_controls[1].radio("Show", Lens.WATCH_VALUE.choices, key=Lens.WATCH_VALUE.key, horizontal=True,
                             format_func=lambda v: "probability" if v == "prob" else "rank")
-    position = st.session_state.lens_watch_pos
+    position = ui.value(Lens.WATCH_POSITION)
     at_position = lens_at(position, position + 1, watched)
-    ui.chart(plots.trajectories(at_position, position, st.session_state.lens_watch_value), "watched_tokens")
+    ui.chart(plots.trajectories(at_position, position, ui.value(Lens.WATCH_VALUE)), "watched_tokens")
     watched_frame = tables.watched_table(at_position, position)
-    wide = watched_frame.pivot(index="layer", columns="token", values=st.session_state.lens_watch_value)
+    wide = watched_frame.pivot(index="layer", columns="token", values=ui.value(Lens.WATCH_VALUE))
     wide.index = [at_position.layer_label(layer) for layer in wide.index]
     with st.expander("As a table"):
         st.dataframe(wide, width="stretch")
         st.download_button("Download (CSV)", lambda: watched_frame.to_csv(index=False).encode("utf-8"),
                            file_name=f"lens_watched_position{position}.csv", mime="text/csv", on_click="ignore")
 
-ui.sync_to_url(*SETTINGS, "lens_window", "lens_layer", "lens_pos", "lens_watch_pos")
+ui.sync(*SETTINGS, Lens.WINDOW, Lens.LAYER, Lens.POSITION, Lens.WATCH_POSITION)

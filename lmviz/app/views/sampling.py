@@ -5,8 +5,10 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-import ui
-from lmviz import sampling, tables, whatif
+from lmviz.app import ui
+from lmviz.app.settings import Sampling
+from lmviz import sampling, whatif
+from lmviz.tables import sampling as tables
 from lmviz.errors import LmvizError
 from lmviz.plots import sampling as plots
 from lmviz.plots.beam import branch_name, branches_figure
@@ -22,46 +24,38 @@ lm = ui.current_model(kinds=("causal",))
 text = ui.current_text()
 
 
-SETTINGS = {  # key: (default, parser)
-    "sampling_temperature": (1.0, ui.in_range(float, 0.0, 5.0)),
-    "sampling_top_k": (0, ui.in_range(int, 0, 10**7)),
-    "sampling_top_p": (1.0, ui.in_range(float, 0.01, 1.0)),
-    "sampling_min_p": (0.0, ui.in_range(float, 0.0, 1.0)),
-    "sampling_typical_p": (1.0, ui.in_range(float, 0.01, 1.0)),
-    "sampling_penalty": (1.0, ui.in_range(float, 0.5, 2.0)),
-    "sampling_top_n": (20, ui.in_range(int, 5, 60)),
-    "sampling_seed": (0, ui.in_range(int, 0, 2**31 - 1)),
-}
-ui.init_settings(SETTINGS)
+SETTINGS = (Sampling.TEMPERATURE, Sampling.TOP_K, Sampling.TOP_P, Sampling.MIN_P, Sampling.TYPICAL_P,
+            Sampling.PENALTY, Sampling.TOP_N, Sampling.SEED)
+for setting in SETTINGS:
+    ui.init(setting)
 
 columns = ui.controls().columns(6)
-columns[0].slider("Temperature T", 0.0, 5.0, step=0.05, key="sampling_temperature",
+columns[0].slider("Temperature T", 0.0, 5.0, step=0.05, key=Sampling.TEMPERATURE.key,
                   help="Logits are divided by T before softmax. 0 = greedy: always the most probable token.")
-columns[1].number_input("top-k (0 = off)", min_value=0, step=1, key="sampling_top_k",
+columns[1].number_input("top-k (0 = off)", min_value=0, step=1, key=Sampling.TOP_K.key,
                         help="Keep only the k most probable tokens.")
-columns[2].slider("top-p (1 = off)", 0.01, 1.0, step=0.01, key="sampling_top_p",
+columns[2].slider("top-p (1 = off)", 0.01, 1.0, step=0.01, key=Sampling.TOP_P.key,
                   help="Keep the smallest set of most probable tokens whose probabilities add up to p.")
-columns[3].slider("min-p (0 = off)", 0.0, 1.0, step=0.01, key="sampling_min_p",
+columns[3].slider("min-p (0 = off)", 0.0, 1.0, step=0.01, key=Sampling.MIN_P.key,
                   help="Drop tokens less probable than min-p × the top token's probability.")
-columns[4].slider("typical-p (1 = off)", 0.01, 1.0, step=0.01, key="sampling_typical_p",
+columns[4].slider("typical-p (1 = off)", 0.01, 1.0, step=0.01, key=Sampling.TYPICAL_P.key,
                   help="Keep the tokens whose surprise is closest to the average surprise (entropy), up to this mass.")
-columns[5].slider("Repetition penalty (1 = off)", 0.5, 2.0, step=0.05, key="sampling_penalty",
+columns[5].slider("Repetition penalty (1 = off)", 0.5, 2.0, step=0.05, key=Sampling.PENALTY.key,
                   help="Logits of tokens already in the text are divided by this (multiplied when negative).")
-ui.sync_to_url(*SETTINGS, "sampling_tab")
+ui.sync(*SETTINGS, Sampling.TAB)
 
 with ui.user_errors():
     settings = sampling.SamplingSettings(
-        temperature=st.session_state.sampling_temperature,
-        top_k=st.session_state.sampling_top_k or None,
-        top_p=st.session_state.sampling_top_p,
-        min_p=st.session_state.sampling_min_p,
-        typical_p=st.session_state.sampling_typical_p,
-        repetition_penalty=st.session_state.sampling_penalty,
+        temperature=ui.value(Sampling.TEMPERATURE),
+        top_k=ui.value(Sampling.TOP_K) or None,
+        top_p=ui.value(Sampling.TOP_P),
+        min_p=ui.value(Sampling.MIN_P),
+        typical_p=ui.value(Sampling.TYPICAL_P),
+        repetition_penalty=ui.value(Sampling.PENALTY),
     )
 
-TABS = ["Next token", "Step by step", "Toy logits (the lecture's table)"]
-ui.init_from_url("sampling_tab", TABS[0], ui.one_of(TABS))  # a lesson step can open a tab
-next_tab, steps_tab, toy_tab = st.tabs(TABS, key="sampling_tab", on_change="rerun")  # stays open across reruns
+ui.init(Sampling.TAB)
+next_tab, steps_tab, toy_tab = st.tabs(Sampling.TAB.choices, key=Sampling.TAB.key, on_change="rerun")  # stays open across reruns
 
 # ------------------------------------------------------------------ next token
 with next_tab:
@@ -83,7 +77,7 @@ with next_tab:
                       f"{dist.model_effective_vocab:,} for the model (T = 1)", delta_color="off", delta_arrow="off",
                       help="The effective vocabulary: fewest tokens whose probabilities add up to 0.9.")
 
-    top_n = st.slider("Tokens shown", 5, 60, key="sampling_top_n")
+    top_n = st.slider("Tokens shown", 5, 60, key=Sampling.TOP_N.key)
     shown = dist.top(top_n)
     labels = sampling.label_tokens(lm, shown.token_ids.tolist())
     ui.chart(plots.distribution_figure(
@@ -132,21 +126,21 @@ def what_if(length: int) -> None:
     st.caption("Take another token at any step and let the model continue from there (its greedy pick at "
                "T = 1, no penalties or filters). Branches share their common start; **log P** adds up each "
                "branch's token log-probabilities: how likely the model finds the whole continuation.")
-    ui.init_from_url("sampling_branches", [()], whatif.decode_branches)
+    ui.init(Sampling.BRANCHES)
     if st.session_state.get("sampling_branches_for", (lm.name, text)) != (lm.name, text):
-        st.session_state.sampling_branches = [()]  # forks of another text or model mean nothing here
+        st.session_state[Sampling.BRANCHES.key] = [()]  # forks of another text or model mean nothing here
     st.session_state.sampling_branches_for = (lm.name, text)
     branches, kept = [], []
-    for forced in st.session_state.sampling_branches:
+    for forced in ui.value(Sampling.BRANCHES):
         try:
             branches.append(whatif.branch(lm, text, forced, length))
             kept.append(forced)
         except LmvizError:  # forked after the last step shown, or ids from a link for another vocabulary
             pass
-    if len(kept) < len(st.session_state.sampling_branches):
-        st.info(f"{len(st.session_state.sampling_branches) - len(kept)} branch(es) forked after step {length} or "
+    if len(kept) < len(ui.value(Sampling.BRANCHES)):
+        st.info(f"{len(ui.value(Sampling.BRANCHES)) - len(kept)} branch(es) forked after step {length} or "
                 "not made of this model's tokens were put aside.", icon="ℹ️")
-        st.session_state.sampling_branches = kept or [()]
+        st.session_state[Sampling.BRANCHES.key] = kept or [()]
     if not branches:
         with ui.user_errors():
             branches = [whatif.branch(lm, text, (), length)]
@@ -166,8 +160,8 @@ def what_if(length: int) -> None:
 
     def add_branch() -> None:
         forced = tuple(tokens[:step - 1]) + (choice.token_id,)
-        if forced not in st.session_state.sampling_branches:
-            st.session_state.sampling_branches = [*st.session_state.sampling_branches, forced]
+        if forced not in ui.value(Sampling.BRANCHES):
+            st.session_state[Sampling.BRANCHES.key] = [*ui.value(Sampling.BRANCHES), forced]
 
     fork[3].button("Continue from here", on_click=add_branch, type="primary")
     tree = whatif.tree(text, branches)
@@ -184,11 +178,11 @@ def what_if(length: int) -> None:
     st.caption("Each cell: the token and its log-probability given everything before it; ➜ marks a token "
                "chosen by hand.")
     if len(branches) > 1:
-        st.button("Remove the branches", on_click=lambda: st.session_state.update(sampling_branches=[()]))
+        st.button("Remove the branches", on_click=lambda: st.session_state.update({Sampling.BRANCHES.key: [()]}))
     if len(branches) > 1:  # shareable: the forks go into the URL
-        st.query_params["sampling_branches"] = whatif.encode_branches(st.session_state.sampling_branches[1:])
+        ui.sync(Sampling.BRANCHES)
     else:
-        st.query_params.pop("sampling_branches", None)
+        st.query_params.pop(Sampling.BRANCHES.key, None)
 
 
 with steps_tab:
@@ -198,7 +192,7 @@ with steps_tab:
         "same text as `model.generate`). Colours: blue = the model's top choice, orange = a lower-ranked token."
     )
     controls = st.columns([1, 1, 1, 1, 2])
-    controls[0].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="sampling_seed")
+    controls[0].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=Sampling.SEED.key)
     controls[1].button("Generate next token", on_click=add_steps, args=(1,), type="primary")
     controls[2].button("+10 tokens", on_click=add_steps, args=(10,))
     controls[3].button("Reset", on_click=reset_steps)
@@ -209,7 +203,7 @@ with steps_tab:
         greedy_settings = replace(settings, temperature=0.0)
         with ui.user_errors():
             greedy = sampling.generate(lm, text, greedy_settings, n_steps)
-            sampled = sampling.generate(lm, text, settings, n_steps, seed=st.session_state.sampling_seed)
+            sampled = sampling.generate(lm, text, settings, n_steps, seed=ui.value(Sampling.SEED))
         runs = [("Greedy (T = 0)", greedy), (f"Sampling: {sampled.settings.describe()}, seed {sampled.seed}", sampled)]
         if settings.greedy:
             runs[1] = ("Sampling: T is 0, so this is greedy too — raise T to sample", sampled)
@@ -262,17 +256,17 @@ with toy_tab:
         "Softmax with temperature on a few hand-typed logits: σ_T(x)_i = exp(x_i / T) / Σ_j exp(x_j / T). "
         "The default is the lecture's example; its table comes out digit for digit."
     )
-    ui.init_from_url("sampling_toy_logits", ", ".join(f"{v:g}" for v in sampling.LECTURE_LOGITS))
-    ui.init_from_url("sampling_toy_temps", ", ".join(f"{v:g}" for v in sampling.LECTURE_TEMPERATURES))
-    ui.init_from_url("sampling_toy_shift", 0.0, ui.in_range(float, -50.0, 50.0))
+    ui.init(Sampling.TOY_LOGITS)
+    ui.init(Sampling.TOY_TEMPERATURES)
+    ui.init(Sampling.TOY_SHIFT)
     left, right = st.columns(2)
-    left.text_input("Logits x", key="sampling_toy_logits", help="Numbers separated by commas.")
-    right.text_input("Temperatures T", key="sampling_toy_temps", help="Numbers separated by commas; 0 = greedy.")
-    ui.sync_to_url("sampling_toy_logits", "sampling_toy_temps", "sampling_toy_shift")
+    left.text_input("Logits x", key=Sampling.TOY_LOGITS.key, help="Numbers separated by commas.")
+    right.text_input("Temperatures T", key=Sampling.TOY_TEMPERATURES.key, help="Numbers separated by commas; 0 = greedy.")
+    ui.sync(Sampling.TOY_LOGITS, Sampling.TOY_TEMPERATURES, Sampling.TOY_SHIFT)
     try:
-        toy_logits = sampling.parse_numbers(st.session_state.sampling_toy_logits, "logits")
-        toy_temps = sampling.parse_numbers(st.session_state.sampling_toy_temps, "temperatures")
-        toy = sampling.toy_softmax(toy_logits, toy_temps, st.session_state.get("sampling_toy_shift", 0.0))
+        toy_logits = sampling.parse_numbers(ui.value(Sampling.TOY_LOGITS), "logits")
+        toy_temps = sampling.parse_numbers(ui.value(Sampling.TOY_TEMPERATURES), "temperatures")
+        toy = sampling.toy_softmax(toy_logits, toy_temps, st.session_state.get(Sampling.TOY_SHIFT.key, 0.0))
     except LmvizError as error:  # only this panel stops; the rest of the page stays
         st.error(str(error), icon="🚫")
         toy = None
@@ -281,7 +275,7 @@ with toy_tab:
         ui.chart(plots.toy_figure(toy), "softmax_toy")
         st.markdown("**Adding a constant changes nothing.** Softmax only sees differences between logits, so logits "
                     "are not probabilities and have no unit: shift them all by c and every σ stays the same.")
-    st.slider("Constant c added to every logit", -50.0, 50.0, step=0.5, key="sampling_toy_shift")
+    st.slider("Constant c added to every logit", -50.0, 50.0, step=0.5, key=Sampling.TOY_SHIFT.key)
     if toy is not None:
         st.dataframe(tables.toy_table(toy, shifted=True), width="stretch")
         st.caption(f"Largest change in any probability: {toy.max_shift_change:.1e} (floating-point rounding).")

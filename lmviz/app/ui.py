@@ -9,96 +9,88 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import streamlit as st
 
-from lmviz import compute, lessons, models
+from lmviz import compute, models
+from lmviz.app import lessons, pages
+from lmviz.app.settings import LAST, Setting, Sidebar
 from lmviz.errors import LmvizError
 from lmviz.placement import tolerance_note
 from lmviz.plots import standalone_html
 
-DEFAULT_TEXT = "This weekend I plan to"
 OTHER_MODEL = "Other (type a name or folder)…"
 MAX_CHARS = int(os.environ.get("LMVIZ_MAX_CHARS", "20000"))
 compute.configure_threads(server=True)  # the server shares its cores between compute slots (lmviz.compute)
 
 
-def init_from_url(key: str, default, cast=str) -> None:
-    """Give widget `key` its first value from the URL (?key=...), else `default`."""
-    if key in st.session_state:
+def init(setting: Setting, default=None, high: float | None = None) -> None:
+    """Give the widget of `setting` its first value: from the URL (?key=...), else `default` (else the
+    setting's own; LAST is `high`, the page's limit on this text or model). A remembered value above
+    `high` (another text or model) goes back to the default."""
+    default = setting.default if default is None else default
+    default = high if default is LAST else default
+    if setting.key in st.session_state:  # what the user set stays, unless this text or model has no room for it
+        if high is not None and not setting.allows(st.session_state[setting.key], high):
+            st.session_state[setting.key] = default
         return
-    raw = st.query_params.get(key)
+    raw = st.query_params.get(setting.key)
     try:
-        st.session_state[key] = cast(raw) if raw is not None else default
+        st.session_state[setting.key] = setting.parse(raw, high) if raw is not None else default
     except (TypeError, ValueError):
-        st.session_state[key] = default
+        st.session_state[setting.key] = default
 
 
-def init_settings(settings: dict) -> None:
-    """init_from_url for every `key: (default, parser)` of a page's settings table."""
-    for key, (default, parse) in settings.items():
-        init_from_url(key, default, parse)
+def window(setting: Setting, n_positions: int, shown: int, most: int) -> tuple[int, int, bool]:
+    """The positions a range slider `setting` over a text of `n_positions` shows: from the URL, else the last
+    `shown`; kept inside the text. Returns (first, last, clipped): at most the last `most` of the slider's
+    range, clipped=True when it was wider."""
+    init(setting, (max(0, n_positions - shown), n_positions - 1))
+    low, high = (min(max(0, int(v)), n_positions - 1) for v in st.session_state[setting.key])
+    low, high = min(low, high), max(low, high)
+    st.session_state[setting.key] = (low, high)
+    return max(low, high - most + 1), high, high - low + 1 > most
 
 
-def in_range(cast, low, high):
-    """A URL value parser that rejects values outside a widget's range (the default is used then)."""
-
-    def parse(raw):
-        value = cast(raw)
-        if not low <= value <= high:
-            raise ValueError(raw)
-        return value
-
-    return parse
+def value(setting: Setting):
+    """The current value of a setting's widget."""
+    return st.session_state[setting.key]
 
 
-def one_of(choices):
-    """A URL value parser that accepts only the given choices."""
-
-    def parse(raw):
-        if raw not in choices:
-            raise ValueError(raw)
-        return raw
-
-    return parse
+def sync(*settings: Setting) -> None:
+    """Write these settings' current values into the URL, so the view can be shared."""
+    for setting in settings:
+        if setting.key in st.session_state:
+            st.query_params[setting.key] = setting.text(st.session_state[setting.key])
 
 
-def int_pair(raw: str) -> tuple[int, int]:
-    """A URL value parser for a range slider's value, "(3, 27)"."""
-    low, high = (int(part) for part in raw.strip("()[] ").split(","))
-    return (low, high)
-
-
-def flag(raw: str) -> bool:
-    """A URL value parser for booleans ("true"/"1"/"yes")."""
-    return raw.lower() in ("true", "1", "yes")
-
-
-def sync_to_url(*keys: str) -> None:
-    """Write the current values of these widgets into the URL, so the view can be shared."""
-    for key in keys:
-        if key in st.session_state:
-            st.query_params[key] = str(st.session_state[key])
+def open_with(page: pages.Page, values: dict[Setting, object]) -> None:
+    """Go to another page with these settings, e.g. the lens opening attribution on one cell."""
+    for setting in values:
+        st.session_state.pop(setting.key, None)  # the page's init reads it from the URL again
+    st.switch_page(page.script, query_params={setting.key: setting.text(value)
+                                                     for setting, value in values.items()})
 
 
 def sidebar():
-    """Model picker, text box and presenter toggle, shared by every page (they live in the entry script).
-    In presenter mode it returns an empty slot at the top of the page for `show_share_code`, else None."""
+    """Model picker, text box and presenter toggle, shared by every page (they live in the entry script), and
+    a lesson step's panel. Returns the slots that `after_page` fills once the page has run."""
     lesson = current_lesson()
     if lesson is not None:
         open_step(*lesson)
-    init_from_url("text", DEFAULT_TEXT)
-    init_from_url("present", False, flag)
+    init(Sidebar.TEXT)
+    init(Sidebar.PRESENT)
     url_model = st.query_params.get("model")
     if "model_choice" not in st.session_state:
-        if url_model and url_model not in models.EMBEDDED:
+        if url_model and url_model not in models.offline_names():
             st.session_state.model_choice, st.session_state.model_other = OTHER_MODEL, url_model
         else:
             st.session_state.model_choice = url_model or models.DEFAULT_MODEL
     with st.sidebar:
         st.title("🔬 lmviz")
         st.selectbox(
-            "Model", list(models.EMBEDDED) + [OTHER_MODEL], key="model_choice",
+            "Model", models.offline_names() + [OTHER_MODEL], key="model_choice",
             help="Embedded models work offline. Other names load from a local folder or, where the "
             "network allows, the Hugging Face hub (safetensors only, no remote code).",
         )
@@ -112,14 +104,31 @@ def sidebar():
             lesson_progress(*lesson)
     st.query_params["model"] = model_name()
     st.query_params["text"] = st.session_state.text
+    slots = AfterPage(lesson=lesson)
     if lesson is not None:
-        lesson_panel(*lesson)
+        slots.claim = lesson_panel(*lesson)
     if not presenting():
         st.query_params.pop("present", None)
-        return None
+        return slots
     st.query_params["present"] = "1"
     st.html(PRESENTER_CSS)
-    return st.empty()
+    slots.share = st.empty()
+    return slots
+
+
+@dataclass
+class AfterPage:
+    """What the frame around a page fills in once the page has run (and its model is loaded)."""
+
+    lesson: tuple | None = None  # (lesson, step) the URL names
+    claim: object | None = None  # the slot for the step's claim
+    share: object | None = None  # presenter mode: the slot for the QR code
+
+
+def after_page(slots: AfterPage) -> None:
+    if slots.claim is not None:
+        show_claim(*slots.lesson, slots.claim)
+    show_share_code(slots.share)
 
 
 def current_lesson() -> tuple[lessons.Lesson, int] | None:
@@ -134,12 +143,33 @@ def current_lesson() -> tuple[lessons.Lesson, int] | None:
 
 
 def open_step(lesson: lessons.Lesson, index: int) -> None:
-    """On arriving at a step, let its settings (in the URL) win over the widgets' remembered values."""
+    """On arriving at a step, let its example and settings (in the URL) win over the remembered ones."""
     if st.session_state.get("_lesson_at") == (lesson.id, index):
         return
-    for key in lesson.steps[index - 1].params:
-        st.session_state.pop(key, None)  # the page's init_from_url reads it from the URL again
+    forget_step_settings(lesson, index)
     st.session_state["_lesson_at"] = (lesson.id, index)
+
+
+def forget_step_settings(lesson: lessons.Lesson, index: int) -> None:
+    """Drop the widgets' values that step `index` sets, so that the sidebar and the page read them from the URL."""
+    for key in [Sidebar.TEXT.key, "model_choice", "model_other",
+                *(setting.key for setting in lesson.steps[index - 1].params)]:
+        st.session_state.pop(key, None)
+
+
+def back_to_example(lesson: lessons.Lesson, index: int) -> None:
+    """Button callback: the step's own text, model and settings again, after the student changed them."""
+    forget_step_settings(lesson, index)
+    st.query_params.from_dict({**st.query_params.to_dict(), **step_query(lesson, index)})
+
+
+def model_for(step: lessons.Step) -> str:
+    """The model a step opens with: its own, else the sidebar's if it is of the kind the step needs (or not
+    loaded yet), else the default."""
+    if step.model:
+        return step.model
+    name = model_name()
+    return name if models.loaded_kind(name) in (None, step.needs) else models.DEFAULT_MODEL
 
 
 def lesson_progress(lesson: lessons.Lesson, index: int) -> None:
@@ -148,35 +178,70 @@ def lesson_progress(lesson: lessons.Lesson, index: int) -> None:
     st.markdown(f"**Lesson: {lesson.title}**")
     st.progress(index / len(lesson.steps), text=f"Step {index} of {len(lesson.steps)}")
     for number, step in enumerate(lesson.steps, start=1):
-        st.page_link(step.page, label=f"{number}. {step.title}", icon="▶️" if number == index else None,
+        st.page_link(step.page.script, label=f"{number}. {step.title}",
+                     icon="▶️" if number == index else None,
                      query_params=step_query(lesson, number), disabled=number == index)
 
 
 def step_query(lesson: lessons.Lesson, number: int) -> dict[str, str]:
-    """A step's link keeps the sidebar's model and text."""
-    return {"model": model_name(), "text": st.session_state.get("text", DEFAULT_TEXT),
-            **lessons.step_params(lesson, number)}
+    """A step's link: its example, settings and model (see model_for), and presenter mode if it is on."""
+    return {**lessons.step_params(lesson, number), "model": model_for(lesson.steps[number - 1]),
+            **({"present": "1"} if presenting() else {})}
 
 
-def lesson_panel(lesson: lessons.Lesson, index: int) -> None:
-    """Above the page: what this step teaches, and the way to the previous and next steps."""
+def lesson_panel(lesson: lessons.Lesson, index: int):
+    """Above the page: what this step teaches, the way to the previous and next steps, and a slot for the
+    step's claim (filled by `show_claim` once the page has run)."""
     step = lesson.steps[index - 1]
     with st.container(border=True):
-        st.markdown(f"**{lesson.title}** · step {index} of {len(lesson.steps)}: **{step.title}**")
-        st.markdown(step.text)
-        if step.needs != "causal":
-            st.caption(f"This step needs a {step.needs} model: pick one in the sidebar (e.g. antiberty).")
-        back, _, forward = st.columns([1, 3, 1])
-        if index > 1:
-            back.page_link(lesson.steps[index - 2].page, label="← Previous", query_params=step_query(lesson, index - 1))
+        text, links = st.columns([6, 1], vertical_alignment="center")
+        text.markdown(f"**{lesson.title}** · {index}/{len(lesson.steps)}: **{step.title}** — {step.text}")
         if index < len(lesson.steps):
-            forward.page_link(lesson.steps[index].page, label="Next →", query_params=step_query(lesson, index + 1))
+            links.page_link(lesson.steps[index].page.script, label="Next →",
+                            query_params=step_query(lesson, index + 1))
+        if index > 1:
+            links.page_link(lesson.steps[index - 2].page.script, label="← Previous",
+                            query_params=step_query(lesson, index - 1))
+        kind = models.loaded_kind(model_name())
+        if kind is not None and kind != step.needs:
+            wanted = model_for(step)
+            line, button = st.columns([5, 1], vertical_alignment="center")
+            line.warning(f"This step needs a {step.needs} model; {model_name()} is a {kind} model.", icon="🔁")
+            button.button(f"Switch to {wanted}", on_click=st.session_state.update, args=({"model_choice": wanted},))
+        changed = st.session_state.get(Sidebar.TEXT.key) != lessons.example(lesson, index) or any(
+            st.session_state.get(setting.key, value) != value for setting, value in step.params.items()
+            if value is not LAST)
+        if changed:
+            st.button("↩ Back to the lesson's example", on_click=back_to_example, args=(lesson, index))
+        return st.empty() if step.claim is not None and not changed and kind in (None, step.needs) else None
+
+
+def show_claim(lesson: lessons.Lesson, index: int, slot) -> None:
+    """In the panel's slot, after the page has run (the model is loaded, its passes cached): whether the
+    step's claim holds on this model and text, with the numbers."""
+    step = lesson.steps[index - 1]
+    lm = models.load(model_name()) if model_name() in models.loaded_names() else None
+    if slot is None or lm is None or lm.kind != step.needs:
+        return
+    try:
+        claim = step.claim(lm, lessons.example(lesson, index))
+    except LmvizError as error:
+        slot.warning(f"The step's claim could not be checked on {lm.name}: {error}", icon="⚠️")
+        return
+    if claim.holds:
+        slot.success(f"On {lm.name}: {claim.text}.", icon="✅")
+    else:
+        slot.warning(f"What this step says does not hold on {lm.name}: {claim.text}.", icon="⚠️")
 
 
 PRESENTER_CSS = """<style>
 html { font-size: 21px !important; }  /* Streamlit sizes its text in rem: everything grows with it */
-[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 1.5rem 2rem 2rem 2rem; }
+[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 3.75rem 2rem 2rem 2rem; }  /* below the header bar */
 [data-testid="stMain"] h1 { font-size: 2.4rem; }
+[data-testid="stMainBlockContainer"]:has(.st-key-share_code) { padding-right: 200px; }  /* the QR code's column */
+.st-key-share_code { position: fixed; top: 0.5rem; right: 0.75rem; z-index: 999990; width: fit-content !important;
+                     background: white; padding: 4px; border-radius: 6px; box-shadow: 0 1px 6px rgba(0,0,0,.25); }
+.st-key-share_code [data-testid="stCaptionContainer"] { font-size: 0.6rem; text-align: center; }
 </style>"""
 
 
@@ -205,19 +270,18 @@ def qr_png(url: str) -> bytes:
     import segno
 
     out = io.BytesIO()
-    segno.make(url, error="m").save(out, kind="png", scale=6, border=2, dark="#212529")
+    segno.make(url, error="m").save(out, kind="png", scale=2, border=2, dark="#212529")
     return out.getvalue()
 
 
 def show_share_code(slot) -> None:
     """In presenter mode, after the page has run: in `slot` (from sidebar()), a QR code of the URL of
-    the view as it now stands, settings included."""
+    the view as it now stands, settings included. It sits in the top right corner (PRESENTER_CSS), over
+    the page, so that it costs the figures no room."""
     if slot is None:
         return
-    url = share_url()
-    with slot.container():
-        _, right = st.columns([5, 1])
-        right.image(qr_png(url), caption="Scan to open this view", width=240)
+    with slot.container(key="share_code"):
+        st.image(qr_png(share_url()), caption="Scan to open this view")  # its own size: Streamlit would resample it
 
 
 def model_name() -> str:

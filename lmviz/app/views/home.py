@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-import ui
+from lmviz.app import ui
+from lmviz.app.settings import Home
 from lmviz import trace
 from lmviz.tokens import display_tokens
 
@@ -39,8 +40,8 @@ st.caption(
     "padded on the left with a pad token (the end-of-sequence token when the tokenizer has none), and the "
     "attention mask (0 = padding) tells the model to ignore the padding."
 )
-ui.init_from_url("batch_with", "Hi")
-other = st.text_input("Batch the sidebar text with", key="batch_with")
+ui.init(Home.BATCH_WITH)
+other = st.text_input("Batch the sidebar text with", key=Home.BATCH_WITH.key)
 if other.strip():
     with ui.user_errors():
         batch = trace.encode_batch(lm, [other, text])
@@ -53,4 +54,4 @@ if other.strip():
     st.dataframe(pd.DataFrame(batch.tokens), width="stretch")
     pad = display_tokens(lm.tokenizer, [batch.pad_token_id])[0]
     st.caption(f"Pad token: `{pad}` (id {batch.pad_token_id})" + (" — the end-of-sequence token, since the tokenizer has no pad token." if batch.pad_is_eos else "."))
-    ui.sync_to_url("batch_with")
+    ui.sync(Home.BATCH_WITH)

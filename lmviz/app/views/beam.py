@@ -4,8 +4,10 @@ import json
 
 import streamlit as st
 
-import ui
-from lmviz import beam, tables
+from lmviz.app import ui
+from lmviz.app.settings import Beam
+from lmviz import beam
+from lmviz.tables import beam as tables
 from lmviz.plots import beam as plots
 
 st.title("Beam search")
@@ -19,76 +21,61 @@ st.caption(
 lm = ui.current_model(kinds=("causal",))
 text = ui.current_text()
 
-EARLY_STOPPING = {"false": "False (default)", "true": "True", "never": "never"}
-
-
-def early_stopping_choice(raw):
-    if raw not in EARLY_STOPPING:
-        raise ValueError(raw)
-    return raw
-
-
-SETTINGS = {  # key: (default, parser)
-    "beam_beams": (3, ui.in_range(int, 1, 8)),
-    "beam_new": (6, ui.in_range(int, 1, 20)),
-    "beam_lp": (1.0, ui.in_range(float, -3.0, 3.0)),
-    "beam_es": ("false", early_stopping_choice),
-    "beam_pruned": (2, ui.in_range(int, 0, 5)),
-    "beam_seed": (0, ui.in_range(int, 0, 2**31 - 1)),
-}
-ui.init_settings(SETTINGS)
+SETTINGS = (Beam.BEAMS, Beam.NEW_TOKENS, Beam.LENGTH_PENALTY, Beam.EARLY_STOPPING, Beam.PRUNED, Beam.SEED)
+for setting in SETTINGS:
+    ui.init(setting)
 
 columns = ui.controls().columns(6)
-columns[0].slider("Beams K", 1, 8, key="beam_beams", help="How many hypotheses stay alive after every step.")
-columns[1].slider("New tokens", 1, 20, key="beam_new", help="The longest continuation (max_new_tokens).")
+columns[0].slider("Beams K", 1, 8, key=Beam.BEAMS.key, help="How many hypotheses stay alive after every step.")
+columns[1].slider("New tokens", 1, 20, key=Beam.NEW_TOKENS.key, help="The longest continuation (max_new_tokens).")
 columns[2].number_input(
-    "Length penalty", -3.0, 3.0, step=0.5, key="beam_lp", format="%.2f",
+    "Length penalty", -3.0, 3.0, step=0.5, key=Beam.LENGTH_PENALTY.key, format="%.2f",
     help="A finished hypothesis scores log-prob / length^penalty. 0 = plain sum of log-probabilities; "
     "above 0 favours longer hypotheses, below 0 shorter ones.",
 )
 columns[3].selectbox(
-    "Early stopping", list(EARLY_STOPPING), format_func=EARLY_STOPPING.get, key="beam_es",
+    "Early stopping", Beam.EARLY_STOPPING.choices, format_func=Beam.EARLY_STOPPING_LABELS.get, key=Beam.EARLY_STOPPING.key,
     help="True: stop once K hypotheses have finished. False: stop when the best running beam, scored at its "
     "current length, can no longer beat the worst finished one. never: the same test, but with a positive "
     "length penalty it assumes the longest possible length, so it only stops when no beam can improve.",
 )
-columns[4].slider("Pruned shown per beam", 0, 5, key="beam_pruned",
+columns[4].slider("Pruned shown per beam", 0, 5, key=Beam.PRUNED.key,
                   help="How many of each beam's most probable pruned candidates to draw.")
-columns[5].number_input("Sampling seed", 0, 2**31 - 1, step=1, key="beam_seed",
+columns[5].number_input("Sampling seed", 0, 2**31 - 1, step=1, key=Beam.SEED.key,
                         help="The seed of the sampled continuation shown for comparison.")
-ui.sync_to_url(*SETTINGS)
+ui.sync(*SETTINGS)
 
 settings = dict(
-    num_beams=int(st.session_state.beam_beams),
-    max_new_tokens=int(st.session_state.beam_new),
-    length_penalty=float(st.session_state.beam_lp),
-    early_stopping=beam.parse_early_stopping(st.session_state.beam_es),
+    num_beams=int(ui.value(Beam.BEAMS)),
+    max_new_tokens=int(ui.value(Beam.NEW_TOKENS)),
+    length_penalty=float(ui.value(Beam.LENGTH_PENALTY)),
+    early_stopping=beam.parse_early_stopping(ui.value(Beam.EARLY_STOPPING)),
 )
 with ui.user_errors(), st.spinner("Searching …"):
     tree = beam.beam_search(lm, text, alternatives=5, **settings)
     greedy = beam.greedy(lm, text, settings["max_new_tokens"])
-    sampled = beam.sample(lm, text, settings["max_new_tokens"], seed=int(st.session_state.beam_seed))
+    sampled = beam.sample(lm, text, settings["max_new_tokens"], seed=int(ui.value(Beam.SEED)))
 
 # the replay slider: one frame per (step, phase); a new search starts at its last frame
 frames = plots.frames(tree)
 signature = (lm.name, text, tuple(settings.values()))
-ui.init_from_url("beam_frame", len(frames), ui.in_range(int, 1, 3 * 20))
+ui.init(Beam.FRAME, high=len(frames))
 settings_changed = st.session_state.get("beam_frame_of") not in (None, signature)
-if settings_changed or not 1 <= st.session_state.beam_frame <= len(frames):
-    st.session_state.beam_frame = len(frames)
+if settings_changed or not 1 <= ui.value(Beam.FRAME) <= len(frames):
+    st.session_state[Beam.FRAME.key] = len(frames)
 st.session_state.beam_frame_of = signature
 if len(frames) > 1:
     st.select_slider(
-        "Replay the search", options=list(range(1, len(frames) + 1)), key="beam_frame",
+        "Replay the search", options=list(range(1, len(frames) + 1)), key=Beam.FRAME.key,
         format_func=lambda i: plots.frame_label(*frames[i - 1]),
         help="Step by step: the candidates appear (expand), get their probabilities (evaluate), "
         "then the K best live on and the rest are pruned (prune).",
     )
-ui.sync_to_url("beam_frame")
-step, phase = frames[st.session_state.beam_frame - 1]
-at_end = st.session_state.beam_frame == len(frames)
+ui.sync(Beam.FRAME)
+step, phase = frames[ui.value(Beam.FRAME) - 1]
+at_end = ui.value(Beam.FRAME) == len(frames)
 
-ui.chart(plots.tree_figure(tree, None if at_end else step, phase, pruned_per_beam=int(st.session_state.beam_pruned)),
+ui.chart(plots.tree_figure(tree, None if at_end else step, phase, pruned_per_beam=int(ui.value(Beam.PRUNED))),
          "beam_tree")
 st.caption(
     f"{tree.candidates_per_step} candidates are ranked each step (2 × K, so that K survive even if "

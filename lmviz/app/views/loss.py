@@ -5,8 +5,10 @@ import math
 import pandas as pd
 import streamlit as st
 
-import ui
-from lmviz import compare, loss, models, tables
+from lmviz.app import ui
+from lmviz.app.settings import Loss
+from lmviz import compare, loss, models
+from lmviz.tables import loss as tables
 from lmviz.plots import loss as plots
 
 st.title("Loss & perplexity")
@@ -17,25 +19,22 @@ st.caption(
 )
 lm = ui.current_model(kinds=("causal",))
 
-VIEWS = ["Token by token", "Two texts", "Two models", "By layer", "Context length"]
-SOURCES = ["Sidebar text", "Long sample (Pride and Prejudice, ch. 1–3)"]
-COLOURS = ["Surprisal", "Rank bucket"]
 SAMPLES = loss.sample_texts()
 OTHER_MODEL = ui.OTHER_MODEL
 
 
 default_window = min(1024, lm.context_length)
-ui.init_from_url("loss_view", VIEWS[0], ui.one_of(VIEWS))
-ui.init_from_url("loss_source", SOURCES[0], ui.one_of(SOURCES))
-ui.init_from_url("loss_colour", COLOURS[0], ui.one_of(COLOURS))
-ui.init_from_url("loss_max_length", default_window, ui.in_range(int, 1, 10**9))
-ui.init_from_url("loss_stride", default_window // 2, ui.in_range(int, 1, 10**9))
-ui.init_from_url("loss_text_a", SAMPLES["normal"])
-ui.init_from_url("loss_text_b", SAMPLES["scrambled"])
+ui.init(Loss.VIEW)
+ui.init(Loss.SOURCE)
+ui.init(Loss.COLOUR)
+ui.init(Loss.WINDOW_LENGTH, default_window)
+ui.init(Loss.STRIDE, default_window // 2)
+ui.init(Loss.TEXT_A, SAMPLES["normal"])
+ui.init(Loss.TEXT_B, SAMPLES["scrambled"])
 st.session_state.setdefault("loss_check", True)
 
-view = st.segmented_control("View", VIEWS, key="loss_view", required=True, label_visibility="collapsed")
-ui.sync_to_url("loss_view")
+view = st.segmented_control("View", Loss.VIEW.choices, key=Loss.VIEW.key, required=True, label_visibility="collapsed")
+ui.sync(Loss.VIEW)
 
 
 def progress_bar(label: str):
@@ -50,23 +49,23 @@ def progress_bar(label: str):
 
 def chosen_text() -> str:
     """The text the single-text views analyse: the sidebar's or the long sample."""
-    source = st.radio("Text", SOURCES, key="loss_source", horizontal=True)
-    ui.sync_to_url("loss_source")
-    if source == SOURCES[1]:
+    source = st.radio("Text", Loss.SOURCE.choices, key=Loss.SOURCE.key, horizontal=True)
+    ui.sync(Loss.SOURCE)
+    if source == Loss.LONG_SAMPLE:
         return SAMPLES["long"]
     return ui.current_text()
 
 
 def window_settings() -> tuple[int, int, bool]:
     columns = ui.controls().columns([1, 1, 2])
-    columns[0].number_input("Window: max length (tokens)", min_value=1, step=64, key="loss_max_length",
+    columns[0].number_input("Window: max length (tokens)", min_value=1, step=64, key=Loss.WINDOW_LENGTH.key,
                             help=f"Most tokens the model sees at once (its context is {lm.context_length:,}).")
-    columns[1].number_input("Stride (new tokens per window)", min_value=0, step=64, key="loss_stride",
+    columns[1].number_input("Stride (new tokens per window)", min_value=0, step=64, key=Loss.STRIDE.key,
                             help="Each window scores this many new tokens and keeps the rest as context.")
     columns[2].checkbox("Cross-check with the model's own `labels=` loss", key="loss_check",
                         help="Runs every window a second time through transformers' loss function.")
-    ui.sync_to_url("loss_max_length", "loss_stride")
-    return int(st.session_state.loss_max_length), int(st.session_state.loss_stride), bool(st.session_state.loss_check)
+    ui.sync(Loss.WINDOW_LENGTH, Loss.STRIDE)
+    return int(ui.value(Loss.WINDOW_LENGTH)), int(ui.value(Loss.STRIDE)), bool(st.session_state.loss_check)
 
 
 def report_for(model, text: str, max_length: int, stride: int, check: bool, label: str) -> loss.LossReport:
@@ -133,16 +132,16 @@ def window_caption(report: loss.LossReport) -> None:
 
 
 # ------------------------------------------------------------------ token by token
-if view == VIEWS[0]:
+if view == Loss.TOKENS_VIEW:
     text = chosen_text()
     max_length, stride, check = window_settings()
     report = report_for(lm, text, max_length, stride, check, "Scoring windows…")
     metric_cards(report)
-    colour = st.radio("Colour by", COLOURS, key="loss_colour", horizontal=True,
+    colour = st.radio("Colour by", Loss.COLOUR.choices, key=Loss.COLOUR.key, horizontal=True,
                       help="Surprisal: redder = less expected. Rank bucket: where the actual token stood in the "
                       "model's ranking.")
-    ui.sync_to_url("loss_colour")
-    mode = "surprisal" if colour == COLOURS[0] else "rank"
+    ui.sync(Loss.COLOUR)
+    mode = "surprisal" if colour == Loss.SURPRISAL else "rank"
     st.html(plots.legend_html(mode))
     with st.container(height=360 if report.n_tokens > 250 else "content"):
         st.html(plots.surprisal_html(report, mode))
@@ -161,17 +160,17 @@ if view == VIEWS[0]:
                        file_name="loss_per_token.csv", mime="text/csv", on_click="ignore")
 
 # ------------------------------------------------------------------ two texts
-elif view == VIEWS[1]:
+elif view == Loss.TWO_TEXTS:
     def use_class_pair() -> None:
-        st.session_state.loss_text_a, st.session_state.loss_text_b = SAMPLES["normal"], SAMPLES["scrambled"]
+        st.session_state[Loss.TEXT_A.key], st.session_state[Loss.TEXT_B.key] = SAMPLES["normal"], SAMPLES["scrambled"]
 
     st.caption("One model, two texts. The ready-made pair is a sentence and the same words in a random order: the "
                "words are the same, so the difference is what word order is worth to the model.")
     left, right = st.columns(2)
-    left.text_area("Text A", key="loss_text_a", height=100, max_chars=ui.MAX_CHARS)
-    right.text_area("Text B", key="loss_text_b", height=100, max_chars=ui.MAX_CHARS)
+    left.text_area("Text A", key=Loss.TEXT_A.key, height=100, max_chars=ui.MAX_CHARS)
+    right.text_area("Text B", key=Loss.TEXT_B.key, height=100, max_chars=ui.MAX_CHARS)
     st.button("Use the class example (normal vs. scrambled)", on_click=use_class_pair)
-    ui.sync_to_url("loss_text_a", "loss_text_b")
+    ui.sync(Loss.TEXT_A, Loss.TEXT_B)
     reports = [report_for(lm, st.session_state[f"loss_text_{name}"], None, None, True, f"Scoring text {name.upper()}…")
                for name in ("a", "b")]
     a, b = reports
@@ -197,7 +196,7 @@ elif view == VIEWS[1]:
                f"{b.perplexity / a.perplexity:,.2f} times less likely than a token of A (geometric mean).")
 
 # ------------------------------------------------------------------ two models
-elif view == VIEWS[2]:
+elif view == Loss.TWO_MODELS:
     text = chosen_text()
     max_length, stride, check = window_settings()
     others = [name for name in models.EMBEDDED if name != lm.name]
@@ -217,9 +216,8 @@ elif view == VIEWS[2]:
         st.stop()
     lm_b = ui.load_with_progress(name_b)
     a = report_for(lm, text, max_length, stride, check, f"Scoring with {lm.name}…")
-    if lm_b.kind != "causal":
-        st.error(f"{lm_b.name} is a {lm_b.kind} model; the comparison needs a causal LM.", icon="🚫")
-        st.stop()
+    with ui.user_errors():
+        lm_b.require_causal("the comparison")
     b = report_for(lm_b, text, min(max_length, lm_b.context_length), min(stride, lm_b.context_length), check,
                    f"Scoring with {lm_b.name}…")
     with ui.user_errors():
@@ -250,7 +248,7 @@ elif view == VIEWS[2]:
                        file_name="loss_two_models.csv", mime="text/csv", on_click="ignore")
 
 # ------------------------------------------------------------------ by layer
-elif view == VIEWS[3]:
+elif view == Loss.BY_LAYER:
     text = chosen_text()
     limit = 256
     st.checkbox("Final norm at every layer", value=True, key="loss_layer_norm",

@@ -9,10 +9,11 @@ whose logit i is label i.
 import pandas as pd
 import streamlit as st
 
-import ui
-from lmviz import classification, embeddings, masked_lm, tables
+from lmviz.app import ui
+from lmviz.app.settings import Heads, Sidebar
+from lmviz import classification, embeddings, masked_lm
+from lmviz.tables import heads as tables
 from lmviz.embedded import antiberty
-from lmviz.errors import LmvizError
 from lmviz.plots import heads as plots
 
 MAX_GRID_ROWS = 40  # the neighbour grid shows the first tokens; the table below has them all
@@ -24,16 +25,10 @@ negative: The service was awful and the room was dirty.
 negative: I hated the ending, it was boring."""
 
 
-def switch_to_antiberty(part: str, text: str) -> None:
-    """Button callback: point the sidebar at an AntiBERTy folder (converted once) and a fitting text."""
-    try:
-        folders = antiberty.prepare_antiberty()
-    except LmvizError as error:
-        st.session_state.heads_switch_error = str(error)
-        return
-    st.session_state.model_choice = ui.OTHER_MODEL
-    st.session_state.model_other = folders[part]
-    st.session_state.text = text
+def switch_to_antiberty(name: str, text: str) -> None:
+    """Button callback: point the sidebar at one of AntiBERTy's models (converted on first load) and a fitting text."""
+    st.session_state.model_choice = name
+    st.session_state[Sidebar.TEXT.key] = text
 
 
 st.title("Heads & embeddings")
@@ -43,24 +38,21 @@ st.caption(
 )
 lm = ui.current_model()
 text = ui.current_text()
-if message := st.session_state.pop("heads_switch_error", None):
-    st.error(message, icon="🚫")
 
-ui.init_from_url("heads_k", 10, ui.in_range(int, 1, 20))
-ui.init_from_url("heads_metric", "dot", ui.one_of(["dot", "cosine"]))
-ui.init_from_url("heads_mask_k", 5, ui.in_range(int, 1, 20))
-ui.init_from_url("heads_source", "random", ui.one_of(["random", "fitted"]))
-ui.init_from_url("heads_labels", "negative, positive")
-ui.init_from_url("heads_seed", 0, ui.in_range(int, 0, 2**31 - 1))
+ui.init(Heads.K)
+ui.init(Heads.METRIC)
+ui.init(Heads.MASK_K)
+ui.init(Heads.SOURCE)
+ui.init(Heads.LABELS)
+ui.init(Heads.SEED)
 if st.session_state.get("heads_pooling_for", lm.kind) != lm.kind:  # another kind of model: its own default
-    st.session_state.heads_pooling = "first" if lm.kind == "masked" else "last"
+    st.session_state[Heads.POOLING.key] = "first" if lm.kind == "masked" else "last"
 st.session_state.heads_pooling_for = lm.kind
-ui.init_from_url("heads_pooling", "first" if lm.kind == "masked" else "last", ui.one_of(list(classification.POOLINGS)))
+ui.init(Heads.POOLING, "first" if lm.kind == "masked" else "last")
 
-TABS = ["Tied embeddings", "Masked LM", "Classification"]
-ui.init_from_url("heads_tab", TABS[0], ui.one_of(TABS))  # a lesson step can open a tab
-tied_tab, masked_tab, class_tab = st.tabs(TABS, key="heads_tab", on_change="rerun")  # stays open across reruns
-ui.sync_to_url("heads_tab")
+ui.init(Heads.TAB)
+tied_tab, masked_tab, class_tab = st.tabs(Heads.TAB.choices, key=Heads.TAB.key, on_change="rerun")  # stays open across reruns
+ui.sync(Heads.TAB)
 
 # ------------------------------------------------------------------ tied embeddings (seed 004)
 with tied_tab:
@@ -90,8 +82,8 @@ with tied_tab:
                        "matrix. The table still scores each input embedding against every output embedding "
                        "(untied neighbours), so the token itself need not come first.", icon="⚠️")
         left, right = st.columns([2, 1])
-        k = left.slider("Neighbours per token (k)", 1, 20, key="heads_k")
-        metric = right.radio("Score", ["dot", "cosine"], key="heads_metric", horizontal=True,
+        k = left.slider("Neighbours per token (k)", 1, 20, key=Heads.K.key)
+        metric = right.radio("Score", ["dot", "cosine"], key=Heads.METRIC.key, horizontal=True,
                              format_func={"dot": "dot product (what lm_head computes)", "cosine": "cosine"}.get)
         with ui.user_errors(stop=False):
             result = embeddings.neighbours(lm, text, k=k, metric=metric)
@@ -113,7 +105,7 @@ with tied_tab:
                 st.caption("Dot product = |e|·|w|·cos(angle). Embeddings are not normalized, so a token with a long "
                            "embedding can outrank a closer direction by dot product; cosine ignores the lengths. "
                            "'own rank' counts the tokens that score above the input token itself (0 = first).")
-        ui.sync_to_url("heads_k", "heads_metric")
+        ui.sync(Heads.K, Heads.METRIC)
 
 # ------------------------------------------------------------------ masked LM (seeds 000, 001)
 with masked_tab:
@@ -131,7 +123,7 @@ with masked_tab:
         if antiberty.antiberty_available():
             st.button("Use AntiBERTy (a real BERT masked LM over antibody sequences, works offline)",
                       on_click=switch_to_antiberty,
-                      args=("mlm", antiberty.ANTIBODY_HEAVY[:25] + "[MASK]" + antiberty.ANTIBODY_HEAVY[26:]))
+                      args=("antiberty", antiberty.ANTIBODY_HEAVY[:25] + "[MASK]" + antiberty.ANTIBODY_HEAVY[26:]))
     else:
         st.subheader("The head, read from the model")
         with ui.user_errors(stop=False):
@@ -145,7 +137,7 @@ with masked_tab:
                 f"differ from the model's by at most {anatomy.recompute_max_diff:.1e} on this text."
             )
         st.subheader("Predictions at the masks")
-        mask_k = st.slider("Tokens per mask (k)", 1, 20, key="heads_mask_k")
+        mask_k = st.slider("Tokens per mask (k)", 1, 20, key=Heads.MASK_K.key)
         with ui.user_errors(stop=False):
             predictions = masked_lm.fill_mask(lm, text, k=mask_k)
             for m in range(len(predictions.mask_positions)):
@@ -195,17 +187,17 @@ with class_tab:
         st.caption(f"{lm.name} has no classification head, so here is one on top of it: a linear layer on its "
                    "pooled final hidden state, random like the seed's `nn.Linear(768, 2)` or fitted to examples.")
         left, right = st.columns(2)
-        source = left.radio("Head", ["random", "fitted"], key="heads_source", horizontal=True,
+        source = left.radio("Head", ["random", "fitted"], key=Heads.SOURCE.key, horizontal=True,
                             format_func={"random": "random (as in the seed)", "fitted": "fitted to examples"}.get)
         pooling = right.selectbox(
-            "Pooling", list(classification.POOLINGS), key="heads_pooling",
+            "Pooling", list(classification.POOLINGS), key=Heads.POOLING.key,
             format_func={"last": "last token (decoder classifiers)", "first": "first token (BERT's [CLS])",
                          "mean": "mean over tokens"}.get)
         with ui.user_errors(stop=False):
             if source == "random":
                 left, right = st.columns([3, 1])
-                labels = left.text_input("Labels, in id order (comma-separated)", key="heads_labels")
-                seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="heads_seed")
+                labels = left.text_input("Labels, in id order (comma-separated)", key=Heads.LABELS.key)
+                seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=Heads.SEED.key)
                 head = classification.random_head(lm, [label for label in labels.split(",")], pooling, seed=int(seed))
             else:
                 if "heads_examples" not in st.session_state:
@@ -215,7 +207,7 @@ with class_tab:
                 st.caption(f"Labels numbered in order of first appearance. Fitted by logistic regression on the pooled "
                            f"states: training accuracy {head.train_accuracy:.0%}, mean loss {head.train_loss:.3f}.")
             result = classification.classify_with_head(lm, head, text)
-        ui.sync_to_url("heads_source", "heads_pooling", "heads_labels", "heads_seed")
+        ui.sync(Heads.SOURCE, Heads.POOLING, Heads.LABELS, Heads.SEED)
     if result is not None:
         if result.generic_labels:
             st.warning(
@@ -238,4 +230,4 @@ with class_tab:
         st.caption("A real trained classifier works offline too: AntiBERTy's heavy/light-chain head "
                    "(labels from its config's id2label).")
         st.button("Use AntiBERTy's chain classifier", on_click=switch_to_antiberty,
-                  args=("chain", antiberty.ANTIBODY_HEAVY))
+                  args=("antiberty-chain", antiberty.ANTIBODY_HEAVY))

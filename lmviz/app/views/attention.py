@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import streamlit as st
 
-import ui
+from lmviz.app import ui
+from lmviz.app.settings import Attention
 from lmviz import ablation, attention, attribution, trace
 from lmviz.errors import LmvizError
 from lmviz.interventions import Component
@@ -23,103 +24,83 @@ with ui.user_errors():
     n_tokens = len(trace.encode(lm, text))
 n_layers, n_heads = lm.n_layers, parts.n_heads
 
-TARGETS = ["top prediction", "actual next token", "a token I type"]
-SETTINGS = {  # key: (default, URL parser)
-    "att_stat": ("previous", ui.one_of(list(attention.STATISTICS))),
-    "att_query": (n_tokens - 1, ui.in_range(int, 0, n_tokens - 1)),
-    "att_position": (n_tokens - 1, ui.in_range(int, 0, n_tokens - 1)),
-    "att_target_kind": (TARGETS[0], ui.one_of(TARGETS)),
-    "att_target_text": ("", str),
-    "att_upto": (n_layers, ui.in_range(int, 0, n_layers)),
-    "att_ablate": ("head", ui.one_of(["head", "attn", "mlp"])),
-    "att_ablate_layer": (0, ui.in_range(int, 0, n_layers - 1)),
-    "att_ablate_head": (0, ui.in_range(int, 0, n_heads - 1)),
-    "att_mode": ("zero", ui.one_of(["zero", "mean"])),
-}
-ui.init_settings(SETTINGS)
-LIMITS = {"att_query": n_tokens - 1, "att_position": n_tokens - 1,
-          "att_upto": n_layers, "att_ablate_layer": n_layers - 1, "att_ablate_head": n_heads - 1}
-for key, top in LIMITS.items():  # another model or text can leave a remembered value out of range
-    if not 0 <= st.session_state[key] <= top:
-        st.session_state[key] = SETTINGS[key][0]
+LIMITS = {Attention.STATISTIC: None, Attention.QUERY: n_tokens - 1, Attention.POSITION: n_tokens - 1,
+          Attention.TARGET: None, Attention.TARGET_TEXT: None, Attention.UP_TO: n_layers,
+          Attention.ABLATE: None, Attention.ABLATE_LAYER: n_layers - 1, Attention.ABLATE_HEAD: n_heads - 1,
+          Attention.MODE: None}  # setting: its limit on this text and model
+for setting, high in LIMITS.items():
+    ui.init(setting, high=high)
 
 # clicks on the clickable charts (last run's) set the widgets they stand for, before those are drawn
 if (cell := ui.clicked("att_grid")) is not None:
-    st.session_state.att_layer, st.session_state.att_head = int(cell[0]), int(cell[1])
+    st.session_state[Attention.LAYER.key], st.session_state[Attention.HEAD.key] = int(cell[0]), int(cell[1])
 for chart_key in ("att_bars", "att_head_grid"):
     if (part := ui.clicked(chart_key)) is not None and part[0] in ("attn", "mlp", "head"):
-        st.session_state.att_ablate, st.session_state.att_ablate_layer = part[0], int(part[1])
+        st.session_state[Attention.ABLATE.key], st.session_state[Attention.ABLATE_LAYER.key] = part[0], int(part[1])
         if part[0] == "head":
-            st.session_state.att_ablate_head = int(part[2])
+            st.session_state[Attention.ABLATE_HEAD.key] = int(part[2])
 
 
 # ------------------------------------------------------------------ 1. attention patterns
 st.header("Where the heads look")
-ui.init_from_url("att_window", (max(0, n_tokens - attention.DEFAULT_WINDOW), n_tokens - 1), ui.int_pair)
-low, high = (min(max(0, int(v)), n_tokens - 1) for v in st.session_state.att_window)
-low, high = min(low, high), max(low, high)
-low = max(low, high - attention.MAX_WINDOW + 1)  # at most 60 queries at once
-st.session_state.att_window = (low, high)
+low, high, _ = ui.window(Attention.WINDOW, n_tokens, attention.DEFAULT_WINDOW, attention.MAX_WINDOW)
 with ui.user_errors(), st.spinner("Running the model with eager attention …"):
     patterns = attention.attention(lm, text, (low, high + 1))
-scores = patterns.stats[st.session_state.att_stat]
-scores = -scores if st.session_state.att_stat == "entropy" else scores  # the most focused head
+scores = patterns.stats[ui.value(Attention.STATISTIC)]
+scores = -scores if ui.value(Attention.STATISTIC) == "entropy" else scores  # the most focused head
 strongest = divmod(int(scores.nan_to_num(-math.inf).argmax()), n_heads)
-ui.init_from_url("att_layer", strongest[0], ui.in_range(int, 0, n_layers - 1))  # first look: the strongest head
-ui.init_from_url("att_head", strongest[1], ui.in_range(int, 0, n_heads - 1))
-if st.session_state.get("_att_stat_seen", st.session_state.att_stat) != st.session_state.att_stat:
-    st.session_state.att_layer, st.session_state.att_head = strongest  # another statistic: its strongest head
-st.session_state._att_stat_seen = st.session_state.att_stat
-for key, top in (("att_layer", n_layers - 1), ("att_head", n_heads - 1)):
-    if not 0 <= st.session_state[key] <= top:
-        st.session_state[key] = 0
+ui.init(Attention.LAYER, strongest[0], high=n_layers - 1)  # first look: the strongest head
+ui.init(Attention.HEAD, strongest[1], high=n_heads - 1)
+if st.session_state.get("_att_stat_seen", ui.value(Attention.STATISTIC)) != ui.value(Attention.STATISTIC):
+    st.session_state[Attention.LAYER.key], st.session_state[Attention.HEAD.key] = strongest  # another statistic: its strongest head
+st.session_state._att_stat_seen = ui.value(Attention.STATISTIC)
 controls = ui.controls().columns([2, 1, 1])
-controls[0].selectbox("Colour heads by", list(attention.STATISTICS), key="att_stat",
+controls[0].selectbox("Colour heads by", list(attention.STATISTICS), key=Attention.STATISTIC.key,
                       format_func=lambda key: attention.STATISTICS[key].split(" (")[0])
-controls[1].number_input("Layer", 0, n_layers - 1, step=1, key="att_layer")
-controls[2].number_input("Head", 0, n_heads - 1, step=1, key="att_head")
-st.caption(f"**{st.session_state.att_stat}**: {attention.STATISTICS[st.session_state.att_stat]}. Averaged over "
+controls[1].number_input("Layer", 0, n_layers - 1, step=1, key=Attention.LAYER.key)
+controls[2].number_input("Head", 0, n_heads - 1, step=1, key=Attention.HEAD.key)
+st.caption(f"**{ui.value(Attention.STATISTIC)}**: {attention.STATISTICS[ui.value(Attention.STATISTIC)]}. Averaged over "
            "every query but the first. Click a cell to look at that head.")
 overview, detail = st.columns([2, 3])
-layer, head = int(st.session_state.att_layer), int(st.session_state.att_head)
-ui.chart(plots.head_grid(patterns, st.session_state.att_stat, (layer, head)), "attention_heads", where=overview,
+layer, head = int(ui.value(Attention.LAYER)), int(ui.value(Attention.HEAD))
+ui.chart(plots.head_grid(patterns, ui.value(Attention.STATISTIC), (layer, head)), "attention_heads", where=overview,
          key="att_grid", clickable=True)
 with detail:
     ui.chart(plots.pattern(patterns, layer, head), f"attention_L{layer}_H{head}")
 start, stop = patterns.queries
 if n_tokens > 1:
-    st.slider("Queries shown", 0, n_tokens - 1, key="att_window",
+    st.slider("Queries shown", 0, n_tokens - 1, key=Attention.WINDOW.key,
               help=f"The patterns keep these query positions (at most {attention.MAX_WINDOW}) and every key before "
               "them; the head statistics always cover the whole text.")
 queries = list(range(start, stop))
-if st.session_state.att_query not in queries:
-    st.session_state.att_query = queries[-1]
-st.selectbox("From query", queries, key="att_query", format_func=lambda p: f"{p} {patterns.tokens[p]}")
-ui.chart(plots.query_lines(patterns, layer, head, int(st.session_state.att_query)), f"attention_lines_L{layer}_H{head}")
+if ui.value(Attention.QUERY) not in queries:
+    st.session_state[Attention.QUERY.key] = queries[-1]
+st.selectbox("From query", queries, key=Attention.QUERY.key, format_func=lambda p: f"{p} {patterns.tokens[p]}")
+ui.chart(plots.query_lines(patterns, layer, head, int(ui.value(Attention.QUERY))), f"attention_lines_L{layer}_H{head}")
 
 # ------------------------------------------------------------------ 2. direct logit attribution
 st.header("Which parts wrote the prediction")
 with ui.user_errors():  # attribution and ablation need parts that add up to each block's output
     lm.arch.require_decomposition()
 row = st.columns([1, 1, 1, 1])
-row[0].selectbox("After position", list(range(n_tokens)), key="att_position",
+row[0].selectbox("After position", list(range(n_tokens)), key=Attention.POSITION.key,
                  format_func=lambda p: f"{p} {patterns.tokens[p]}")
-row[1].radio("Explain the logit of", TARGETS, key="att_target_kind")
-row[2].text_input("Token (text or id)", key="att_target_text", disabled=st.session_state.att_target_kind != TARGETS[2],
+row[1].radio("Explain the logit of", Attention.TARGET.choices, key=Attention.TARGET.key)
+row[2].text_input("Token (text or id)", key=Attention.TARGET_TEXT.key, disabled=ui.value(Attention.TARGET) != Attention.TYPED,
                   help="A word is read with a leading space (' Paris') when that is one token; · stands for a space.")
-row[3].number_input(f"Up to layer ({n_layers} = the output)", 0, n_layers, step=1, key="att_upto",
+row[3].number_input(f"Up to layer ({n_layers} = the output)", 0, n_layers, step=1, key=Attention.UP_TO.key,
                     help="Below the output, explain the logit lens's logit at that layer: blocks 0 .. layer−1.")
-position, kind = int(st.session_state.att_position), st.session_state.att_target_kind
+position, kind = int(ui.value(Attention.POSITION)), ui.value(Attention.TARGET)
 target = None
 with ui.user_errors():
-    if kind == TARGETS[1]:
+    if kind == Attention.NEXT_TOKEN:
         if position + 1 >= n_tokens:
             raise LmvizError("The last position has no actual next token: pick an earlier position.")
         target = int(trace.encode(lm, text)[position + 1])
-    elif kind == TARGETS[2]:
-        target = attribution.resolve_target(lm, st.session_state.att_target_text)
+    elif kind == Attention.TYPED:
+        target = attribution.resolve_target(lm, ui.value(Attention.TARGET_TEXT))
     with st.spinner("Recording every block's part …"):
-        result = attribution.attribute(lm, text, position, target, int(st.session_state.att_upto))
+        result = attribution.attribute(lm, text, position, target, int(ui.value(Attention.UP_TO)))
 
 what = "the model's logit" if result.layer == n_layers else f"the logit lens's logit at layer {result.layer}"
 facts = st.columns(4)
@@ -154,18 +135,18 @@ with st.expander("Every part as a table"):
 # ------------------------------------------------------------------ 3. ablation
 st.header("Take a part out")
 row = st.columns([1, 1, 1, 1])
-row[0].radio("Part", ["head", "attn", "mlp"], key="att_ablate", horizontal=True,
+row[0].radio("Part", ["head", "attn", "mlp"], key=Attention.ABLATE.key, horizontal=True,
              format_func={"head": "one head", "attn": "attention block", "mlp": "MLP block"}.get)
-row[1].number_input("Layer ", 0, n_layers - 1, step=1, key="att_ablate_layer")
-row[2].number_input("Head ", 0, n_heads - 1, step=1, key="att_ablate_head",
-                    disabled=st.session_state.att_ablate != "head")
-row[3].radio("Replace by", ["zero", "mean"], key="att_mode", horizontal=True,
+row[1].number_input("Layer ", 0, n_layers - 1, step=1, key=Attention.ABLATE_LAYER.key)
+row[2].number_input("Head ", 0, n_heads - 1, step=1, key=Attention.ABLATE_HEAD.key,
+                    disabled=ui.value(Attention.ABLATE) != "head")
+row[3].radio("Replace by", ["zero", "mean"], key=Attention.MODE.key, horizontal=True,
              help="zero: its output becomes 0. mean: its output becomes its mean over this text's positions.")
-kind = st.session_state.att_ablate
-component = Component(kind, int(st.session_state.att_ablate_layer),
-                      int(st.session_state.att_ablate_head) if kind == "head" else None)
+kind = ui.value(Attention.ABLATE)
+component = Component(kind, int(ui.value(Attention.ABLATE_LAYER)),
+                      int(ui.value(Attention.ABLATE_HEAD)) if kind == "head" else None)
 with ui.user_errors(), st.spinner(f"Running the model without {component.label} …"):
-    effect = ablation.ablate(lm, text, component, st.session_state.att_mode)
+    effect = ablation.ablate(lm, text, component, ui.value(Attention.MODE))
 facts = st.columns(3)
 facts[0].metric("KL(before ‖ after), next token", f"{effect.kl:.4g} nats")
 if math.isnan(effect.loss_after):  # a one-token text: no token after the first to score
@@ -177,4 +158,4 @@ facts[2].metric(f"p('{markdown_safe(effect.before_tokens[0])}') after", f"{effec
                 f"{effect.after_of_before[0] - effect.before_probs[0]:+.4f}")
 ui.chart(plots.ablation_bars(effect), f"ablation_{component.kind}_L{component.layer}")
 
-ui.sync_to_url(*SETTINGS, "att_layer", "att_head", "att_window")
+ui.sync(*LIMITS, Attention.LAYER, Attention.HEAD, Attention.WINDOW)

@@ -1,0 +1,196 @@
+"""Every page's settings as objects: the one place that names them.
+
+A `Setting` is one control of a page: its key (the widget's key in the session
+and its parameter in the URL, the same name), its default, and which values it
+takes. The page draws its widget with `key=setting.key`; `ui.init` gives it its
+first value from the URL; `ui.sync` writes it back, so a link opens the same
+view. Lessons and links between pages (the lens's "Which blocks wrote …?")
+name settings and values through these objects, never through strings, so a
+renamed key or tab label cannot silently break a lesson: a `Step` checks its
+values when it is made.
+
+Some limits depend on the text or the model (the last position, the output
+layer). Such a setting has no static `high`; the page passes it to `ui.init`,
+and `LAST` stands for it in a lesson or a URL ("the output layer", not `30`).
+No Streamlit here: the CLI lists lesson URLs from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from lmviz import attention, classification, lens, sampling
+from lmviz.whatif import decode_branches, encode_branches
+
+class _Last:
+    """The highest value the current text or model allows: the last position, the output layer ("last" in a URL)."""
+
+    def __repr__(self) -> str:
+        return "LAST"
+
+    def __str__(self) -> str:
+        return "last"
+
+
+LAST = _Last()
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # the widget's session key and the URL parameter
+    default: object  # a value, or LAST
+    choices: tuple = ()  # when not empty: the values it takes
+    low: float | None = None
+    high: float | None = None  # None for an int setting: the page gives the limit (LAST stands for it)
+    decode: Callable[[str], object] | None = None  # URL text -> value for a structured value (else by type)
+    encode: Callable[[object], str] = str  # value -> URL text
+
+    @property
+    def kind(self) -> type:
+        return int if self.default is LAST else type(self.default)
+
+    def parse(self, raw: str, high: float | None = None):
+        """The value a URL's text stands for; ValueError when this setting does not take it."""
+        if raw == str(LAST) and self.kind is int:
+            if high is None:
+                raise ValueError(raw)
+            return high
+        if self.decode is not None:
+            return self.decode(raw)
+        if self.kind is bool:
+            return raw.strip().lower() in ("true", "1", "yes")
+        if self.kind is tuple:  # a range slider's (low, high)
+            low, top = (int(part) for part in raw.strip("()[] ").split(","))
+            value = (low, top)
+        else:
+            value = self.kind(raw)
+        if not self.allows(value, high):
+            raise ValueError(raw)
+        return value
+
+    def allows(self, value, high: float | None = None) -> bool:
+        """Whether `value` is one this setting takes (with `high`, the page's limit, where it has one)."""
+        if value is LAST:
+            return self.kind is int and self.high is None
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, tuple):
+            return all(self.allows(v, high) for v in value) if self.kind is tuple else False
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return isinstance(value, self.kind)
+        if self.kind not in (int, float, tuple):
+            return False
+        top = self.high if high is None else high
+        return (self.low is None or value >= self.low) and (top is None or value <= top)
+
+    def text(self, value) -> str:
+        """The value as the URL writes it (parse(text(v)) == v)."""
+        return self.encode(value)
+
+
+# ---------------------------------------------------------------- the sidebar, on every page
+class Sidebar:
+    TEXT = Setting("text", "This weekend I plan to")
+    PRESENT = Setting("present", False)  # presenter mode
+
+
+# ---------------------------------------------------------------- Model & tokens
+class Home:
+    BATCH_WITH = Setting("batch_with", "Hi")
+
+
+# ---------------------------------------------------------------- Logit lens
+class Lens:
+    STATISTIC = Setting("lens_stat", "top1_prob", choices=tuple(lens.STATISTICS))
+    NORMALIZED = Setting("lens_normalized", True)
+    K = Setting("lens_k", 10, low=1, high=20)
+    STRIDE = Setting("lens_stride", 1, low=1, high=64)
+    TABLE = Setting("lens_table", "by layer", choices=("by layer", "by position"))
+    VALUES = Setting("lens_values", "token", choices=("token", "token+prob", "prob", "id"))
+    WATCH = Setting("lens_watch", "visit, go")
+    SPACE = Setting("lens_space", True)
+    WATCH_VALUE = Setting("lens_watch_value", "prob", choices=("prob", "rank"))
+    WINDOW = Setting("lens_window", (0, 0), low=0)  # the heatmap's positions; default: the last 24
+    LAYER = Setting("lens_layer", LAST, low=0)
+    POSITION = Setting("lens_pos", LAST, low=0)
+    WATCH_POSITION = Setting("lens_watch_pos", LAST, low=0)
+    SHOWN_COLUMNS = 24  # the window a text opens with
+    MAX_COLUMNS = 60  # the most positions the heatmap shows at once, so that cells stay readable
+
+
+# ---------------------------------------------------------------- Temperature & sampling
+class Sampling:
+    NEXT_TAB, STEPS_TAB, TOY_TAB = "Next token", "Step by step", "Toy logits (the lecture's table)"
+    TEMPERATURE = Setting("sampling_temperature", 1.0, low=0.0, high=5.0)
+    TOP_K = Setting("sampling_top_k", 0, low=0, high=10**7)
+    TOP_P = Setting("sampling_top_p", 1.0, low=0.01, high=1.0)
+    MIN_P = Setting("sampling_min_p", 0.0, low=0.0, high=1.0)
+    TYPICAL_P = Setting("sampling_typical_p", 1.0, low=0.01, high=1.0)
+    PENALTY = Setting("sampling_penalty", 1.0, low=0.5, high=2.0)
+    TOP_N = Setting("sampling_top_n", 20, low=5, high=60)
+    SEED = Setting("sampling_seed", 0, low=0, high=2**31 - 1)
+    TAB = Setting("sampling_tab", NEXT_TAB, choices=(NEXT_TAB, STEPS_TAB, TOY_TAB))
+    BRANCHES = Setting("sampling_branches", [()], decode=decode_branches,  # what-if forks; the model's own first
+                       encode=lambda branches: encode_branches(branches[1:]))
+    TOY_LOGITS = Setting("sampling_toy_logits", ", ".join(f"{v:g}" for v in sampling.LECTURE_LOGITS))
+    TOY_TEMPERATURES = Setting("sampling_toy_temps", ", ".join(f"{v:g}" for v in sampling.LECTURE_TEMPERATURES))
+    TOY_SHIFT = Setting("sampling_toy_shift", 0.0, low=-50.0, high=50.0)
+
+
+# ---------------------------------------------------------------- Beam search
+class Beam:
+    EARLY_STOPPING_LABELS = {"false": "False (default)", "true": "True", "never": "never"}
+    BEAMS = Setting("beam_beams", 3, low=1, high=8)
+    NEW_TOKENS = Setting("beam_new", 6, low=1, high=20)
+    LENGTH_PENALTY = Setting("beam_lp", 1.0, low=-3.0, high=3.0)
+    EARLY_STOPPING = Setting("beam_es", "false", choices=tuple(EARLY_STOPPING_LABELS))
+    PRUNED = Setting("beam_pruned", 2, low=0, high=5)
+    SEED = Setting("beam_seed", 0, low=0, high=2**31 - 1)
+    FRAME = Setting("beam_frame", LAST, low=1)  # the replay's frame; LAST: the finished search
+
+
+# ---------------------------------------------------------------- Loss & perplexity
+class Loss:
+    TOKENS_VIEW, TWO_TEXTS, TWO_MODELS, BY_LAYER, CONTEXT = (
+        "Token by token", "Two texts", "Two models", "By layer", "Context length")
+    SIDEBAR_TEXT, LONG_SAMPLE = "Sidebar text", "Long sample (Pride and Prejudice, ch. 1–3)"
+    SURPRISAL, RANK_BUCKET = "Surprisal", "Rank bucket"
+    VIEW = Setting("loss_view", TOKENS_VIEW, choices=(TOKENS_VIEW, TWO_TEXTS, TWO_MODELS, BY_LAYER, CONTEXT))
+    SOURCE = Setting("loss_source", SIDEBAR_TEXT, choices=(SIDEBAR_TEXT, LONG_SAMPLE))
+    COLOUR = Setting("loss_colour", SURPRISAL, choices=(SURPRISAL, RANK_BUCKET))
+    WINDOW_LENGTH = Setting("loss_max_length", 1024, low=1, high=10**9)  # the page caps it at the model's context
+    STRIDE = Setting("loss_stride", 512, low=1, high=10**9)
+    TEXT_A = Setting("loss_text_a", "")  # the page's default: the class example and its scrambled twin
+    TEXT_B = Setting("loss_text_b", "")
+
+
+# ---------------------------------------------------------------- Heads & embeddings
+class Heads:
+    TIED_TAB, MASKED_TAB, CLASSIFICATION_TAB = "Tied embeddings", "Masked LM", "Classification"
+    K = Setting("heads_k", 10, low=1, high=20)
+    METRIC = Setting("heads_metric", "dot", choices=("dot", "cosine"))
+    MASK_K = Setting("heads_mask_k", 5, low=1, high=20)
+    SOURCE = Setting("heads_source", "random", choices=("random", "fitted"))
+    LABELS = Setting("heads_labels", "negative, positive")
+    SEED = Setting("heads_seed", 0, low=0, high=2**31 - 1)
+    POOLING = Setting("heads_pooling", "last", choices=classification.POOLINGS)  # "first" for a masked LM
+    TAB = Setting("heads_tab", TIED_TAB, choices=(TIED_TAB, MASKED_TAB, CLASSIFICATION_TAB))
+
+
+# ---------------------------------------------------------------- Attention & attribution
+class Attention:
+    TOP_PREDICTION, NEXT_TOKEN, TYPED = "top prediction", "actual next token", "a token I type"
+    STATISTIC = Setting("att_stat", "previous", choices=tuple(attention.STATISTICS))
+    WINDOW = Setting("att_window", (0, 0), low=0)  # the queries shown; default: the last DEFAULT_WINDOW
+    LAYER = Setting("att_layer", 0, low=0)  # default: the strongest head for the statistic
+    HEAD = Setting("att_head", 0, low=0)
+    QUERY = Setting("att_query", LAST, low=0)
+    POSITION = Setting("att_position", LAST, low=0)
+    TARGET = Setting("att_target_kind", TOP_PREDICTION, choices=(TOP_PREDICTION, NEXT_TOKEN, TYPED))
+    TARGET_TEXT = Setting("att_target_text", "")
+    UP_TO = Setting("att_upto", LAST, low=0)  # LAST: the output layer, the model's own logit
+    ABLATE = Setting("att_ablate", "head", choices=("head", "attn", "mlp"))
+    ABLATE_LAYER = Setting("att_ablate_layer", 0, low=0)
+    ABLATE_HEAD = Setting("att_ablate_head", 0, low=0)
+    MODE = Setting("att_mode", "zero", choices=("zero", "mean"))

@@ -13,8 +13,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lens_window import best_of  # noqa: E402
-from lmviz import ablation, attention, attribution, loss, models, trace  # noqa: E402
-from lmviz.interventions import Component  # noqa: E402
+from lmviz.analyses import ablation, attention, attribution, loss
+from lmviz.forward import trace
+from lmviz.model import models  # noqa: E402
+from lmviz.model.interventions import Component  # noqa: E402
 
 
 def main() -> None:

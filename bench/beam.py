@@ -1,5 +1,5 @@
 """Beam search with the whole tree recorded vs transformers' generate(), 5 beams x 20 new tokens,
-embedded model. Goal: lmviz.beam.beam_search <= 1.5 x generate(). Runs alternate, best of 3 each."""
+embedded model. Goal: lmviz.analyses.beam.beam_search <= 1.5 x generate(). Runs alternate, best of 3 each."""
 
 import sys
 import time
@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lmviz import beam, models  # noqa: E402
-from lmviz.cache import CACHE  # noqa: E402
-from lmviz.trace import encode  # noqa: E402
+from lmviz.analyses import beam
+from lmviz.model import models  # noqa: E402
+from lmviz.forward.cache import CACHE  # noqa: E402
+from lmviz.forward.trace import encode  # noqa: E402
 
 PROMPT = "This weekend I plan to"
 BEAMS, NEW_TOKENS, REPEATS = 5, 20, 3

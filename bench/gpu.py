@@ -60,9 +60,10 @@ def timed(fn):
 
 
 def check(folder: str, label: str, device: str = "cuda") -> None:
-    from lmviz import beam, lens, loss, models, sampling
-    from lmviz import trace as tracing
-    from lmviz.cache import CACHE
+    from lmviz.analyses import beam, lens, loss, sampling
+    from lmviz.model import models
+    from lmviz.forward import trace as tracing
+    from lmviz.forward.cache import CACHE
 
     runs = {}
     ways = [("cpu", "float32"), (device, "float32"), (device, "bfloat16")]
@@ -112,8 +113,8 @@ def sampled_equal(lm, text: str, new_tokens: int, seed: int = 0) -> tuple[int, i
     """(runs equal to generate(), runs): greedy and seeded sampling at several settings
     (sampling.generate), and beam.sample, token for token against generate() on the same model and
     device with torch.manual_seed(seed) just before it."""
-    from lmviz import beam, sampling
-    from lmviz.sampling import SamplingSettings
+    from lmviz.analyses import beam, sampling
+    from lmviz.analyses.sampling import SamplingSettings
 
     def reference(**kwargs) -> list[int]:
         ids = torch.tensor([lm.tokenizer(text)["input_ids"]], device=lm.device)

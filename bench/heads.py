@@ -30,8 +30,10 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lmviz import classification, compute, embeddings, models, trace  # noqa: E402
-from lmviz.cache import CACHE  # noqa: E402
+from lmviz.analyses import classification, embeddings
+from lmviz.forward import trace
+from lmviz.model import compute, models  # noqa: E402
+from lmviz.forward.cache import CACHE  # noqa: E402
 
 PARAGRAPH = (
     "This weekend I plan to visit Paris with my friends. The capital of France is Paris, and the capital "

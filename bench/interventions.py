@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lmviz import compute, interventions, models, trace  # noqa: E402
+from lmviz.forward import trace
+from lmviz.model import compute, interventions, models  # noqa: E402
 
 try:
     import nnsight  # noqa: E402
@@ -224,7 +225,7 @@ def main() -> None:
           texts, args.runs, args.warmup)
     hook_out = {name: hooks_ablate(model, hooks, ids, layer, head) for name, ids in texts.items()}
     seam_edit = (interventions.Edit(interventions.Component("head", layer, head).site),)
-    timed(rows, {"lmviz.interventions.run: ablate": lambda ids: interventions.run(lm, ids, edits=seam_edit,
+    timed(rows, {"lmviz.model.interventions.run: ablate": lambda ids: interventions.run(lm, ids, edits=seam_edit,
                                                                                    logits_at=-1)},
           texts, args.runs, args.warmup)
     seam_diff = max(diff(interventions.run(lm, ids, edits=seam_edit, logits_at=-1), hook_out[name])

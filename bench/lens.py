@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lmviz import lens, models, trace  # noqa: E402
+from lmviz.analyses import lens
+from lmviz.forward import trace
+from lmviz.model import models  # noqa: E402
 
 PARAGRAPH = (
     "The logit lens reads a language model layer by layer. Every hidden state is sent through the model's "
@@ -196,7 +198,7 @@ def main() -> None:
 
 def compare_bfloat16(lm, text: str, args, float32_time: float, exact, watched) -> None:
     """The lens of the model loaded in bfloat16 against float32's: speed and agreement."""
-    from lmviz import placement
+    from lmviz.model import placement
 
     low = models.load(lm.name, dtype="bfloat16")
     flags = placement.cpu_bf16_flags()

@@ -11,8 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmviz import lens, loss, models, trace  # noqa: E402
-from lmviz.cache import CACHE  # noqa: E402
+from lmviz.analyses import lens, loss
+from lmviz.forward import trace
+from lmviz.model import models  # noqa: E402
+from lmviz.forward.cache import CACHE  # noqa: E402
 
 
 def best_of(runs: int, work, clear: bool = True) -> float:

@@ -160,8 +160,8 @@ async def classroom(url: str, n: int, salt: str, arrival: float = 0.0, same_text
 
 
 def compute_policy(server_cpus: set[int]) -> str:
-    """lmviz.compute's policy as the server sees it (its affinity is server_cpus)."""
-    from lmviz import compute
+    """lmviz.model.compute's policy as the server sees it (its affinity is server_cpus)."""
+    from lmviz.model import compute
 
     saved = os.sched_getaffinity(0)
     os.sched_setaffinity(0, server_cpus)

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, time, sys
 started = time.perf_counter()
-from lmviz import models, trace
+from lmviz.forward import trace
+from lmviz.model import models
 imported = time.perf_counter()
 lm = models.load("smollm2-135m")
 loaded = time.perf_counter()

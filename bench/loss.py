@@ -1,4 +1,4 @@
-"""Sliding-window perplexity of a ~8k-token text: lmviz.loss against the Hugging Face documentation's recipe.
+"""Sliding-window perplexity of a ~8k-token text: lmviz.analyses.loss against the Hugging Face documentation's recipe.
 
 Both run in this process on the embedded model with the same window and
 stride (max_length 1024, stride 512), in the order recipe, lmviz, lmviz,
@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lmviz import loss, models  # noqa: E402
-from lmviz.cache import CACHE  # noqa: E402
+from lmviz.analyses import loss
+from lmviz.model import models  # noqa: E402
+from lmviz.forward.cache import CACHE  # noqa: E402
 
 MAX_LENGTH, STRIDE, TOKENS = 1024, 512, 8192
 
@@ -94,7 +95,7 @@ def main() -> None:
     print(f"text: {n:,} tokens ({len(text):,} characters), {lm.name}, torch threads {torch.get_num_threads()}, "
           f"max_length {MAX_LENGTH}, stride {STRIDE}, {report.n_windows} windows")
     print(f"HF docs recipe   {t_hf:7.2f} s  {n / t_hf:8.1f} tokens/s   (runs {t_hf1:.2f} s, {t_hf2:.2f} s)")
-    print(f"lmviz.loss       {t_lm:7.2f} s  {n / t_lm:8.1f} tokens/s   (runs {t_lm1:.2f} s, {t_lm2:.2f} s)")
+    print(f"lmviz.analyses.loss       {t_lm:7.2f} s  {n / t_lm:8.1f} tokens/s   (runs {t_lm1:.2f} s, {t_lm2:.2f} s)")
     print(f"speed-up         {t_hf / t_lm:.2f}x  (lmviz / recipe, tokens per second; goal >= 1.00: "
           f"{'met' if t_hf / t_lm >= 1 else 'NOT met'})")
     print(f"tokens scored    lmviz {report.scored:,} (= tokens - 1); recipe counts {recipe['counted']:,} "

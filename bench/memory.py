@@ -15,8 +15,10 @@ from pathlib import Path
 os.environ.setdefault("LMVIZ_TRACE_CACHE_MB", "256")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmviz import lens, loss, models, sampling, trace  # noqa: E402
-from lmviz.cache import CACHE  # noqa: E402
+from lmviz.analyses import lens, loss, sampling
+from lmviz.forward import trace
+from lmviz.model import models  # noqa: E402
+from lmviz.forward.cache import CACHE  # noqa: E402
 
 
 def rss_mb() -> float:

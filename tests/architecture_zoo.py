@@ -5,7 +5,7 @@
 usual names the config has. `build(model_type, directory, tokenizer)` makes the
 model, gives every parameter that starts constant (norm weights of 1, biases of
 0) random values so that a skipped norm or bias shows up in the numbers, and
-saves it with the tokenizer as safetensors, ready for `lmviz.models.load`.
+saves it with the tokenizer as safetensors, ready for `lmviz.model.models.load`.
 Architectures whose configs don't shrink this way raise `CannotBuild`.
 """
 

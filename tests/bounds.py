@@ -8,7 +8,7 @@ any CPU, whatever its SIMD width, thread count or summation order:
   (n - 1)·u·Σ|x_i| (γ_{n-1}, to first order);
 - a dot product of length d likewise by d·u·Σ|a_i b_i|, so two float32
   computations of the same logits differ by at most 2·d·u·Σ|a_i b_i| (see
-  `lmviz.head.Head.error_bound`, which adds the norm's rounding);
+  `lmviz.model.head.Head.error_bound`, which adds the norm's rounding);
 - a float32 probability below 2^-126 is subnormal or flushed to 0, so
   probabilities also carry an absolute 2^-126;
 - log-softmax over n logits z computed in float32: the max is exact, each

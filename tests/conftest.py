@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models on disk, loaded through the real lmviz.models.load."""
+"""Shared fixtures: tiny random models on disk, loaded through the real lmviz.model.models.load."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from lmviz import embedded, models
+from lmviz.model import embedded, models
 from tests import tiny_models
 
 os.environ.setdefault("LMVIZ_MAX_MODELS", "8")  # keep every test model in memory
@@ -160,7 +160,7 @@ def smollm_f64(smollm) -> models.LoadedModel:
 @pytest.fixture(autouse=True)
 def empty_result_cache():
     """Every test starts with lmviz's result cache empty: no test passes because of what ran before it."""
-    from lmviz.cache import CACHE
+    from lmviz.forward.cache import CACHE
 
     CACHE.clear()
     yield

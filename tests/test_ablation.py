@@ -15,9 +15,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lmviz import ablation, embedded, interventions, models
+from lmviz.analyses import ablation
+from lmviz.model import embedded, interventions, models
 from lmviz.errors import LmvizError
-from lmviz.interventions import Component
+from lmviz.model.interventions import Component
 from tests import bounds
 
 TEXT = "The capital of France is Paris. The capital of Germany is"

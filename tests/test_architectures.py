@@ -1,7 +1,7 @@
 """The architecture matrix: every causal-LM model type in transformers, built tiny, exact or refused.
 
 For each type that builds tiny here (tests/architecture_zoo.py), loaded through
-lmviz.models.load like any saved folder, either
+lmviz.model.models.load like any saved folder, either
 
 - lmviz refuses it with a one-line LmvizError (on load, or for the lens), or
 - the logit lens equals a reference that knows nothing of the architecture but
@@ -23,8 +23,9 @@ import math
 import pytest
 import torch
 
-from lmviz import beam, lens, loss, models
-from lmviz import trace as tracing
+from lmviz.analyses import beam, lens, loss
+from lmviz.model import models
+from lmviz.forward import trace as tracing
 from lmviz.errors import LmvizError
 from tests import architecture_zoo, bounds, tiny_models
 
@@ -125,7 +126,7 @@ def assert_parts_exact_or_refused(lm: models.LoadedModel, directory) -> str:
     refusal from both. Returns the outcome for the summary."""
     from transformers import AutoModelForCausalLM
 
-    from lmviz import attention, attribution
+    from lmviz.analyses import attention, attribution
 
     if lm.arch.decomposition is None:
         assert "\n" not in lm.arch.decomposition_refusal
@@ -175,7 +176,7 @@ def assert_parts_sum_to_the_logit(lm: models.LoadedModel, directory, result) -> 
     Returns a note where lmviz refuses float64 (then transformers must fail there too), else None."""
     from transformers import AutoModelForCausalLM
 
-    from lmviz import attribution
+    from lmviz.analyses import attribution
 
     cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
 

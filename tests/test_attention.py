@@ -16,7 +16,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lmviz import attention, embedded, models
+from lmviz.analyses import attention
+from lmviz.model import embedded, models
 from lmviz.errors import LmvizError
 
 TEXT = "The cat sat on the mat. The cat sat on the"
@@ -96,7 +97,7 @@ def test_tiny_attention_equals_output_attentions(name, tiny_dirs):
 
 
 def test_twin_shares_weights_and_leaves_the_model_fast(smollm):
-    from lmviz.interventions import eager_twin
+    from lmviz.model.interventions import eager_twin
 
     twin = eager_twin(smollm)
     assert twin is eager_twin(smollm)  # made once

@@ -14,7 +14,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lmviz import attribution, embedded, models
+from lmviz.analyses import attribution
+from lmviz.model import embedded, models
 from lmviz.errors import LmvizError
 
 TEXT = "The capital of France is Paris. The capital of Germany is"
@@ -187,7 +188,8 @@ def test_soft_capped_logits_are_split_before_the_cap(tiny_gemma3):
 
 def test_lens_layers_split_the_lens_logit(smollm):
     """Below the output, the parts of blocks 0 .. layer-1 sum to the logit lens's logit at that layer."""
-    from lmviz import lens, trace
+    from lmviz.analyses import lens
+    from lmviz.forward import trace
 
     t = trace.trace(smollm, TEXT)
     for layer in (0, 12, 29):

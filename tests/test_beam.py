@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from lmviz import beam
-from lmviz.tables import beam as tables
+from lmviz.analyses import beam
+from lmviz.present.tables import beam as tables
 from lmviz.cli import main
 from lmviz.errors import LmvizError
 from tests import bounds

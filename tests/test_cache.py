@@ -1,4 +1,4 @@
-"""lmviz.cache: single-flight, bounded in bytes, keyed by content; and the memory it really holds."""
+"""lmviz.forward.cache: single-flight, bounded in bytes, keyed by content; and the memory it really holds."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from lmviz import lens, loss, sampling
-from lmviz import trace as tracing
-from lmviz.cache import CACHE, Cache, nbytes
+from lmviz.analyses import lens, loss, sampling
+from lmviz.forward import trace as tracing
+from lmviz.forward.cache import CACHE, Cache, nbytes
 
 
 def test_one_computation_per_key_and_stored_before_waiters_wake():

@@ -1,4 +1,4 @@
-"""lmviz.classification: seed 002's logits -> labels and the loss per label, against plain transformers.
+"""lmviz.analyses.classification: seed 002's logits -> labels and the loss per label, against plain transformers.
 """
 
 
@@ -12,8 +12,9 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from lmviz import classification, models
-from lmviz.tables import heads as tables
+from lmviz.analyses import classification
+from lmviz.model import models
+from lmviz.present.tables import heads as tables
 from lmviz.errors import LmvizError
 from tests import bounds
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from lmviz import compute
-from lmviz import trace as tracing
+from lmviz.model import compute
+from lmviz.forward import trace as tracing
 
 
 @pytest.fixture

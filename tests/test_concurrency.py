@@ -4,9 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from lmviz import models
-from lmviz import trace as tracing
-from lmviz.cache import CACHE, Cache
+from lmviz.model import models
+from lmviz.forward import trace as tracing
+from lmviz.forward.cache import CACHE, Cache
 
 TEXTS = [
     "The capital of France is", "This weekend I plan to", "Once upon a time", "héllo wörld 東京 😀",
@@ -59,7 +59,7 @@ def test_encode_and_batch_from_many_threads(smollm):
 
 def test_generations_from_many_threads(smollm):
     """Seeded sampling and beam search run from 8 threads give the single-threaded results."""
-    from lmviz import beam, sampling
+    from lmviz.analyses import beam, sampling
 
     settings = sampling.SamplingSettings(temperature=0.8, top_p=0.9)
     prompts = TEXTS[:4]

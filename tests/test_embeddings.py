@@ -1,4 +1,4 @@
-"""lmviz.embeddings: seed 004's neighbour table, tied or not, recomputed from the model's own modules.
+"""lmviz.analyses.embeddings: seed 004's neighbour table, tied or not, recomputed from the model's own modules.
 """
 
 import json
@@ -10,7 +10,8 @@ from transformers import (
     AutoModelForCausalLM,
 )
 
-from lmviz import embeddings, models
+from lmviz.analyses import embeddings
+from lmviz.model import models
 from lmviz.cli import main
 from lmviz.errors import LmvizError
 from tests import bounds

@@ -2,9 +2,9 @@
 
 import pytest
 
-from lmviz import compare, loss, sampling
-from lmviz.plots import loss as loss_plots
-from lmviz.plots import sampling as sampling_plots
+from lmviz.analyses import compare, loss, sampling
+from lmviz.present.plots import loss as loss_plots
+from lmviz.present.plots import sampling as sampling_plots
 
 HOSTILE = 'Hi <script>alert(1)</script> <img src=x onerror="alert(2)"> & done'
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from lmviz import interventions, models
-from lmviz import trace as tracing
+from lmviz.model import interventions, models
+from lmviz.forward import trace as tracing
 from lmviz.errors import LmvizError
-from lmviz.interventions import FINAL, Edit, Recording, Site
+from lmviz.model.interventions import FINAL, Edit, Recording, Site
 from tests import bounds
 
 TEXT = "The capital of France is Paris, and the capital of England is"

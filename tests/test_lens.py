@@ -18,16 +18,18 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from lmviz import cli, lens, models
-from lmviz.tables import lens as tables
-from lmviz import trace as tracing
-from lmviz.head import Head
+from lmviz import cli
+from lmviz.analyses import lens
+from lmviz.model import models
+from lmviz.present.tables import lens as tables
+from lmviz.forward import trace as tracing
+from lmviz.model.head import Head
 from lmviz.errors import LmvizError
 from tests import bounds
 
 TEXT = "The capital of France is Paris, and the capital of England is"
 
-FINAL_NORM = {  # written out per architecture, independently of lmviz.models.FINAL_NORM_PATHS
+FINAL_NORM = {  # written out per architecture, independently of lmviz.model.models.FINAL_NORM_PATHS
     "gpt2": lambda m: m.transformer.ln_f,
     "llama": lambda m: m.model.norm,
     "gemma3_text": lambda m: m.model.norm,
@@ -426,7 +428,7 @@ def test_cli_positions_window(tiny_dirs, capsys):
 def test_window_figures_and_tables_equal_those_of_the_whole_lens(tiny_llama):
     """A window's heatmap, tables and trajectories name the same text positions, next tokens and values as
     the whole lens's: also at the window's last column, whose next token lies outside the window."""
-    from lmviz.plots import lens as plots
+    from lmviz.present.plots import lens as plots
 
     t = tracing.trace(tiny_llama, TEXT)
     watched = lens.resolve_watched(tiny_llama, [" Paris"])

@@ -1,4 +1,4 @@
-"""lmviz.loss against independent computations written here with plain torch / transformers."""
+"""lmviz.analyses.loss against independent computations written here with plain torch / transformers."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmviz import cli, compare, loss, windows
-from lmviz.tables import loss as tables
-from lmviz.cache import CACHE
+from lmviz import cli
+from lmviz.analyses import compare, loss, windows
+from lmviz.present.tables import loss as tables
+from lmviz.forward.cache import CACHE
 from lmviz.cli import main
 from lmviz.errors import LmvizError
-from lmviz.plots import loss as loss_plots
+from lmviz.present.plots import loss as loss_plots
 from tests import bounds
 from tests.tiny_models import CORPUS
 
@@ -454,7 +455,7 @@ def test_cli_loss_json(tiny_dirs, capsys):
     code = main(["loss", LONG, "--model", tiny_dirs["gpt2"], "--max-length", "64", "--stride", "32", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    from lmviz import models
+    from lmviz.model import models
 
     lm = models.load(tiny_dirs["gpt2"])
     ids = ids_of(lm, LONG)
@@ -469,7 +470,7 @@ def test_cli_loss_json(tiny_dirs, capsys):
 def test_cli_loss_readable_and_errors(tiny_dirs, tmp_path, capsys):
     assert main(["loss", SHORT, "--model", tiny_dirs["gpt2"]]) == 0
     out = capsys.readouterr().out
-    from lmviz import models
+    from lmviz.model import models
 
     tokens = loss.loss_report(models.load(tiny_dirs["gpt2"]), SHORT).tokens
     assert "Perplexity (base e)" in out and all(token in out for token in tokens)
@@ -487,6 +488,6 @@ def test_cli_loss_readable_and_errors(tiny_dirs, tmp_path, capsys):
 
 def test_perplexity_overflow_is_infinite_not_an_error():
     """One very long, very improbable word: e^(total NLL) does not fit a float; show inf, don't crash."""
-    from lmviz.loss import exp_or_inf
+    from lmviz.analyses.loss import exp_or_inf
 
     assert exp_or_inf(1000.0) == float("inf") and exp_or_inf(1.0) == pytest.approx(2.718281828)

@@ -1,4 +1,4 @@
-"""lmviz.masked_lm: the MLM head read from the model, fill-mask and the loss three ways (seeds 000/001), recomputed with
+"""lmviz.analyses.masked_lm: the MLM head read from the model, fill-mask and the loss three ways (seeds 000/001), recomputed with
 plain transformers; and AntiBERTy, a real masked LM shipped in a package.
 """
 
@@ -15,10 +15,11 @@ from transformers import (
     BertForMaskedLM,
 )
 
-from lmviz import classification, masked_lm, models
-from lmviz.tables import heads as tables
+from lmviz.analyses import classification, masked_lm
+from lmviz.model import models
+from lmviz.present.tables import heads as tables
 from lmviz.cli import main
-from lmviz.embedded import antiberty
+from lmviz.model.embedded import antiberty
 from lmviz.errors import LmvizError
 from tests import bounds
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from lmviz import embedded, models
+from lmviz.model import embedded, models
 from lmviz.errors import LmvizError
 
 
@@ -146,9 +146,9 @@ def test_remote_code_is_never_trusted(tmp_path):
 
 def test_one_refusal_for_a_model_that_is_not_causal(tiny_bert):
     """Every analysis that needs next-token predictions refuses a masked LM with the same one message."""
-    from lmviz import ablation, attribution, beam, lens, loss, sampling, whatif
-    from lmviz import trace as tracing
-    from lmviz.interventions import Component
+    from lmviz.analyses import ablation, attribution, beam, lens, loss, sampling, whatif
+    from lmviz.forward import trace as tracing
+    from lmviz.model.interventions import Component
 
     text = "the capital of france"
     calls = {

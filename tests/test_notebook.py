@@ -5,7 +5,9 @@ import pytest
 import torch
 from IPython.core.interactiveshell import InteractiveShell
 
-from lmviz import attention, attribution, lens, loss, notebook, sampling, trace
+from lmviz.analyses import attention, attribution, lens, loss, sampling
+from lmviz.forward import trace
+from lmviz.present import notebook
 
 TEXT = "The capital of France is"
 

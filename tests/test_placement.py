@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
-from lmviz import beam, cli, lens, loss, models, placement, sampling
-from lmviz import trace as tracing
+from lmviz import cli
+from lmviz.analyses import beam, lens, loss, sampling
+from lmviz.model import models, placement
+from lmviz.forward import trace as tracing
 from lmviz.errors import LmvizError
 from tests.test_beam import assert_matches_generate
 

@@ -1,6 +1,6 @@
 """Token strings become plotly text only HTML-escaped."""
 
-from lmviz.plots import safe_label
+from lmviz.present.plots import safe_label
 
 
 def test_safe_label_escapes_html():
@@ -13,7 +13,7 @@ def test_standalone_html_works_offline():
     names a map-tiles address inside, used only by geographic charts)."""
     import plotly.graph_objects as go
 
-    from lmviz.plots import standalone_html
+    from lmviz.present.plots import standalone_html
 
     html = standalone_html(go.Figure(go.Bar(x=["·visit", "<b>"], y=[0.4, 0.1])))
     assert "<html>" in html[:100] and "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js inside

@@ -1,4 +1,4 @@
-"""lmviz.sampling against independent computations: the lecture's printed table, transformers'
+"""lmviz.analyses.sampling against independent computations: the lecture's printed table, transformers'
 logits processors, plain torch softmax/entropy, and model.generate(do_sample=...) itself."""
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
-from lmviz import decoding, sampling
-from lmviz.tables import sampling as tables
-from lmviz import trace as tracing
-from lmviz.cache import CACHE
+from lmviz.analyses import sampling
+from lmviz.forward import decoding
+from lmviz.present.tables import sampling as tables
+from lmviz.forward import trace as tracing
+from lmviz.forward.cache import CACHE
 from lmviz.cli import main
 from lmviz.errors import LmvizError
-from lmviz.sampling import SamplingSettings
+from lmviz.analyses.sampling import SamplingSettings
 from tests import bounds
 
 PROMPT = "This weekend I plan to"
@@ -344,7 +345,7 @@ def test_seeded_sampling_equals_generate(smollm, settings, seed, steps, referenc
 
 @pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_llama"])
 def test_the_one_loop_equals_generate(request, model):
-    """lmviz.decoding.Decoding itself: the greedy chooser is generate(do_sample=False); a Sampler is
+    """lmviz.forward.decoding.Decoding itself: the greedy chooser is generate(do_sample=False); a Sampler is
     generate(do_sample=True) after torch.manual_seed with the same seed, for a couple of settings."""
     lm = request.getfixturevalue(model)
     ids = lm.tokenizer(PROMPT)["input_ids"]

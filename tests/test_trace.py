@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lmviz import trace as tracing
-from lmviz.cache import Cache
+from lmviz.forward import trace as tracing
+from lmviz.forward.cache import Cache
 from lmviz.errors import LmvizError
 
 

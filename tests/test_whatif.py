@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from lmviz import decoding, whatif
+from lmviz.analyses import whatif
+from lmviz.forward import decoding
 from lmviz.errors import LmvizError
 from tests import bounds
 

@@ -1,4 +1,4 @@
-"""Tiny random models written to disk with save_pretrained, for loading through lmviz.models.load.
+"""Tiny random models written to disk with save_pretrained, for loading through lmviz.model.models.load.
 
 Each builder trains a small tokenizer on CORPUS (no hub needed), builds a
 model from a config with random weights (seeded), and saves both as

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 
 from typing import Callable
 
-from lmviz import attention, attribution, lens, loss, sampling, trace
+from lmviz.analyses import attention, attribution, lens, loss, sampling
+from lmviz.forward import trace
 from lmviz.app import pages
 from lmviz.app.settings import LAST, Attention, Beam, Heads, Home, Lens, Loss, Sampling, Setting
-from lmviz.embedded import antiberty
+from lmviz.model.embedded import antiberty
 from lmviz.errors import LmvizError
-from lmviz.models import LoadedModel
+from lmviz.model.models import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from lmviz import attention, classification, lens, sampling
-from lmviz.whatif import decode_branches, encode_branches
+from lmviz.analyses import attention, classification, lens, sampling
+from lmviz.analyses.whatif import decode_branches, encode_branches
 
 class _Last:
     """The highest value the current text or model allows: the last position, the output layer ("last" in a URL)."""

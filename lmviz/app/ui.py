@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from lmviz import compute, models
+from lmviz.model import compute, models
 from lmviz.app import lessons, pages
 from lmviz.app.settings import LAST, Setting, Sidebar
 from lmviz.errors import LmvizError
-from lmviz.placement import tolerance_note
-from lmviz.plots import standalone_html
+from lmviz.model.placement import tolerance_note
+from lmviz.present.plots import standalone_html
 
 OTHER_MODEL = "Other (type a name or folder)…"
 MAX_CHARS = int(os.environ.get("LMVIZ_MAX_CHARS", "20000"))
-compute.configure_threads(server=True)  # the server shares its cores between compute slots (lmviz.compute)
+compute.configure_threads(server=True)  # the server shares its cores between compute slots (lmviz.model.compute)
 
 
 def init(setting: Setting, default=None, high: float | None = None) -> None:

@@ -107,7 +107,7 @@ def test_lens_page(page, server_url):
 def test_lens_page_on_a_long_text(page, server_url):
     """About 2,000 tokens: the page shows the last 24 positions at once, a slider moves the window, and the
     whole lens is computed only on click (then offered as a CSV)."""
-    from lmviz import loss
+    from lmviz.analyses import loss
 
     text = " ".join(loss.sample_texts()["long"].split()[:1500])
     page.set_viewport_size({"width": 1920, "height": 1080})  # a projector
@@ -210,7 +210,7 @@ def test_an_exported_chart_opens_offline(page, tmp_path):
     """The "⬇ HTML" file of a chart draws itself in a browser with the network off."""
     import plotly.graph_objects as go
 
-    from lmviz.plots import standalone_html
+    from lmviz.present.plots import standalone_html
 
     exported = tmp_path / "chart.html"
     exported.write_text(standalone_html(go.Figure(go.Bar(x=["·visit", "<b>"], y=[0.4, 0.1]))), encoding="utf-8")

@@ -4,8 +4,9 @@ lens opens it on a cell, and a model whose blocks can't be split gets one clear 
 
 import pytest
 
-from lmviz import ablation, attribution, models
-from lmviz.interventions import Component
+from lmviz.analyses import ablation, attribution
+from lmviz.model import models
+from lmviz.model.interventions import Component
 from tests import architecture_zoo, tiny_models
 from tests.views import app, run_page
 

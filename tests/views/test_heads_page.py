@@ -31,7 +31,7 @@ def test_causal_model_tied_table_and_classification(smollm):
     classes = frame_with(at, "loss if this label were true")
     assert classes["label"].tolist() == ["negative", "positive"]
     # the page's default head: random, seed 0, pooled from the last token's final hidden state
-    from lmviz import classification
+    from lmviz.analyses import classification
 
     head = classification.random_head(smollm, ["negative", "positive"], "last", seed=0)
     pooled = classification.pooled_hidden(smollm, "This weekend I plan to", "last")

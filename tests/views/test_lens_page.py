@@ -2,7 +2,7 @@
 
 import torch
 
-from lmviz import trace as tracing
+from lmviz.forward import trace as tracing
 from lmviz.tokens import display_token
 from tests.views import run_page
 
@@ -92,7 +92,7 @@ def test_long_text_is_truncated_with_a_notice(tiny_gpt2, tiny_dirs):
 def test_a_long_text_computes_only_the_positions_shown(smollm):
     """At 300 tokens the page projects the heatmap's window (and one position for the tables), never the
     whole lens, until "Compute every layer × position" is clicked; then the CSV holds every position."""
-    from lmviz.cache import CACHE
+    from lmviz.forward.cache import CACHE
 
     text = " ".join(f"Item {i} is on shelf {i % 7}." for i in range(40))
     n_pos = tracing.trace(smollm, text).n_tokens

@@ -94,7 +94,7 @@ def test_the_induction_step_opens_an_induction_head_and_comes_back_to_its_exampl
     for key, value in urllib.parse.parse_qsl(urllib.parse.urlsplit(lessons.step_url(lesson, index)).query):
         at.query_params[key] = value
     at.run()
-    from lmviz import attention  # the page's head, scored independently of the page's own choice
+    from lmviz.analyses import attention  # the page's head, scored independently of the page's own choice
 
     scores = attention.attention(smollm, lessons.example(lesson, index)).stats["induction"]
     layer, head = at.session_state["att_layer"], at.session_state["att_head"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lmviz.app import ui
-from lmviz import loss
+from lmviz.analyses import loss
 from tests import bounds
 from tests.views import run_page
 

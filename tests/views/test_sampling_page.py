@@ -2,8 +2,8 @@
 
 import torch
 
-from lmviz import trace as tracing
-from lmviz.sampling import lecture_number
+from lmviz.forward import trace as tracing
+from lmviz.analyses.sampling import lecture_number
 from tests import bounds
 from tests.views import app, frame_with, run_page
 
@@ -123,7 +123,7 @@ def test_what_if_two_branches(smollm):
     """Fork the model's path at step 3, then fork that branch at step 6: a tree of three branches whose
     columns show each branch's tokens and log-probabilities (the backend's, tested in tests/test_whatif.py),
     kept in the URL so the view can be shared."""
-    from lmviz import whatif
+    from lmviz.analyses import whatif
 
     at = run_page("sampling", "This weekend I plan to", sampling_steps=8)
     at.number_input(key="sampling_fork_step").set_value(3).run()

@@ -8,10 +8,11 @@ import streamlit as st
 
 from lmviz.app import ui
 from lmviz.app.settings import Attention
-from lmviz import ablation, attention, attribution, trace
+from lmviz.analyses import ablation, attention, attribution
+from lmviz.forward import trace
 from lmviz.errors import LmvizError
-from lmviz.interventions import Component
-from lmviz.plots import attention as plots
+from lmviz.model.interventions import Component
+from lmviz.present.plots import attention as plots
 from lmviz.tokens import markdown_safe
 
 st.title("Attention & attribution")

@@ -6,9 +6,9 @@ import streamlit as st
 
 from lmviz.app import ui
 from lmviz.app.settings import Beam
-from lmviz import beam
-from lmviz.tables import beam as tables
-from lmviz.plots import beam as plots
+from lmviz.analyses import beam
+from lmviz.present.tables import beam as tables
+from lmviz.present.plots import beam as plots
 
 st.title("Beam search")
 st.caption(

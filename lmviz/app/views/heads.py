@@ -11,10 +11,10 @@ import streamlit as st
 
 from lmviz.app import ui
 from lmviz.app.settings import Heads, Sidebar
-from lmviz import classification, embeddings, masked_lm
-from lmviz.tables import heads as tables
-from lmviz.embedded import antiberty
-from lmviz.plots import heads as plots
+from lmviz.analyses import classification, embeddings, masked_lm
+from lmviz.present.tables import heads as tables
+from lmviz.model.embedded import antiberty
+from lmviz.present.plots import heads as plots
 
 MAX_GRID_ROWS = 40  # the neighbour grid shows the first tokens; the table below has them all
 EXAMPLES = """positive: What a lovely day, I enjoyed every minute.

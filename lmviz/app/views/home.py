@@ -5,7 +5,7 @@ import streamlit as st
 
 from lmviz.app import ui
 from lmviz.app.settings import Home
-from lmviz import trace
+from lmviz.forward import trace
 from lmviz.tokens import display_tokens
 
 st.title("Model & tokens")

@@ -4,10 +4,11 @@ import streamlit as st
 
 from lmviz.app import pages, ui
 from lmviz.app.settings import Attention, Lens
-from lmviz import lens, trace
-from lmviz.tables import lens as tables
+from lmviz.analyses import lens
+from lmviz.forward import trace
+from lmviz.present.tables import lens as tables
 from lmviz.errors import LmvizError
-from lmviz.plots import lens as plots
+from lmviz.present.plots import lens as plots
 from lmviz.tokens import markdown_safe, visible
 
 st.title("Logit lens")

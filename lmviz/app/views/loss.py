@@ -7,9 +7,10 @@ import streamlit as st
 
 from lmviz.app import ui
 from lmviz.app.settings import Loss
-from lmviz import compare, loss, models
-from lmviz.tables import loss as tables
-from lmviz.plots import loss as plots
+from lmviz.analyses import compare, loss
+from lmviz.model import models
+from lmviz.present.tables import loss as tables
+from lmviz.present.plots import loss as plots
 
 st.title("Loss & perplexity")
 st.caption(

@@ -7,11 +7,11 @@ import streamlit as st
 
 from lmviz.app import ui
 from lmviz.app.settings import Sampling
-from lmviz import sampling, whatif
-from lmviz.tables import sampling as tables
+from lmviz.analyses import sampling, whatif
+from lmviz.present.tables import sampling as tables
 from lmviz.errors import LmvizError
-from lmviz.plots import sampling as plots
-from lmviz.plots.beam import branch_name, branches_figure
+from lmviz.present.plots import sampling as plots
+from lmviz.present.plots.beam import branch_name, branches_figure
 from lmviz.tokens import markdown_safe
 
 st.title("Temperature & sampling")

@@ -1,0 +1,1 @@
+"""The analyses: one module and one result dataclass each, computed from the model and its passes."""

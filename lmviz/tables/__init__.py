@@ -1,6 +1,0 @@
-"""Results -> pandas tables with display column names: what the pages, the CLI and a notebook show.
-
-One module per analysis, like `lmviz.plots`: the analysis modules compute, these
-only arrange their numbers in rows and name the columns for a reader
-("nll (nats)", "p final", …).
-"""

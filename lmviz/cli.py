@@ -559,14 +559,14 @@ def add_app(commands, common) -> None:
 
 
 def run_app(args):
-    """Runs `streamlit run` on the dashboard inside the package until it is stopped; exits with its code."""
-    import subprocess
-
+    """Becomes `streamlit run` on the dashboard inside the package (the process is replaced, so stopping
+    `lmviz app` stops the server)."""
     from lmviz.app import MAIN
 
     command = [sys.executable, "-m", "streamlit", "run", str(MAIN), *streamlit_options(),
                "--server.port", str(args.port), *args.streamlit_args]
-    raise SystemExit(subprocess.call(command))
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 def streamlit_options() -> list[str]:

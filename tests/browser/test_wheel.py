@@ -73,5 +73,5 @@ def test_lmviz_app_serves_every_page(installed, smollm, browser, tmp_path):
             assert each.title in page.inner_text('[data-testid="stSidebarNav"]')
     finally:
         context.close()
-        process.terminate()
+        process.terminate()  # `lmviz app` became the server: this stops it
         process.wait(timeout=30)

@@ -1,8 +1,9 @@
 """Every page's settings as objects: the one place that names them.
 
 A `Setting` is one control of a page: its key (the widget's key in the session
-and its parameter in the URL, the same name), its default, and which values it
-takes. The page draws its widget with `key=setting.key`; `ui.init` gives it its
+and its parameter in the URL, the same name), its default, which values it
+takes (its parser: `parse`) and its label. The page draws its widget with
+`setting.label` and `key=setting.key`; `ui.init` gives it its
 first value from the URL; `ui.sync` writes it back, so a link opens the same
 view. Lessons and links between pages (the lens's "Which blocks wrote …?")
 name settings and values through these objects, never through strings, so a
@@ -45,6 +46,8 @@ class Setting:
     high: float | None = None  # None for an int setting: the page gives the limit (LAST stands for it)
     decode: Callable[[str], object] | None = None  # URL text -> value for a structured value (else by type)
     encode: Callable[[object], str] = str  # value -> URL text
+    label: str = ""  # the widget's label on its page
+    label: str = ""  # the widget's label on its page
 
     @property
     def kind(self) -> type:
@@ -97,24 +100,25 @@ class Sidebar:
 
 # ---------------------------------------------------------------- Model & tokens
 class Home:
-    BATCH_WITH = Setting("batch_with", "Hi")
+    BATCH_WITH = Setting("batch_with", "Hi", label="Batch the sidebar text with")
 
 
 # ---------------------------------------------------------------- Logit lens
 class Lens:
-    STATISTIC = Setting("lens_stat", "top1_prob", choices=tuple(lens.STATISTICS))
-    NORMALIZED = Setting("lens_normalized", True)
-    K = Setting("lens_k", 10, low=1, high=20)
-    STRIDE = Setting("lens_stride", 1, low=1, high=64)
-    TABLE = Setting("lens_table", "by layer", choices=("by layer", "by position"))
-    VALUES = Setting("lens_values", "token", choices=("token", "token+prob", "prob", "id"))
-    WATCH = Setting("lens_watch", "visit, go")
-    SPACE = Setting("lens_space", True)
-    WATCH_VALUE = Setting("lens_watch_value", "prob", choices=("prob", "rank"))
-    WINDOW = Setting("lens_window", (0, 0), low=0)  # the heatmap's positions; default: the last 24
-    LAYER = Setting("lens_layer", LAST, low=0)
-    POSITION = Setting("lens_pos", LAST, low=0)
-    WATCH_POSITION = Setting("lens_watch_pos", LAST, low=0)
+    STATISTIC = Setting("lens_stat", "top1_prob", choices=tuple(lens.STATISTICS), label="Colour by")
+    NORMALIZED = Setting("lens_normalized", True, label="Normalized (final norm at every layer)")
+    K = Setting("lens_k", 10, low=1, high=20, label="top-k")
+    STRIDE = Setting("lens_stride", 1, low=1, high=64, label="Layer stride (the output layer is always kept)")
+    TABLE = Setting("lens_table", "by layer", choices=("by layer", "by position"), label="Table")
+    VALUES = Setting("lens_values", "token", choices=("token", "token+prob", "prob", "id"), label="Cells")
+    WATCH = Setting("lens_watch", "visit, go", label="Watch tokens (comma-separated)")
+    SPACE = Setting("lens_space", True, label="Add a leading space")
+    WATCH_VALUE = Setting("lens_watch_value", "prob", choices=("prob", "rank"), label="Show")
+    # the heatmap's positions; default: the last 24
+    WINDOW = Setting("lens_window", (0, 0), low=0, label="Positions shown")
+    LAYER = Setting("lens_layer", LAST, low=0, label="Layer")
+    POSITION = Setting("lens_pos", LAST, low=0, label="Position")
+    WATCH_POSITION = Setting("lens_watch_pos", LAST, low=0, label="After position")
     SHOWN_COLUMNS = 24  # the window a text opens with
     MAX_COLUMNS = 60  # the most positions the heatmap shows at once, so that cells stay readable
 
@@ -122,32 +126,34 @@ class Lens:
 # ---------------------------------------------------------------- Temperature & sampling
 class Sampling:
     NEXT_TAB, STEPS_TAB, TOY_TAB = "Next token", "Step by step", "Toy logits (the lecture's table)"
-    TEMPERATURE = Setting("sampling_temperature", 1.0, low=0.0, high=5.0)
-    TOP_K = Setting("sampling_top_k", 0, low=0, high=10**7)
-    TOP_P = Setting("sampling_top_p", 1.0, low=0.01, high=1.0)
-    MIN_P = Setting("sampling_min_p", 0.0, low=0.0, high=1.0)
-    TYPICAL_P = Setting("sampling_typical_p", 1.0, low=0.01, high=1.0)
-    PENALTY = Setting("sampling_penalty", 1.0, low=0.5, high=2.0)
-    TOP_N = Setting("sampling_top_n", 20, low=5, high=60)
-    SEED = Setting("sampling_seed", 0, low=0, high=2**31 - 1)
+    TEMPERATURE = Setting("sampling_temperature", 1.0, low=0.0, high=5.0, label="Temperature T")
+    TOP_K = Setting("sampling_top_k", 0, low=0, high=10**7, label="top-k (0 = off)")
+    TOP_P = Setting("sampling_top_p", 1.0, low=0.01, high=1.0, label="top-p (1 = off)")
+    MIN_P = Setting("sampling_min_p", 0.0, low=0.0, high=1.0, label="min-p (0 = off)")
+    TYPICAL_P = Setting("sampling_typical_p", 1.0, low=0.01, high=1.0, label="typical-p (1 = off)")
+    PENALTY = Setting("sampling_penalty", 1.0, low=0.5, high=2.0, label="Repetition penalty (1 = off)")
+    TOP_N = Setting("sampling_top_n", 20, low=5, high=60, label="Tokens shown")
+    SEED = Setting("sampling_seed", 0, low=0, high=2**31 - 1, label="Seed")
     TAB = Setting("sampling_tab", NEXT_TAB, choices=(NEXT_TAB, STEPS_TAB, TOY_TAB))
     BRANCHES = Setting("sampling_branches", [()], decode=decode_branches,  # what-if forks; the model's own first
                        encode=lambda branches: encode_branches(branches[1:]))
-    TOY_LOGITS = Setting("sampling_toy_logits", ", ".join(f"{v:g}" for v in sampling.LECTURE_LOGITS))
-    TOY_TEMPERATURES = Setting("sampling_toy_temps", ", ".join(f"{v:g}" for v in sampling.LECTURE_TEMPERATURES))
-    TOY_SHIFT = Setting("sampling_toy_shift", 0.0, low=-50.0, high=50.0)
+    TOY_LOGITS = Setting("sampling_toy_logits", ", ".join(f"{v:g}" for v in sampling.LECTURE_LOGITS), label="Logits x")
+    TOY_TEMPERATURES = Setting("sampling_toy_temps", ", ".join(f"{v:g}" for v in sampling.LECTURE_TEMPERATURES),
+                               label="Temperatures T")
+    TOY_SHIFT = Setting("sampling_toy_shift", 0.0, low=-50.0, high=50.0, label="Constant c added to every logit")
 
 
 # ---------------------------------------------------------------- Beam search
 class Beam:
     EARLY_STOPPING_LABELS = {"false": "False (default)", "true": "True", "never": "never"}
-    BEAMS = Setting("beam_beams", 3, low=1, high=8)
-    NEW_TOKENS = Setting("beam_new", 6, low=1, high=20)
-    LENGTH_PENALTY = Setting("beam_lp", 1.0, low=-3.0, high=3.0)
-    EARLY_STOPPING = Setting("beam_es", "false", choices=tuple(EARLY_STOPPING_LABELS))
-    PRUNED = Setting("beam_pruned", 2, low=0, high=5)
-    SEED = Setting("beam_seed", 0, low=0, high=2**31 - 1)
-    FRAME = Setting("beam_frame", LAST, low=1)  # the replay's frame; LAST: the finished search
+    BEAMS = Setting("beam_beams", 3, low=1, high=8, label="Beams K")
+    NEW_TOKENS = Setting("beam_new", 6, low=1, high=20, label="New tokens")
+    LENGTH_PENALTY = Setting("beam_lp", 1.0, low=-3.0, high=3.0, label="Length penalty")
+    EARLY_STOPPING = Setting("beam_es", "false", choices=tuple(EARLY_STOPPING_LABELS), label="Early stopping")
+    PRUNED = Setting("beam_pruned", 2, low=0, high=5, label="Pruned shown per beam")
+    SEED = Setting("beam_seed", 0, low=0, high=2**31 - 1, label="Sampling seed")
+    # the replay's frame; LAST: the finished search
+    FRAME = Setting("beam_frame", LAST, low=1, label="Replay the search")
 
 
 # ---------------------------------------------------------------- Loss & perplexity
@@ -156,41 +162,46 @@ class Loss:
         "Token by token", "Two texts", "Two models", "By layer", "Context length")
     SIDEBAR_TEXT, LONG_SAMPLE = "Sidebar text", "Long sample (Pride and Prejudice, ch. 1–3)"
     SURPRISAL, RANK_BUCKET = "Surprisal", "Rank bucket"
-    VIEW = Setting("loss_view", TOKENS_VIEW, choices=(TOKENS_VIEW, TWO_TEXTS, TWO_MODELS, BY_LAYER, CONTEXT))
-    SOURCE = Setting("loss_source", SIDEBAR_TEXT, choices=(SIDEBAR_TEXT, LONG_SAMPLE))
-    COLOUR = Setting("loss_colour", SURPRISAL, choices=(SURPRISAL, RANK_BUCKET))
-    WINDOW_LENGTH = Setting("loss_max_length", 1024, low=1, high=10**9)  # the page caps it at the model's context
-    STRIDE = Setting("loss_stride", 512, low=1, high=10**9)
-    TEXT_A = Setting("loss_text_a", "")  # the page's default: the class example and its scrambled twin
-    TEXT_B = Setting("loss_text_b", "")
+    VIEW = Setting("loss_view", TOKENS_VIEW, choices=(TOKENS_VIEW, TWO_TEXTS, TWO_MODELS, BY_LAYER, CONTEXT),
+                   label="View")
+    SOURCE = Setting("loss_source", SIDEBAR_TEXT, choices=(SIDEBAR_TEXT, LONG_SAMPLE), label="Text")
+    COLOUR = Setting("loss_colour", SURPRISAL, choices=(SURPRISAL, RANK_BUCKET), label="Colour by")
+    # the page caps it at the model's context
+    WINDOW_LENGTH = Setting("loss_max_length", 1024, low=1, high=10**9, label="Window: max length (tokens)")
+    STRIDE = Setting("loss_stride", 512, low=1, high=10**9, label="Stride (new tokens per window)")
+    TEXT_A = Setting("loss_text_a", "", label="Text A")  # the page's default: the class example and its scrambled twin
+    TEXT_B = Setting("loss_text_b", "", label="Text B")
 
 
 # ---------------------------------------------------------------- Heads & embeddings
 class Heads:
     TIED_TAB, MASKED_TAB, CLASSIFICATION_TAB = "Tied embeddings", "Masked LM", "Classification"
-    K = Setting("heads_k", 10, low=1, high=20)
-    METRIC = Setting("heads_metric", "dot", choices=("dot", "cosine"))
-    MASK_K = Setting("heads_mask_k", 5, low=1, high=20)
-    SOURCE = Setting("heads_source", "random", choices=("random", "fitted"))
-    LABELS = Setting("heads_labels", "negative, positive")
-    SEED = Setting("heads_seed", 0, low=0, high=2**31 - 1)
-    POOLING = Setting("heads_pooling", "last", choices=classification.POOLINGS)  # "first" for a masked LM
+    K = Setting("heads_k", 10, low=1, high=20, label="Neighbours per token (k)")
+    METRIC = Setting("heads_metric", "dot", choices=("dot", "cosine"), label="Score")
+    MASK_K = Setting("heads_mask_k", 5, low=1, high=20, label="Tokens per mask (k)")
+    SOURCE = Setting("heads_source", "random", choices=("random", "fitted"), label="Head")
+    LABELS = Setting("heads_labels", "negative, positive", label="Labels, in id order (comma-separated)")
+    SEED = Setting("heads_seed", 0, low=0, high=2**31 - 1, label="Seed")
+    # "first" for a masked LM
+    POOLING = Setting("heads_pooling", "last", choices=classification.POOLINGS, label="Pooling")
     TAB = Setting("heads_tab", TIED_TAB, choices=(TIED_TAB, MASKED_TAB, CLASSIFICATION_TAB))
 
 
 # ---------------------------------------------------------------- Attention & attribution
 class Attention:
     TOP_PREDICTION, NEXT_TOKEN, TYPED = "top prediction", "actual next token", "a token I type"
-    STATISTIC = Setting("att_stat", "previous", choices=tuple(attention.STATISTICS))
-    WINDOW = Setting("att_window", (0, 0), low=0)  # the queries shown; default: the last DEFAULT_WINDOW
-    LAYER = Setting("att_layer", 0, low=0)  # default: the strongest head for the statistic
-    HEAD = Setting("att_head", 0, low=0)
-    QUERY = Setting("att_query", LAST, low=0)
-    POSITION = Setting("att_position", LAST, low=0)
-    TARGET = Setting("att_target_kind", TOP_PREDICTION, choices=(TOP_PREDICTION, NEXT_TOKEN, TYPED))
-    TARGET_TEXT = Setting("att_target_text", "")
+    STATISTIC = Setting("att_stat", "previous", choices=tuple(attention.STATISTICS), label="Colour heads by")
+    # the queries shown; default: the last DEFAULT_WINDOW
+    WINDOW = Setting("att_window", (0, 0), low=0, label="Queries shown")
+    LAYER = Setting("att_layer", 0, low=0, label="Layer")  # default: the strongest head for the statistic
+    HEAD = Setting("att_head", 0, low=0, label="Head")
+    QUERY = Setting("att_query", LAST, low=0, label="From query")
+    POSITION = Setting("att_position", LAST, low=0, label="After position")
+    TARGET = Setting("att_target_kind", TOP_PREDICTION, choices=(TOP_PREDICTION, NEXT_TOKEN, TYPED),
+                     label="Explain the logit of")
+    TARGET_TEXT = Setting("att_target_text", "", label="Token (text or id)")
     UP_TO = Setting("att_upto", LAST, low=0)  # LAST: the output layer, the model's own logit
-    ABLATE = Setting("att_ablate", "head", choices=("head", "attn", "mlp"))
-    ABLATE_LAYER = Setting("att_ablate_layer", 0, low=0)
-    ABLATE_HEAD = Setting("att_ablate_head", 0, low=0)
-    MODE = Setting("att_mode", "zero", choices=("zero", "mean"))
+    ABLATE = Setting("att_ablate", "head", choices=("head", "attn", "mlp"), label="Part")
+    ABLATE_LAYER = Setting("att_ablate_layer", 0, low=0, label="Layer ")
+    ABLATE_HEAD = Setting("att_ablate_head", 0, low=0, label="Head ")
+    MODE = Setting("att_mode", "zero", choices=("zero", "mean"), label="Replace by")

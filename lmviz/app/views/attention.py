@@ -53,13 +53,14 @@ strongest = divmod(int(scores.nan_to_num(-math.inf).argmax()), n_heads)
 ui.init(Attention.LAYER, strongest[0], high=n_layers - 1)  # first look: the strongest head
 ui.init(Attention.HEAD, strongest[1], high=n_heads - 1)
 if st.session_state.get("_att_stat_seen", ui.value(Attention.STATISTIC)) != ui.value(Attention.STATISTIC):
-    st.session_state[Attention.LAYER.key], st.session_state[Attention.HEAD.key] = strongest  # another statistic: its strongest head
+    # another statistic: its strongest head
+    st.session_state[Attention.LAYER.key], st.session_state[Attention.HEAD.key] = strongest
 st.session_state._att_stat_seen = ui.value(Attention.STATISTIC)
 controls = ui.controls().columns([2, 1, 1])
-controls[0].selectbox("Colour heads by", list(attention.STATISTICS), key=Attention.STATISTIC.key,
+controls[0].selectbox(Attention.STATISTIC.label, list(attention.STATISTICS), key=Attention.STATISTIC.key,
                       format_func=lambda key: attention.STATISTICS[key].split(" (")[0])
-controls[1].number_input("Layer", 0, n_layers - 1, step=1, key=Attention.LAYER.key)
-controls[2].number_input("Head", 0, n_heads - 1, step=1, key=Attention.HEAD.key)
+controls[1].number_input(Attention.LAYER.label, 0, n_layers - 1, step=1, key=Attention.LAYER.key)
+controls[2].number_input(Attention.HEAD.label, 0, n_heads - 1, step=1, key=Attention.HEAD.key)
 st.caption(f"**{ui.value(Attention.STATISTIC)}**: {attention.STATISTICS[ui.value(Attention.STATISTIC)]}. Averaged over "
            "every query but the first. Click a cell to look at that head.")
 overview, detail = st.columns([2, 3])
@@ -70,13 +71,13 @@ with detail:
     ui.chart(plots.pattern(patterns, layer, head), f"attention_L{layer}_H{head}")
 start, stop = patterns.queries
 if n_tokens > 1:
-    st.slider("Queries shown", 0, n_tokens - 1, key=Attention.WINDOW.key,
+    st.slider(Attention.WINDOW.label, 0, n_tokens - 1, key=Attention.WINDOW.key,
               help=f"The patterns keep these query positions (at most {attention.MAX_WINDOW}) and every key before "
               "them; the head statistics always cover the whole text.")
 queries = list(range(start, stop))
 if ui.value(Attention.QUERY) not in queries:
     st.session_state[Attention.QUERY.key] = queries[-1]
-st.selectbox("From query", queries, key=Attention.QUERY.key, format_func=lambda p: f"{p} {patterns.tokens[p]}")
+st.selectbox(Attention.QUERY.label, queries, key=Attention.QUERY.key, format_func=lambda p: f"{p} {patterns.tokens[p]}")
 ui.chart(plots.query_lines(patterns, layer, head, int(ui.value(Attention.QUERY))), f"attention_lines_L{layer}_H{head}")
 
 # ------------------------------------------------------------------ 2. direct logit attribution
@@ -84,10 +85,11 @@ st.header("Which parts wrote the prediction")
 with ui.user_errors():  # attribution and ablation need parts that add up to each block's output
     lm.arch.require_decomposition()
 row = st.columns([1, 1, 1, 1])
-row[0].selectbox("After position", list(range(n_tokens)), key=Attention.POSITION.key,
+row[0].selectbox(Attention.POSITION.label, list(range(n_tokens)), key=Attention.POSITION.key,
                  format_func=lambda p: f"{p} {patterns.tokens[p]}")
-row[1].radio("Explain the logit of", Attention.TARGET.choices, key=Attention.TARGET.key)
-row[2].text_input("Token (text or id)", key=Attention.TARGET_TEXT.key, disabled=ui.value(Attention.TARGET) != Attention.TYPED,
+row[1].radio(Attention.TARGET.label, Attention.TARGET.choices, key=Attention.TARGET.key)
+row[2].text_input(Attention.TARGET_TEXT.label, key=Attention.TARGET_TEXT.key,
+                  disabled=ui.value(Attention.TARGET) != Attention.TYPED,
                   help="A word is read with a leading space (' Paris') when that is one token; · stands for a space.")
 row[3].number_input(f"Up to layer ({n_layers} = the output)", 0, n_layers, step=1, key=Attention.UP_TO.key,
                     help="Below the output, explain the logit lens's logit at that layer: blocks 0 .. layer−1.")
@@ -136,12 +138,12 @@ with st.expander("Every part as a table"):
 # ------------------------------------------------------------------ 3. ablation
 st.header("Take a part out")
 row = st.columns([1, 1, 1, 1])
-row[0].radio("Part", ["head", "attn", "mlp"], key=Attention.ABLATE.key, horizontal=True,
+row[0].radio(Attention.ABLATE.label, ["head", "attn", "mlp"], key=Attention.ABLATE.key, horizontal=True,
              format_func={"head": "one head", "attn": "attention block", "mlp": "MLP block"}.get)
-row[1].number_input("Layer ", 0, n_layers - 1, step=1, key=Attention.ABLATE_LAYER.key)
-row[2].number_input("Head ", 0, n_heads - 1, step=1, key=Attention.ABLATE_HEAD.key,
+row[1].number_input(Attention.ABLATE_LAYER.label, 0, n_layers - 1, step=1, key=Attention.ABLATE_LAYER.key)
+row[2].number_input(Attention.ABLATE_HEAD.label, 0, n_heads - 1, step=1, key=Attention.ABLATE_HEAD.key,
                     disabled=ui.value(Attention.ABLATE) != "head")
-row[3].radio("Replace by", ["zero", "mean"], key=Attention.MODE.key, horizontal=True,
+row[3].radio(Attention.MODE.label, ["zero", "mean"], key=Attention.MODE.key, horizontal=True,
              help="zero: its output becomes 0. mean: its output becomes its mean over this text's positions.")
 kind = ui.value(Attention.ABLATE)
 component = Component(kind, int(ui.value(Attention.ABLATE_LAYER)),

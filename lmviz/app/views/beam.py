@@ -26,22 +26,24 @@ for setting in SETTINGS:
     ui.init(setting)
 
 columns = ui.controls().columns(6)
-columns[0].slider("Beams K", 1, 8, key=Beam.BEAMS.key, help="How many hypotheses stay alive after every step.")
-columns[1].slider("New tokens", 1, 20, key=Beam.NEW_TOKENS.key, help="The longest continuation (max_new_tokens).")
+columns[0].slider(Beam.BEAMS.label, 1, 8, key=Beam.BEAMS.key, help="How many hypotheses stay alive after every step.")
+columns[1].slider(Beam.NEW_TOKENS.label, 1, 20, key=Beam.NEW_TOKENS.key,
+                  help="The longest continuation (max_new_tokens).")
 columns[2].number_input(
-    "Length penalty", -3.0, 3.0, step=0.5, key=Beam.LENGTH_PENALTY.key, format="%.2f",
+    Beam.LENGTH_PENALTY.label, -3.0, 3.0, step=0.5, key=Beam.LENGTH_PENALTY.key, format="%.2f",
     help="A finished hypothesis scores log-prob / length^penalty. 0 = plain sum of log-probabilities; "
     "above 0 favours longer hypotheses, below 0 shorter ones.",
 )
 columns[3].selectbox(
-    "Early stopping", Beam.EARLY_STOPPING.choices, format_func=Beam.EARLY_STOPPING_LABELS.get, key=Beam.EARLY_STOPPING.key,
+    Beam.EARLY_STOPPING.label, Beam.EARLY_STOPPING.choices, format_func=Beam.EARLY_STOPPING_LABELS.get,
+    key=Beam.EARLY_STOPPING.key,
     help="True: stop once K hypotheses have finished. False: stop when the best running beam, scored at its "
     "current length, can no longer beat the worst finished one. never: the same test, but with a positive "
     "length penalty it assumes the longest possible length, so it only stops when no beam can improve.",
 )
-columns[4].slider("Pruned shown per beam", 0, 5, key=Beam.PRUNED.key,
+columns[4].slider(Beam.PRUNED.label, 0, 5, key=Beam.PRUNED.key,
                   help="How many of each beam's most probable pruned candidates to draw.")
-columns[5].number_input("Sampling seed", 0, 2**31 - 1, step=1, key=Beam.SEED.key,
+columns[5].number_input(Beam.SEED.label, 0, 2**31 - 1, step=1, key=Beam.SEED.key,
                         help="The seed of the sampled continuation shown for comparison.")
 ui.sync(*SETTINGS)
 
@@ -66,7 +68,7 @@ if settings_changed or not 1 <= ui.value(Beam.FRAME) <= len(frames):
 st.session_state.beam_frame_of = signature
 if len(frames) > 1:
     st.select_slider(
-        "Replay the search", options=list(range(1, len(frames) + 1)), key=Beam.FRAME.key,
+        Beam.FRAME.label, options=list(range(1, len(frames) + 1)), key=Beam.FRAME.key,
         format_func=lambda i: plots.frame_label(*frames[i - 1]),
         help="Step by step: the candidates appear (expand), get their probabilities (evaluate), "
         "then the K best live on and the rest are pruned (prune).",

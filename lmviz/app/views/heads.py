@@ -82,8 +82,8 @@ with tied_tab:
                        "matrix. The table still scores each input embedding against every output embedding "
                        "(untied neighbours), so the token itself need not come first.", icon="⚠️")
         left, right = st.columns([2, 1])
-        k = left.slider("Neighbours per token (k)", 1, 20, key=Heads.K.key)
-        metric = right.radio("Score", ["dot", "cosine"], key=Heads.METRIC.key, horizontal=True,
+        k = left.slider(Heads.K.label, 1, 20, key=Heads.K.key)
+        metric = right.radio(Heads.METRIC.label, ["dot", "cosine"], key=Heads.METRIC.key, horizontal=True,
                              format_func={"dot": "dot product (what lm_head computes)", "cosine": "cosine"}.get)
         with ui.user_errors(stop=False):
             result = embeddings.neighbours(lm, text, k=k, metric=metric)
@@ -137,7 +137,7 @@ with masked_tab:
                 f"differ from the model's by at most {anatomy.recompute_max_diff:.1e} on this text."
             )
         st.subheader("Predictions at the masks")
-        mask_k = st.slider("Tokens per mask (k)", 1, 20, key=Heads.MASK_K.key)
+        mask_k = st.slider(Heads.MASK_K.label, 1, 20, key=Heads.MASK_K.key)
         with ui.user_errors(stop=False):
             predictions = masked_lm.fill_mask(lm, text, k=mask_k)
             for m in range(len(predictions.mask_positions)):
@@ -187,17 +187,18 @@ with class_tab:
         st.caption(f"{lm.name} has no classification head, so here is one on top of it: a linear layer on its "
                    "pooled final hidden state, random like the seed's `nn.Linear(768, 2)` or fitted to examples.")
         left, right = st.columns(2)
-        source = left.radio("Head", ["random", "fitted"], key=Heads.SOURCE.key, horizontal=True,
+        source = left.radio(Heads.SOURCE.label, ["random", "fitted"], key=Heads.SOURCE.key, horizontal=True,
                             format_func={"random": "random (as in the seed)", "fitted": "fitted to examples"}.get)
         pooling = right.selectbox(
-            "Pooling", list(classification.POOLINGS), key=Heads.POOLING.key,
+            Heads.POOLING.label, list(classification.POOLINGS), key=Heads.POOLING.key,
             format_func={"last": "last token (decoder classifiers)", "first": "first token (BERT's [CLS])",
                          "mean": "mean over tokens"}.get)
         with ui.user_errors(stop=False):
             if source == "random":
                 left, right = st.columns([3, 1])
-                labels = left.text_input("Labels, in id order (comma-separated)", key=Heads.LABELS.key)
-                seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=Heads.SEED.key)
+                labels = left.text_input(Heads.LABELS.label, key=Heads.LABELS.key)
+                seed = right.number_input(Heads.SEED.label, min_value=0, max_value=2**31 - 1, step=1,
+                                          key=Heads.SEED.key)
                 head = classification.random_head(lm, [label for label in labels.split(",")], pooling, seed=int(seed))
             else:
                 if "heads_examples" not in st.session_state:

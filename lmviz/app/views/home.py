@@ -41,7 +41,7 @@ st.caption(
     "attention mask (0 = padding) tells the model to ignore the padding."
 )
 ui.init(Home.BATCH_WITH)
-other = st.text_input("Batch the sidebar text with", key=Home.BATCH_WITH.key)
+other = st.text_input(Home.BATCH_WITH.label, key=Home.BATCH_WITH.key)
 if other.strip():
     with ui.user_errors():
         batch = trace.encode_batch(lm, [other, text])

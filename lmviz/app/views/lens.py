@@ -26,11 +26,11 @@ for setting in SETTINGS:
     ui.init(setting)
 
 controls = ui.controls().columns([2, 2, 1])
-controls[0].selectbox("Colour by", Lens.STATISTIC.choices, format_func=lambda key: lens.STATISTICS[key][0],
+controls[0].selectbox(Lens.STATISTIC.label, Lens.STATISTIC.choices, format_func=lambda key: lens.STATISTICS[key][0],
                       key=Lens.STATISTIC.key)
-controls[1].toggle("Normalized (final norm at every layer)", key=Lens.NORMALIZED.key,
+controls[1].toggle(Lens.NORMALIZED.label, key=Lens.NORMALIZED.key,
                    help="Off = raw: lm_head(hidden_states[i]) with no norm, exactly seed 004's tables.")
-controls[2].number_input("top-k", min_value=1, max_value=20, step=1, key=Lens.K.key)
+controls[2].number_input(Lens.K.label, min_value=1, max_value=20, step=1, key=Lens.K.key)
 normalized = ui.value(Lens.NORMALIZED)
 if normalized:
     st.caption(
@@ -56,10 +56,10 @@ if t.n_tokens == 1:
 
 # watched tokens: a bad entry is reported here and the rest of the page still runs
 watch_columns = st.columns([3, 1])
-watch_columns[0].text_input("Watch tokens (comma-separated)", key=Lens.WATCH.key,
+watch_columns[0].text_input(Lens.WATCH.label, key=Lens.WATCH.key,
                             help="Each must be a single token of this model, e.g. ' Paris, London'. "
                             "A leading · means a space.")
-watch_columns[1].checkbox("Add a leading space", key=Lens.SPACE.key,
+watch_columns[1].checkbox(Lens.SPACE.label, key=Lens.SPACE.key,
                           help="Words inside a sentence start with a space: ' Paris', not 'Paris'.")
 watched: tuple[int, ...] = ()
 try:
@@ -95,9 +95,9 @@ facts[3].metric("max |lens(last) − model logits|", f"{result.max_final_error:.
 st.subheader("Every layer's guess")
 window_columns = st.columns([3, 1])
 if n_pos > 1:
-    window_columns[0].slider("Positions shown", 0, n_pos - 1, key=Lens.WINDOW.key,
+    window_columns[0].slider(Lens.WINDOW.label, 0, n_pos - 1, key=Lens.WINDOW.key,
                              help=f"Only the positions shown are computed (at most {Lens.MAX_COLUMNS} at once).")
-window_columns[1].number_input("Layer stride (the output layer is always kept)", min_value=1, max_value=64, step=1,
+window_columns[1].number_input(Lens.STRIDE.label, min_value=1, max_value=64, step=1,
                                key=Lens.STRIDE.key)
 if clipped:
     st.caption(f"Showing the last {Lens.MAX_COLUMNS} positions of the window, so that cells stay readable.")
@@ -126,12 +126,12 @@ if lm.arch.decomposition is not None and not lm.arch.decomposition.additive_refu
 # ------------------------------------------------------------------ seed-style table
 st.subheader("Top-k table")
 table_columns = st.columns([1, 2, 1])
-table_columns[0].radio("Table", Lens.TABLE.choices, key=Lens.TABLE.key, horizontal=True)
-table_columns[2].selectbox("Cells", Lens.VALUES.choices, key=Lens.VALUES.key)
+table_columns[0].radio(Lens.TABLE.label, Lens.TABLE.choices, key=Lens.TABLE.key, horizontal=True)
+table_columns[2].selectbox(Lens.VALUES.label, Lens.VALUES.choices, key=Lens.VALUES.key)
 values = ui.value(Lens.VALUES)
 if ui.value(Lens.TABLE) == "by layer":
     ui.init(Lens.LAYER, high=n_layers)
-    table_columns[1].selectbox("Layer", list(range(n_layers + 1)), format_func=result.layer_label, key=Lens.LAYER.key)
+    table_columns[1].selectbox(Lens.LAYER.label, list(range(n_layers + 1)), format_func=result.layer_label, key=Lens.LAYER.key)
     frame = tables.lens_table(result, layer=ui.value(Lens.LAYER), values=values)
     frame.columns = [f"{p} {result.input_token(p)}" for p in positions]
     caption = (f"Rows: rank 0 … {result.k - 1}; columns: the positions shown above — like seed 004's "
@@ -139,7 +139,7 @@ if ui.value(Lens.TABLE) == "by layer":
     name = f"lens_layer{ui.value(Lens.LAYER)}.csv"
 else:
     ui.init(Lens.POSITION, high=n_pos - 1)
-    table_columns[1].selectbox("Position", list(range(n_pos)), key=Lens.POSITION.key,
+    table_columns[1].selectbox(Lens.POSITION.label, list(range(n_pos)), key=Lens.POSITION.key,
                                format_func=lambda p: f"{p} {t.tokens[p]}")
     position = ui.value(Lens.POSITION)
     frame = tables.lens_table(lens_at(position, position + 1), position=position, values=values)
@@ -178,9 +178,9 @@ if not watched:
 else:
     ui.init(Lens.WATCH_POSITION, high=n_pos - 1)
     watch_controls = st.columns([2, 1])
-    watch_controls[0].selectbox("After position", list(range(n_pos)), key=Lens.WATCH_POSITION.key,
+    watch_controls[0].selectbox(Lens.WATCH_POSITION.label, list(range(n_pos)), key=Lens.WATCH_POSITION.key,
                                 format_func=lambda p: f"{p} {t.tokens[p]}")
-    watch_controls[1].radio("Show", Lens.WATCH_VALUE.choices, key=Lens.WATCH_VALUE.key, horizontal=True,
+    watch_controls[1].radio(Lens.WATCH_VALUE.label, Lens.WATCH_VALUE.choices, key=Lens.WATCH_VALUE.key, horizontal=True,
                             format_func=lambda v: "probability" if v == "prob" else "rank")
     position = ui.value(Lens.WATCH_POSITION)
     at_position = lens_at(position, position + 1, watched)

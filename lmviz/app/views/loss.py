@@ -34,7 +34,7 @@ ui.init(Loss.TEXT_A, SAMPLES["normal"])
 ui.init(Loss.TEXT_B, SAMPLES["scrambled"])
 st.session_state.setdefault("loss_check", True)
 
-view = st.segmented_control("View", Loss.VIEW.choices, key=Loss.VIEW.key, required=True, label_visibility="collapsed")
+view = st.segmented_control(Loss.VIEW.label, Loss.VIEW.choices, key=Loss.VIEW.key, required=True, label_visibility="collapsed")
 ui.sync(Loss.VIEW)
 
 
@@ -50,7 +50,7 @@ def progress_bar(label: str):
 
 def chosen_text() -> str:
     """The text the single-text views analyse: the sidebar's or the long sample."""
-    source = st.radio("Text", Loss.SOURCE.choices, key=Loss.SOURCE.key, horizontal=True)
+    source = st.radio(Loss.SOURCE.label, Loss.SOURCE.choices, key=Loss.SOURCE.key, horizontal=True)
     ui.sync(Loss.SOURCE)
     if source == Loss.LONG_SAMPLE:
         return SAMPLES["long"]
@@ -59,9 +59,9 @@ def chosen_text() -> str:
 
 def window_settings() -> tuple[int, int, bool]:
     columns = ui.controls().columns([1, 1, 2])
-    columns[0].number_input("Window: max length (tokens)", min_value=1, step=64, key=Loss.WINDOW_LENGTH.key,
+    columns[0].number_input(Loss.WINDOW_LENGTH.label, min_value=1, step=64, key=Loss.WINDOW_LENGTH.key,
                             help=f"Most tokens the model sees at once (its context is {lm.context_length:,}).")
-    columns[1].number_input("Stride (new tokens per window)", min_value=0, step=64, key=Loss.STRIDE.key,
+    columns[1].number_input(Loss.STRIDE.label, min_value=0, step=64, key=Loss.STRIDE.key,
                             help="Each window scores this many new tokens and keeps the rest as context.")
     columns[2].checkbox("Cross-check with the model's own `labels=` loss", key="loss_check",
                         help="Runs every window a second time through transformers' loss function.")
@@ -138,7 +138,7 @@ if view == Loss.TOKENS_VIEW:
     max_length, stride, check = window_settings()
     report = report_for(lm, text, max_length, stride, check, "Scoring windows…")
     metric_cards(report)
-    colour = st.radio("Colour by", Loss.COLOUR.choices, key=Loss.COLOUR.key, horizontal=True,
+    colour = st.radio(Loss.COLOUR.label, Loss.COLOUR.choices, key=Loss.COLOUR.key, horizontal=True,
                       help="Surprisal: redder = less expected. Rank bucket: where the actual token stood in the "
                       "model's ranking.")
     ui.sync(Loss.COLOUR)
@@ -168,8 +168,8 @@ elif view == Loss.TWO_TEXTS:
     st.caption("One model, two texts. The ready-made pair is a sentence and the same words in a random order: the "
                "words are the same, so the difference is what word order is worth to the model.")
     left, right = st.columns(2)
-    left.text_area("Text A", key=Loss.TEXT_A.key, height=100, max_chars=ui.MAX_CHARS)
-    right.text_area("Text B", key=Loss.TEXT_B.key, height=100, max_chars=ui.MAX_CHARS)
+    left.text_area(Loss.TEXT_A.label, key=Loss.TEXT_A.key, height=100, max_chars=ui.MAX_CHARS)
+    right.text_area(Loss.TEXT_B.label, key=Loss.TEXT_B.key, height=100, max_chars=ui.MAX_CHARS)
     st.button("Use the class example (normal vs. scrambled)", on_click=use_class_pair)
     ui.sync(Loss.TEXT_A, Loss.TEXT_B)
     reports = [report_for(lm, st.session_state[f"loss_text_{name}"], None, None, True, f"Scoring text {name.upper()}…")

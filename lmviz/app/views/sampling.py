@@ -30,17 +30,17 @@ for setting in SETTINGS:
     ui.init(setting)
 
 columns = ui.controls().columns(6)
-columns[0].slider("Temperature T", 0.0, 5.0, step=0.05, key=Sampling.TEMPERATURE.key,
+columns[0].slider(Sampling.TEMPERATURE.label, 0.0, 5.0, step=0.05, key=Sampling.TEMPERATURE.key,
                   help="Logits are divided by T before softmax. 0 = greedy: always the most probable token.")
-columns[1].number_input("top-k (0 = off)", min_value=0, step=1, key=Sampling.TOP_K.key,
+columns[1].number_input(Sampling.TOP_K.label, min_value=0, step=1, key=Sampling.TOP_K.key,
                         help="Keep only the k most probable tokens.")
-columns[2].slider("top-p (1 = off)", 0.01, 1.0, step=0.01, key=Sampling.TOP_P.key,
+columns[2].slider(Sampling.TOP_P.label, 0.01, 1.0, step=0.01, key=Sampling.TOP_P.key,
                   help="Keep the smallest set of most probable tokens whose probabilities add up to p.")
-columns[3].slider("min-p (0 = off)", 0.0, 1.0, step=0.01, key=Sampling.MIN_P.key,
+columns[3].slider(Sampling.MIN_P.label, 0.0, 1.0, step=0.01, key=Sampling.MIN_P.key,
                   help="Drop tokens less probable than min-p × the top token's probability.")
-columns[4].slider("typical-p (1 = off)", 0.01, 1.0, step=0.01, key=Sampling.TYPICAL_P.key,
+columns[4].slider(Sampling.TYPICAL_P.label, 0.01, 1.0, step=0.01, key=Sampling.TYPICAL_P.key,
                   help="Keep the tokens whose surprise is closest to the average surprise (entropy), up to this mass.")
-columns[5].slider("Repetition penalty (1 = off)", 0.5, 2.0, step=0.05, key=Sampling.PENALTY.key,
+columns[5].slider(Sampling.PENALTY.label, 0.5, 2.0, step=0.05, key=Sampling.PENALTY.key,
                   help="Logits of tokens already in the text are divided by this (multiplied when negative).")
 ui.sync(*SETTINGS, Sampling.TAB)
 
@@ -77,7 +77,7 @@ with next_tab:
                       f"{dist.model_effective_vocab:,} for the model (T = 1)", delta_color="off", delta_arrow="off",
                       help="The effective vocabulary: fewest tokens whose probabilities add up to 0.9.")
 
-    top_n = st.slider("Tokens shown", 5, 60, key=Sampling.TOP_N.key)
+    top_n = st.slider(Sampling.TOP_N.label, 5, 60, key=Sampling.TOP_N.key)
     shown = dist.top(top_n)
     labels = sampling.label_tokens(lm, shown.token_ids.tolist())
     ui.chart(plots.distribution_figure(
@@ -192,7 +192,7 @@ with steps_tab:
         "same text as `model.generate`). Colours: blue = the model's top choice, orange = a lower-ranked token."
     )
     controls = st.columns([1, 1, 1, 1, 2])
-    controls[0].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=Sampling.SEED.key)
+    controls[0].number_input(Sampling.SEED.label, min_value=0, max_value=2**31 - 1, step=1, key=Sampling.SEED.key)
     controls[1].button("Generate next token", on_click=add_steps, args=(1,), type="primary")
     controls[2].button("+10 tokens", on_click=add_steps, args=(10,))
     controls[3].button("Reset", on_click=reset_steps)
@@ -260,8 +260,8 @@ with toy_tab:
     ui.init(Sampling.TOY_TEMPERATURES)
     ui.init(Sampling.TOY_SHIFT)
     left, right = st.columns(2)
-    left.text_input("Logits x", key=Sampling.TOY_LOGITS.key, help="Numbers separated by commas.")
-    right.text_input("Temperatures T", key=Sampling.TOY_TEMPERATURES.key, help="Numbers separated by commas; 0 = greedy.")
+    left.text_input(Sampling.TOY_LOGITS.label, key=Sampling.TOY_LOGITS.key, help="Numbers separated by commas.")
+    right.text_input(Sampling.TOY_TEMPERATURES.label, key=Sampling.TOY_TEMPERATURES.key, help="Numbers separated by commas; 0 = greedy.")
     ui.sync(Sampling.TOY_LOGITS, Sampling.TOY_TEMPERATURES, Sampling.TOY_SHIFT)
     try:
         toy_logits = sampling.parse_numbers(ui.value(Sampling.TOY_LOGITS), "logits")
@@ -275,7 +275,7 @@ with toy_tab:
         ui.chart(plots.toy_figure(toy), "softmax_toy")
         st.markdown("**Adding a constant changes nothing.** Softmax only sees differences between logits, so logits "
                     "are not probabilities and have no unit: shift them all by c and every σ stays the same.")
-    st.slider("Constant c added to every logit", -50.0, 50.0, step=0.5, key=Sampling.TOY_SHIFT.key)
+    st.slider(Sampling.TOY_SHIFT.label, -50.0, 50.0, step=0.5, key=Sampling.TOY_SHIFT.key)
     if toy is not None:
         st.dataframe(tables.toy_table(toy, shifted=True), width="stretch")
         st.caption(f"Largest change in any probability: {toy.max_shift_change:.1e} (floating-point rounding).")

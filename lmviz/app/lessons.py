@@ -125,8 +125,7 @@ def hotter_is_flatter(lm: LoadedModel, text: str) -> Claim:
 
 
 def order_matters(lm: LoadedModel, text: str) -> Claim:
-    samples = loss.sample_texts()
-    normal, scrambled = (loss.loss_report(lm, samples[name]).perplexity for name in ("normal", "scrambled"))
+    normal, scrambled = (loss.loss_report(lm, _CLASS_PAIR[name]).perplexity for name in ("normal", "scrambled"))
     return Claim(scrambled > normal, f"perplexity {normal:,.1f} in order, {scrambled:,.1f} scrambled")
 
 

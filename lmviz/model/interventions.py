@@ -107,20 +107,27 @@ class Edit:
 
     `value` is a number or a tensor that broadcasts to the edited part: (width,) for every position, or
     (n_at, width) one row per position, e.g. another text's `Recording` of the same site. Width is
-    d_model, n_heads·d_head (hook_z), d_head (a head), d_mlp (hook_post) or nothing (a neuron)."""
+    d_model, n_heads·d_head (hook_z), d_head (a head), d_mlp (hook_post) or nothing (a neuron).
+
+    In a batch of copies of one text, `rows` (an index into the batch axis; None: every row) picks the
+    copies to edit, so one pass runs many experiments. `rows` and `at` given as lists of one length pair
+    up, as in torch's indexing: `Edit(site, values, rows=[0, 1, 2], at=[4, 5, 6])` edits row 0 at position
+    4, row 1 at 5, row 2 at 6, with values (3, width)."""
 
     site: Site
     value: torch.Tensor | float = 0.0
     op: str = "replace"
     at: object = None
+    rows: object = None
 
     def __post_init__(self):
         if self.op not in OPS:
             raise LmvizError(f"An edit replaces, adds or scales ({', '.join(OPS)}), not '{self.op}'.")
 
     def apply(self, x: torch.Tensor, unit: slice | int | None) -> None:
-        """Edit x (batch, pos, width) in place at this edit's positions and `unit` of the last axis."""
-        index = (slice(None), slice(None) if self.at is None else self.at) + (() if unit is None else (unit,))
+        """Edit x (batch, pos, width) in place at this edit's rows, positions and `unit` of the last axis."""
+        index = (slice(None) if self.rows is None else self.rows, slice(None) if self.at is None else self.at) + (
+            () if unit is None else (unit,))
         value = torch.as_tensor(self.value, dtype=x.dtype, device=x.device)
         if self.op == "replace":
             x[index] = value
@@ -134,7 +141,12 @@ class Edit:
 class Recording:
     """What to keep from one pass: the values of `sites` at positions `at` (an index into the position
     axis; None: all; "mean": the mean over all positions in float64, (1, …)). After `run`, `recording[site]`
-    is (n_at, width) detached on the CPU (a neuron: (n_at,)).
+    is (n_at, width) detached on the CPU (a neuron: (n_at,)), from the batch's first row; with
+    `every_row=True`, (batch, n_at, width) from all of them.
+
+    With `graph=True` (for a pass run with grad=True) a site keeps the very tensor the model passed on, whole
+    (batch, pos, width) and attached to the autograd graph, so a caller can differentiate the output with
+    respect to it (`torch.autograd.grad`); `at` and the site's unit are then the caller's to apply.
 
     `on_attention(layer, probs)` receives every block's (head, query, key) attention probabilities when the
     pass runs eager attention; it reduces them on the spot, so a long text never holds all layers at once."""
@@ -142,13 +154,17 @@ class Recording:
     sites: Sequence[Site] = ()
     at: object = None
     on_attention: Callable[[int, torch.Tensor], None] | None = None
+    every_row: bool = False
+    graph: bool = False
     values: dict[Site, torch.Tensor] = field(default_factory=dict)
 
     def __getitem__(self, site: Site) -> torch.Tensor:
         return self.values[site]
 
     def keep(self, tensor: torch.Tensor) -> torch.Tensor:
-        """(batch=1, pos, …) -> (n_at, …) detached on the CPU."""
+        """(batch, pos, …) -> (n_at, …) of the first row, or (batch, n_at, …), detached on the CPU."""
+        if self.every_row:
+            return (tensor if self.at is None else tensor[:, self.at]).detach().cpu()
         if isinstance(self.at, str):
             return tensor[0].detach().double().mean(0, keepdim=True).cpu()
         kept = tensor[0] if self.at is None else tensor[0, self.at]
@@ -202,7 +218,8 @@ class _Pass:
             for edit, unit in edits:
                 edit.apply(x, unit)
         for site, unit in self.recorded.get(key, ()):
-            self.recording.values[site] = self.recording.keep(x if unit is None else x[..., unit])
+            self.recording.values[site] = x if self.recording.graph else self.recording.keep(
+                x if unit is None else x[..., unit])
         return x if edits else None
 
 
@@ -351,17 +368,29 @@ def eager_twin(lm) -> nn.Module:
     return twin
 
 
-@torch.inference_mode()
-def forward(lm, input_ids: torch.Tensor, *, record: Recording | None = None, edits: Sequence[Edit] = (),
-            eager: bool = False, **model_kwargs):
-    """One forward pass of `input_ids` (1, pos) in a compute slot, with `record` filled and `edits` applied;
-    returns the model's own output. model_kwargs go to the model (output_hidden_states, logits_to_keep).
-    With eager=True the pass runs eager attention, so a `record.on_attention` sees the probabilities."""
+@contextmanager
+def applying(lm, *, record: Recording | None = None, edits: Sequence[Edit] = ()):
+    """Context: every pass this thread runs through `lm`'s model (or its eager twin) meanwhile applies
+    `edits` and fills `record`. `forward` is one pass inside it; a decoding loop (steering) is many."""
     seam = _seam(lm)
-    now = seam.plan(record, edits)
+    with seam.active(seam.plan(record, edits)):
+        yield
+
+
+def forward(lm, input_ids: torch.Tensor | None = None, *, record: Recording | None = None,
+            edits: Sequence[Edit] = (), eager: bool = False, grad: bool = False, **model_kwargs):
+    """One forward pass of `input_ids` (batch, pos) in a compute slot, with `record` filled and `edits`
+    applied; returns the model's own output. model_kwargs go to the model (output_hidden_states,
+    logits_to_keep, attention_mask, position_ids, inputs_embeds instead of input_ids).
+    With eager=True the pass runs eager attention, so a `record.on_attention` sees the probabilities.
+    With grad=True it builds the autograd graph (for gradients: attribution patching, saliency); otherwise
+    it runs in inference mode."""
     model = eager_twin(lm) if eager else lm.model
-    with compute.slot(), seam.active(now):
-        return model(input_ids=input_ids.to(lm.device), use_cache=False, **model_kwargs)
+    if input_ids is not None:
+        model_kwargs["input_ids"] = input_ids.to(lm.device)
+    with (torch.enable_grad() if grad else torch.inference_mode()), compute.slot(), \
+            applying(lm, record=record, edits=edits):
+        return model(use_cache=False, **model_kwargs)
 
 
 def run(lm, input_ids: torch.Tensor, *, record: Recording | None = None, edits: Sequence[Edit] = (),

@@ -534,7 +534,8 @@ def token_pieces(lm: LoadedModel, ids: Sequence[int]) -> dict[int, str]:
 def _key(lm: LoadedModel, trace: Trace, k: int, normalize: bool, watched_ids: Sequence[int],
          positions: tuple[int, int] | None) -> tuple:
     watched = _check_inputs(lm, trace, k, watched_ids)
-    return (trace.text, trace.n_tokens, int(k), bool(normalize), watched, check_positions(positions, trace.n_tokens))
+    return (trace.text, trace.patched, trace.n_tokens, int(k), bool(normalize), watched,
+            check_positions(positions, trace.n_tokens))
 
 
 def logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = True,
@@ -545,7 +546,7 @@ def logit_lens(lm: LoadedModel, trace: Trace, k: int = 10, normalize: bool = Tru
     Ask for the positions you show: a 24-position window of a 2,000-token text
     costs a tenth of its forward pass, the whole lens five times it."""
     key = _key(lm, trace, k, normalize, watched_ids, positions)
-    _, _, _, _, watched, window = key
+    _, _, _, _, _, watched, window = key
     return cached("lens", lm, key, lambda: run_logit_lens(lm, trace, k, normalize, watched, window, progress=progress))
 
 

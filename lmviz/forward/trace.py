@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -50,6 +51,7 @@ class Trace:
     head_input: torch.Tensor | None = None  # (pos, d_head) in the model's dtype, or None: hidden[-1]
     # the model's own logits, kept only for a model whose head lmviz could not verify
     own_logits: torch.Tensor | None = None  # (pos, vocab) float32, or None
+    patched: str | None = None  # what was changed during the pass (activation patching), else None
 
     @property
     def n_tokens(self) -> int:
@@ -152,11 +154,13 @@ def accepts_logits_to_keep(model) -> bool:
     return _LOGITS_TO_KEEP[kind]
 
 
-def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
+def run_trace(lm: LoadedModel, text: str, truncate: bool = False, edits: Sequence[interventions.Edit] = (),
+              patched: str | None = None) -> Trace:
     """One uncached forward pass with hidden states.
 
     Text longer than `max_tokens(lm)` raises, or with truncate=True keeps the
-    first tokens and records the original count in `truncated_from`.
+    first tokens and records the original count in `truncated_from`. `edits`
+    change the pass (activation patching), described by `patched`.
     """
     if lm.kind == "classifier":
         raise LmvizError(f"{lm.name} is a sequence classifier: it predicts labels, not tokens.")
@@ -175,7 +179,7 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     final = interventions.Site(interventions.FINAL)  # what the unembedding reads, where that is not hidden[-1]
     stream = [interventions.Site(f"blocks.{layer}.hook_resid_pre") for layer in range(len(lm.arch.blocks))]
     recording = interventions.Recording(stream + ([] if reads_last else [final]) if verified else [])
-    output = interventions.forward(lm, input_ids, record=recording, output_hidden_states=True, **extra)
+    output = interventions.forward(lm, input_ids, record=recording, edits=edits, output_hidden_states=True, **extra)
     with lm.lock:
         tokens = tuple(display_tokens(lm.tokenizer, ids))
     if verified:  # the residual stream as the blocks passed it on, then transformers' last (normed) state
@@ -190,7 +194,7 @@ def run_trace(lm: LoadedModel, text: str, truncate: bool = False) -> Trace:
     result = Trace(
         model_name=lm.name, text=text, input_ids=input_ids[0], tokens=tokens, hidden=hidden,
         last_logits=output.logits[0, -1].float().cpu(), truncated_from=truncated_from, head_input=head_input,
-        own_logits=None if verified else output.logits[0].float().cpu(),
+        own_logits=None if verified else output.logits[0].float().cpu(), patched=patched,
     )
     if verified:
         _check_last_position(lm, result, result.last_logits)

@@ -49,6 +49,7 @@ ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "multi_he
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
 OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo", "proj")
 # Child names of an MLP's output projection (what reads the neurons).
+QKV_NAMES = ("q_proj", "k_proj", "v_proj")
 MLP_OUT_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "w2", "wo")
 
 
@@ -103,6 +104,11 @@ class Decomposition:
     mlp_out_projs: tuple[nn.Module, ...] | None = field(default=None, repr=False)  # (layer,) (…, d_mlp) -> (…, d)
     d_mlp: int | None = None
     neurons_refusal: str | None = None  # why there are no mlp_out_projs (a mixture of experts has no one MLP)
+    qkv_projs: tuple[tuple[nn.Module, nn.Module, nn.Module], ...] | None = field(default=None, repr=False)
+    # (layer,) the query, key and value projections, where they are separate linear layers; head h's query
+    # is the q projection's output slice h·d_head:(h+1)·d_head, and likewise key-value head g's key and value
+    n_kv_heads: int | None = None  # key-value heads (fewer than n_heads with grouped-query attention)
+    qkv_refusal: str | None = None  # why there are no qkv_projs (a fused projection)
 
     def attn_post_norm(self, layer: int) -> nn.Module | None:
         """The norm between the attention's output and the residual stream (Gemma), or None."""
@@ -509,8 +515,25 @@ def _decompose(model: nn.Module, blocks: tuple[nn.Module, ...], probe_ids: torch
         worst = max(worst, float(error.max()))
     width = next(iter(widths))
     neurons, d_mlp, no_neurons = _neurons(mlps, mlp_outs, seen, arch_name)
+    qkv, n_kv, no_qkv = _qkv(attentions, n_heads, width // n_heads, arch_name)
     return Decomposition(tuple(attentions), tuple(out_projs), attn_writes, mlp_writes, n_heads, width // n_heads,
-                         worst, not_additive, neurons, d_mlp, no_neurons), None
+                         worst, not_additive, neurons, d_mlp, no_neurons, qkv, n_kv, no_qkv), None
+
+
+def _qkv(attentions: list[nn.Module], n_heads: int, d_head: int, arch_name: str
+         ) -> tuple[tuple | None, int | None, str | None]:
+    """The separate query, key and value projections of each attention (q_proj, k_proj, v_proj: nn.Linear),
+    the number of key-value heads, and None; or (None, None, why not). The query projection must write
+    n_heads·d_head numbers and the key and value projections one multiple of d_head that divides it."""
+    found = [tuple(getattr(a, name, None) for name in QKV_NAMES) for a in attentions]
+    if any(not isinstance(p, nn.Linear) for projs in found for p in projs):
+        return None, None, (f"{arch_name} computes queries, keys and values in one fused projection (or "
+                            "names them otherwise), so lmviz can't feed one head's query, key or value alone.")
+    kv_widths = {p.out_features for _, k, v in found for p in (k, v)}
+    if {q.out_features for q, _, _ in found} != {n_heads * d_head} or len(kv_widths) != 1 or \
+            next(iter(kv_widths)) % d_head or n_heads % (next(iter(kv_widths)) // d_head):
+        return None, None, f"{arch_name}'s query, key and value projections don't write {n_heads} heads of {d_head}."
+    return tuple(found), next(iter(kv_widths)) // d_head, None
 
 
 def _neurons(mlps: list[nn.Module], mlp_outs: list[nn.Module | None], seen: dict, arch_name: str

@@ -15,6 +15,9 @@ that there are hooks.
     blocks.{l}.attn.hook_out     the attention's own output, before any post-norm (= hook_attn_out without one)
     blocks.{l}.attn.hook_z       the heads side by side: the input of the attention's output projection;
                                  unit=h is head h's d_head slice
+    blocks.{l}.attn.hook_q       the query projection's output (before any rotation): unit=h is head h's
+    blocks.{l}.attn.hook_k/_v    the key / value projection's output: unit=g is key-value head g's (with
+                                 grouped-query attention, g serves query heads g·n/n_kv … (g+1)·n/n_kv − 1)
     blocks.{l}.mlp.hook_post     the neurons: the input of the MLP's output projection; unit=n is neuron n
     ln_final.hook_normalized     what the unembedding reads: the final residual after the final norm
 
@@ -68,10 +71,12 @@ from lmviz.model.architectures import Architecture, _input_at, _output_tensor
 from lmviz.errors import LmvizError
 
 BLOCK_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_out",
-               "attn.hook_z", "mlp.hook_post")
+               "attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_post")
+QKV = ("attn.hook_q", "attn.hook_k", "attn.hook_v")
 FINAL = "ln_final.hook_normalized"
 OPS = ("replace", "add", "scale")
-_UNITS = {"attn.hook_z": "head", "mlp.hook_post": "neuron"}  # sites whose last axis splits into units
+_UNITS = {"attn.hook_z": "head", "attn.hook_q": "head", "attn.hook_k": "key-value head",
+          "attn.hook_v": "key-value head", "mlp.hook_post": "neuron"}  # sites whose last axis splits into units
 _NAME = re.compile(r"blocks\.(\d+)\.(.+)")
 
 
@@ -91,7 +96,7 @@ class Site:
         if hook not in (BLOCK_HOOKS if match else (FINAL,)):
             raise LmvizError(f"'{self.name}' is not a site: use blocks.L.{{{', '.join(BLOCK_HOOKS)}}} or {FINAL}.")
         if self.unit is not None and hook not in _UNITS:
-            raise LmvizError(f"Only {' and '.join(_UNITS)} split into units (heads, neurons), not {self.name}.")
+            raise LmvizError(f"Only {', '.join(_UNITS)} split into units (heads, neurons), not {self.name}.")
         object.__setattr__(self, "layer", layer)
         object.__setattr__(self, "hook", hook)
 
@@ -218,6 +223,8 @@ class _Pass:
             for edit, unit in edits:
                 edit.apply(x, unit)
         for site, unit in self.recorded.get(key, ()):
+            if self.recording.graph and not x.requires_grad:  # nothing before it needs a gradient: start here
+                x.requires_grad_(True)
             self.recording.values[site] = x if self.recording.graph else self.recording.keep(
                 x if unit is None else x[..., unit])
         return x if edits else None
@@ -250,6 +257,8 @@ class _Seam:
             parts.out_projs[layer].register_forward_pre_hook(self._before(("attn.hook_z", layer)), with_kwargs=True)
             parts.attn_writes[layer].register_forward_hook(self._after(("hook_attn_out", layer)))
             parts.mlp_writes[layer].register_forward_hook(self._after(("hook_mlp_out", layer)))
+            for hook, proj in zip(QKV, parts.qkv_projs[layer] if parts.qkv_projs is not None else ()):
+                proj.register_forward_hook(self._after((hook, layer)))
             if parts.mlp_out_projs is not None:
                 parts.mlp_out_projs[layer].register_forward_pre_hook(self._before(("mlp.hook_post", layer)),
                                                                      with_kwargs=True)
@@ -300,16 +309,19 @@ class _Seam:
             parts = arch.require_decomposition(additive=False)
             if site.hook == "mlp.hook_post" and parts.mlp_out_projs is None:
                 raise LmvizError(parts.neurons_refusal)
+            if site.hook in QKV and parts.qkv_projs is None:
+                raise LmvizError(parts.qkv_refusal)
         elif site.hook == FINAL and arch.head is None:
             raise LmvizError(f"'{arch.model_type}' has no unembedding, so it has no {FINAL}.")
         if site.unit is None:
             return None
         parts = arch.decomposition
-        count = parts.n_heads if site.hook == "attn.hook_z" else parts.d_mlp
+        count = {"attn.hook_z": parts.n_heads, "attn.hook_q": parts.n_heads, "mlp.hook_post": parts.d_mlp}.get(
+            site.hook, parts.n_kv_heads)
         if not 0 <= site.unit < count:
             raise LmvizError(f"{site.label}: the model has {_UNITS[site.hook]}s 0..{count - 1} there.")
-        return slice(site.unit * parts.d_head, (site.unit + 1) * parts.d_head) \
-            if site.hook == "attn.hook_z" else site.unit
+        return site.unit if site.hook == "mlp.hook_post" else slice(site.unit * parts.d_head,
+                                                                    (site.unit + 1) * parts.d_head)
 
     def plan(self, record: Recording | None, edits: Sequence[Edit]) -> _Pass:
         """A thread's request as hooks look it up, every site checked."""

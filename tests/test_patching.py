@@ -286,3 +286,39 @@ def test_ioi_on_smollm_moves_from_the_second_name_to_the_last_position(smollm):
     assert (values[:16, s2] > 0.9).all()
     assert (values[26:, last] > 0.85).all()
     assert np.abs(np.delete(values, [s2, last], axis=1)).max() < 0.1
+
+
+def test_the_cli_gives_the_hand_patched_values(tiny_dirs, tiny_llama_f64, capsys):
+    """`lmviz patch` and `lmviz attribution-patch` --json on the tiny Llama in float64, against hand-patched
+    forwards of the same weights."""
+    import json
+
+    from lmviz import cli
+
+    args = [TEXT, "--corrupted", OTHER, "--answer", ANSWER, "--wrong", WRONG, "--model", tiny_dirs["llama"],
+            "--dtype", "float64", "--metric", "logit_diff", "--json"]
+    for site in ("resid", "head"):
+        assert cli.main(["patch", *args, "--site", site]) == 0
+        output = json.loads(capsys.readouterr().out)
+        values = np.array(output["values"])
+        assert output["site"] == site and values.shape[0] == tiny_llama_f64.n_layers
+        for layer, column in ((0, 3), (2, 1)):
+            expected = hand_patched_metric(tiny_llama_f64, site, layer, column, read_clean(tiny_llama_f64, site, layer))
+            assert values[layer, column] == pytest.approx(expected, abs=TOLERANCE)
+        assert len(output["tokens"]) == len(output["display"]) == len(ids(tiny_llama_f64, TEXT)[0])
+    assert cli.main(["attribution-patch", *args]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert -1 <= output["exhaustive_correlation"] <= 1
+    assert np.abs(np.array(output["values"]) - np.array(output["exhaustive"])).max() == pytest.approx(output["max_error"])
+    assert cli.main(["patch", TEXT, "--corrupted", TEXT + " more", "--answer", "5", "--wrong", "9",
+                     "--model", tiny_dirs["llama"]]) == 2
+    assert "same number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["smollm", "gemma"])
+def test_the_ready_made_pairs_hold_on_the_embedded_models(name, request):
+    lm = request.getfixturevalue(name)
+    for example in patching.EXAMPLES:
+        runs = patching.pair(lm, example.clean, example.corrupted, example.answer, example.wrong)
+        assert runs.clean.last_logits.argmax() == runs.answer_id, example.name
+        assert runs.corrupted.last_logits[runs.answer_id] < runs.corrupted.last_logits[runs.wrong_id], example.name

@@ -183,11 +183,14 @@ def attribute(lm: LoadedModel, text: str, position: int | None = None, target: i
 def resolve_target(lm: LoadedModel, spec: str) -> int:
     """A target token from what a user typed: a token id, or a token's text. Text is read as a word inside
     a sentence (" Paris") when that is one token, else as typed ("," or "Paris" at a line's start);
-    a leading · stands for a space."""
+    a leading · stands for a space, and quotes make a number text ("8" is the token 8, 8 the id)."""
     spec = spec.strip()
     if not spec:
         raise LmvizError("Give a target token: its id, or its text (e.g. Paris, or ·Paris for the exact piece).")
-    if spec.lstrip("-").isdecimal() and spec.isascii():  # "²" is a digit but not a number int() reads
+    quoted = len(spec) >= 3 and spec[0] == spec[-1] and spec[0] in "\"'"
+    if quoted:
+        spec = spec[1:-1]
+    elif spec.lstrip("-").isdecimal() and spec.isascii():  # "²" is a digit but not a number int() reads
         return int(spec)
     spec = spec.replace("\\n", "\n")
     try:

@@ -59,6 +59,35 @@ MAX_ROWS = 128  # and at most this many experiments per pass
 
 
 @dataclass(frozen=True)
+class Example:
+    """A ready-made pair: on SmolLM2 and Gemma-3 270M both texts have one length, the clean text prefers
+    `answer` and the corrupted one `wrong` (tests/test_patching.py checks it)."""
+
+    name: str
+    clean: str
+    corrupted: str
+    answer: str
+    wrong: str
+    what: str  # what the corruption changes, in a sentence
+
+
+EXAMPLES = (
+    Example("Indirect object (IOI)", "When Mary and John went to the store, John gave a drink to",
+            "When Mary and John went to the store, Mary gave a drink to", " Mary", " John",
+            "The second name changes: whoever is named twice is not the one who receives the drink."),
+    Example("Factual recall", "The Eiffel Tower is located in the city of",
+            "The Colosseum is located in the city of", " Paris", " Rome",
+            "The subject changes, and with it the fact the model must recall."),
+    Example("Induction", "The blue lamp stood by the window. The blue lamp stood by the",
+            "The blue lamp stood by the door. The blue lamp stood by the", " window", " door",
+            "The first sentence changes: the model copies what followed the same words before."),
+    Example("Greater-than", "The war lasted from the year 1782 to the year 17",
+            "The war lasted from the year 1722 to the year 17", '"8"', '"2"',
+            "The start year changes: the end year's next digit should be at least the start's."),
+)
+
+
+@dataclass(frozen=True)
 class Run:
     """One text's plain pass: its ids, every block's value at every site (`SITES`), and the last logits."""
 
@@ -120,11 +149,7 @@ class Patching:
 
     def values(self, metric: str = "normalized") -> np.ndarray:
         """(layers, columns) float64: the chosen metric per cell."""
-        if metric not in METRICS:
-            raise LmvizError(f"The metric is one of {', '.join(METRICS)}, not '{metric}'.")
-        if metric == "normalized":
-            return normalize(self.cells.logit_diff, self.clean.logit_diff[0], self.corrupted.logit_diff[0])
-        return getattr(self.cells, metric)
+        return _values(self, metric)
 
     @property
     def columns(self) -> str:
@@ -256,8 +281,7 @@ def patch(lm: LoadedModel, clean: str, corrupted: str, answer: str, wrong: str, 
             cell_metrics.logit_diff, cell_metrics.prob, cell_metrics.kl)))
         return Patching(lm.name, clean, corrupted, runs.tokens, runs.corrupted_tokens, runs.answer_id,
                         runs.wrong_id, runs.answer, runs.wrong, site, mode, position,
-                        metrics(runs, runs.clean.last_logits[None]), metrics(runs, runs.corrupted.last_logits[None]),
-                        grid)
+                        *_ends(runs), grid)
     return cached("patching", lm, (clean, corrupted, runs.answer_id, runs.wrong_id, site, mode, position), compute)
 
 
@@ -338,21 +362,28 @@ class DirectPaths:
     """Each head's direct effect on the logits: its output patched from the source run into the final
     residual stream of the base run, nothing in between recomputed. values[layer][head] per metric."""
 
-    exact: Patching  # the ordinary head patching of the same pair, for comparison (all paths)
+    clean: Metrics  # of the unpatched runs (one value each)
+    corrupted: Metrics
     cells: Metrics  # (layers, heads) each
 
     def values(self, metric: str = "normalized") -> np.ndarray:
-        if metric == "normalized":
-            return normalize(self.cells.logit_diff, self.exact.clean.logit_diff[0],
-                             self.exact.corrupted.logit_diff[0])
-        return getattr(self.cells, metric)
+        return _values(self, metric)
+
+
+def _values(result, metric: str) -> np.ndarray:
+    """(rows, columns) float64: the chosen metric per cell of a result with clean, corrupted and cells."""
+    if metric not in METRICS:
+        raise LmvizError(f"The metric is one of {', '.join(METRICS)}, not '{metric}'.")
+    if metric == "normalized":
+        return normalize(result.cells.logit_diff, result.clean.logit_diff[0], result.corrupted.logit_diff[0])
+    return getattr(result.cells, metric)
 
 
 def direct_paths(lm: LoadedModel, clean: str, corrupted: str, answer: str, wrong: str,
                  mode: str = "denoise") -> DirectPaths:
     """Every head's direct path to the logits at the last position (see DirectPaths)."""
-    exact = patch(lm, clean, corrupted, answer, wrong, "head", mode)
     runs = pair(lm, clean, corrupted, answer, wrong)
+    runs.base_and_source(mode)
     head = lm.head
 
     def compute() -> Metrics:
@@ -380,7 +411,12 @@ def direct_paths(lm: LoadedModel, clean: str, corrupted: str, answer: str, wrong
 
     cells = cached("direct-paths", lm, (clean, corrupted, runs.answer_id, runs.wrong_id, mode), compute)
     shape = (lm.n_layers, lm.arch.decomposition.n_heads)
-    return DirectPaths(exact, Metrics(*(v.reshape(shape) for v in (cells.logit_diff, cells.prob, cells.kl))))
+    return DirectPaths(*_ends(runs), Metrics(*(v.reshape(shape) for v in (cells.logit_diff, cells.prob, cells.kl))))
+
+
+def _ends(runs: Pair) -> tuple[Metrics, Metrics]:
+    """The metrics of the unpatched clean and corrupted runs."""
+    return metrics(runs, runs.clean.last_logits[None]), metrics(runs, runs.corrupted.last_logits[None])
 
 
 @dataclass(frozen=True)
@@ -394,23 +430,22 @@ class ReceiverPaths:
     receiver: tuple[int, int]  # (layer, head)
     input: str  # "q" | "k" | "v"
     shared_by: tuple[int, ...]  # the query heads that read this key or value (grouped-query attention)
-    exact: Patching  # ordinary head patching of the same pair, for comparison
+    clean: Metrics  # of the unpatched runs (one value each)
+    corrupted: Metrics
     cells: Metrics  # (receiver layer, heads) each
 
     def values(self, metric: str = "normalized") -> np.ndarray:
-        if metric == "normalized":
-            return normalize(self.cells.logit_diff, self.exact.clean.logit_diff[0],
-                             self.exact.corrupted.logit_diff[0])
-        return getattr(self.cells, metric)
+        return _values(self, metric)
 
 
 def receiver_paths(lm: LoadedModel, clean: str, corrupted: str, answer: str, wrong: str,
-                   receiver: tuple[int, int], input: str = "q", mode: str = "denoise") -> ReceiverPaths:
+                   receiver: tuple[int, int], input: str = "q", mode: str = "denoise",
+                   progress=None) -> ReceiverPaths:
     """Every earlier head's path into `receiver`'s query, key or value (see ReceiverPaths): two batched
     passes per chunk of senders, the first recording what the receiver's projection would read, the
     second feeding it in."""
-    exact = patch(lm, clean, corrupted, answer, wrong, "head", mode)
     runs = pair(lm, clean, corrupted, answer, wrong)
+    runs.base_and_source(mode)
     parts = lm.arch.require_decomposition()
     if input not in ("q", "k", "v"):
         raise LmvizError(f"A receiver head reads a query, key or value input (q, k, v), not '{input}'.")
@@ -442,12 +477,14 @@ def receiver_paths(lm: LoadedModel, clean: str, corrupted: str, answer: str, wro
             interventions.forward(lm, base.ids.expand(len(chunk), -1), record=reads, edits=edits, **_last_only(lm))
             logits.append(patched_logits(lm, base, [Edit(into, reads[into], rows=list(range(len(chunk))))],
                                          len(chunk)))
+            if progress is not None:
+                progress(start + len(chunk), len(senders))
         return metrics(runs, torch.cat(logits))
 
     cells = cached("receiver-paths", lm, (clean, corrupted, runs.answer_id, runs.wrong_id, receiver, input, mode),
                    compute)
     shape = (layer, parts.n_heads)
-    return ReceiverPaths(receiver, input, shared, exact,
+    return ReceiverPaths(receiver, input, shared, *_ends(runs),
                          Metrics(*(v.reshape(shape) for v in (cells.logit_diff, cells.prob, cells.kl))))
 
 

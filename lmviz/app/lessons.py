@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 from typing import Callable
 
-from lmviz.analyses import attention, attribution, lens, loss, sampling
+from lmviz.analyses import attention, attribution, lens, loss, patching, sampling
 from lmviz.forward import trace
 from lmviz.app import pages
-from lmviz.app.settings import LAST, Attention, Beam, Heads, Home, Lens, Loss, Sampling, Setting
+from lmviz.app.settings import LAST, Attention, Beam, Experiments, Heads, Home, Lens, Loss, Sampling, Setting
 from lmviz.model.embedded import antiberty
 from lmviz.errors import LmvizError
 from lmviz.model.models import LoadedModel
@@ -158,6 +158,39 @@ def parts_add_up(lm: LoadedModel, text: str) -> Claim:
                                      f"off by {gap:.1e}, within the rounding bound {split.bound:.1e}")
 
 
+def answer_moves(lm: LoadedModel, text: str) -> Claim:
+    ioi = patching.EXAMPLES[0]
+    result = patching.patch(lm, ioi.clean, ioi.corrupted, ioi.answer, ioi.wrong, "resid")
+    values, last = result.values(), len(result.tokens) - 1
+    second = max(p for p in range(last) if result.tokens[p] != result.corrupted_tokens[p])  # the changed name
+    moved = next((layer for layer in range(lm.n_layers) if values[layer, last] > values[layer, second]), None)
+    holds = values[0, second] >= 0.9 and values[-1, last] >= 0.85 and moved is not None
+    return Claim(holds, f"position {second} restores {values[0, second]:.2f} at layer 0; the last position "
+                        f"restores {values[-1, last]:.2f} at layer {lm.n_layers - 1} and takes over at layer {moved}")
+
+
+def _strongest(values, what: str, floor: float) -> Claim:
+    layer, head = divmod(int(values.argmax()), values.shape[1])
+    return Claim(values[layer, head] >= floor, f"head L{layer}.H{head} alone {what} {values[layer, head]:.2f} of "
+                                               f"the answer (the step needs ≥ {floor})")
+
+
+def a_head_carries_it(lm: LoadedModel, text: str) -> Claim:
+    ioi = patching.EXAMPLES[0]
+    return _strongest(patching.patch(lm, ioi.clean, ioi.corrupted, ioi.answer, ioi.wrong, "head").values(),
+                      "restores", 0.25)
+
+
+def a_direct_path(lm: LoadedModel, text: str) -> Claim:
+    ioi = patching.EXAMPLES[0]
+    return _strongest(patching.direct_paths(lm, ioi.clean, ioi.corrupted, ioi.answer, ioi.wrong).values(),
+                      "restores through its direct path", 0.3)
+
+
+_IOI = patching.EXAMPLES[0]
+_IOI_PAIR = {Experiments.EXAMPLE: _IOI.name, Experiments.CLEAN: _IOI.clean, Experiments.CORRUPTED: _IOI.corrupted,
+             Experiments.ANSWER: _IOI.answer, Experiments.WRONG: _IOI.wrong, Experiments.MODE: "denoise",
+             Experiments.METRIC: "normalized"}
 _CLASS_PAIR = loss.sample_texts()  # the class example: a sentence and the same words scrambled
 _REPEATING = "The cat sat on the mat. The cat sat on the"  # A B … A → B: what an induction head completes
 
@@ -289,5 +322,29 @@ LESSONS: tuple[Lesson, ...] = (
                     "Back on the lens: pick a position and a layer under the heatmap and press *Which blocks "
                     "wrote …?*. Attribution opens on that cell: the lens's logit at that layer split over the "
                     "blocks below it.", {Lens.NORMALIZED: True}),
+           )),
+    Lesson("cause", "Cause, not correlation: activation patching",
+           "Change one word, keep the rest, and find the states that carry the answer: the IOI experiment.",
+           _IOI.clean,
+           (
+               Step("Where the answer travels", pages.EXPERIMENTS,
+                    "Two sentences differ in one name. In the clean one the answer is *Mary* (John gave the drink, "
+                    "so Mary receives it); in the corrupted one it flips to *John*. Each cell runs the corrupted "
+                    "sentence with one residual state copied from the clean run: 1 means that state alone brings "
+                    "*Mary* back. Early on only the changed name's column matters; from the middle layers the "
+                    "answer sits at the last position: information moved between tokens.",
+                    {**_IOI_PAIR, Experiments.TAB: Experiments.PATCHING_TAB, Experiments.SITE: "resid"},
+                    claim=answer_moves),
+               Step("Which heads move it", pages.EXPERIMENTS,
+                    "The same experiment, one attention head at a time (its output at every position). A few "
+                    "heads in the upper layers restore much of the answer on their own; red heads push the other "
+                    "way. Click one to see the patched run's next-token distribution.",
+                    {**_IOI_PAIR, Experiments.TAB: Experiments.PATCHING_TAB, Experiments.SITE: "head"},
+                    claim=a_head_carries_it),
+               Step("The path to the logits", pages.EXPERIMENTS,
+                    "Left: each head's output copied straight into the state the unembedding reads, nothing in "
+                    "between recomputed — its direct effect. Click a head to make it the receiver, and trace which "
+                    "earlier heads reach it through its query: the circuit, edge by edge.",
+                    {**_IOI_PAIR, Experiments.TAB: Experiments.PATHS_TAB}, claim=a_direct_path),
            )),
 )

@@ -37,5 +37,6 @@ BEAM = Page("beam", "Beam search", "🌳")
 LOSS = Page("loss", "Loss & perplexity", "📉")
 HEADS = Page("heads", "Heads & embeddings", "🧲")
 ATTENTION = Page("attention", "Attention & attribution", "🔦")
-PAGES = (HOME, LENS, SAMPLING, BEAM, LOSS, HEADS, ATTENTION)  # the navigation's order
+EXPERIMENTS = Page("experiments", "Experiments", "🧪")
+PAGES = (HOME, LENS, SAMPLING, BEAM, LOSS, HEADS, ATTENTION, EXPERIMENTS)  # the navigation's order
 BY_NAME = {page.name: page for page in PAGES}

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from lmviz.analyses import attention, classification, lens, sampling
+from lmviz.analyses import attention, classification, lens, patching, sampling
 from lmviz.analyses.whatif import decode_branches, encode_branches
 
 class _Last:
@@ -46,7 +46,6 @@ class Setting:
     high: float | None = None  # None for an int setting: the page gives the limit (LAST stands for it)
     decode: Callable[[str], object] | None = None  # URL text -> value for a structured value (else by type)
     encode: Callable[[object], str] = str  # value -> URL text
-    label: str = ""  # the widget's label on its page
     label: str = ""  # the widget's label on its page
 
     @property
@@ -205,3 +204,25 @@ class Attention:
     ABLATE_LAYER = Setting("att_ablate_layer", 0, low=0, label="Layer ")
     ABLATE_HEAD = Setting("att_ablate_head", 0, low=0, label="Head ")
     MODE = Setting("att_mode", "zero", choices=("zero", "mean"), label="Replace by")
+
+
+# ---------------------------------------------------------------- Experiments
+class Experiments:
+    PATCHING_TAB, LENS_TAB, ATP_TAB, PATHS_TAB, TOKENS_TAB, STEERING_TAB = (
+        "Patching", "Patch lens", "Attribution patching", "Paths", "Which tokens mattered", "Steering")
+    EXAMPLE = Setting("exp_example", patching.EXAMPLES[0].name, choices=tuple(e.name for e in patching.EXAMPLES),
+                      label="Ready-made pair")
+    CLEAN = Setting("exp_clean", patching.EXAMPLES[0].clean, label="Clean text")
+    CORRUPTED = Setting("exp_corrupted", patching.EXAMPLES[0].corrupted, label="Corrupted text (as many tokens)")
+    ANSWER = Setting("exp_answer", patching.EXAMPLES[0].answer, label="Answer")
+    WRONG = Setting("exp_wrong", patching.EXAMPLES[0].wrong, label="Wrong token")
+    SITE = Setting("exp_site", "resid", choices=tuple(patching.SITES), label="Patch")
+    MODE = Setting("exp_mode", "denoise", choices=patching.MODES, label="Direction")
+    METRIC = Setting("exp_metric", "normalized", choices=patching.METRICS, label="Metric")
+    LAYER = Setting("exp_layer", 0, low=0, label="Layer")  # the chosen cell; default: the strongest one
+    COLUMN = Setting("exp_column", 0, low=0, label="Position or head")
+    RECEIVER_LAYER = Setting("exp_recv_layer", 0, low=0, label="Receiver layer")  # default: the strongest head
+    RECEIVER_HEAD = Setting("exp_recv_head", 0, low=0, label="Receiver head")
+    RECEIVER_INPUT = Setting("exp_recv_input", "q", choices=("q", "k", "v"), label="Through its")
+    TAB = Setting("exp_tab", PATCHING_TAB, choices=(PATCHING_TAB, LENS_TAB, ATP_TAB, PATHS_TAB, TOKENS_TAB,
+                                                    STEERING_TAB))

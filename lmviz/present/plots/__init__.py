@@ -42,3 +42,14 @@ def style(figure: go.Figure, title: str | None = None, height: int | None = None
 def standalone_html(figure: go.Figure) -> str:
     """The figure as one HTML file that works offline: plotly.js is inside (about 4.7 MB), no CDN."""
     return figure.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+
+
+def cell_markers(n_rows: int, n_cols: int, hover: list[list[str]], prefix: tuple = ()) -> go.Scatter:
+    """An invisible marker on every cell of a (row x column) grid, e.g. layer x head: plotly heatmaps report
+    no clicks to a page, but a click selects the marker, whose customdata is [*prefix, row, column]."""
+    cells = [(layer, head) for layer in range(n_rows) for head in range(n_cols)]
+    return go.Scatter(
+        x=[head for _, head in cells], y=[layer for layer, _ in cells], mode="markers", showlegend=False,
+        marker=dict(symbol="square", size=18, opacity=0.0), customdata=[[*prefix, *cell] for cell in cells],
+        hovertext=[text for row in hover for text in row], hoverinfo="text",
+    )

@@ -1,9 +1,8 @@
 """Attention and attribution figures: the layer x head overview, one head's pattern, one query's lines,
 the parts of a logit by block and by head, and a distribution before and after an ablation.
 
-Plotly heatmaps report no clicks to a page, so the two clickable grids (the head overview and the heads'
-attribution) carry an invisible square marker on every cell: clicking a cell selects that marker, whose
-`customdata` is [layer, head] (["head", layer, head] on the attribution grid).
+The two clickable grids (the head overview and the heads' attribution) carry `cell_markers`: clicking a
+cell selects its marker, whose `customdata` is [layer, head] (["head", layer, head] on the attribution grid).
 """
 
 from __future__ import annotations
@@ -14,23 +13,12 @@ import plotly.graph_objects as go
 from lmviz.analyses.ablation import AblationResult
 from lmviz.analyses.attention import AttentionResult
 from lmviz.analyses.attribution import Attribution
-from lmviz.present.plots import HIGHLIGHT, KEPT_COLOUR, REMOVED_COLOUR, safe_label, style
+from lmviz.present.plots import HIGHLIGHT, KEPT_COLOUR, REMOVED_COLOUR, cell_markers, safe_label, style
 
 ATTN_COLOUR = KEPT_COLOUR
 MLP_COLOUR = "#e8590c"
 EMBED_COLOUR = "#868e96"
 DIVERGING = "RdBu"  # red pushes the logit down, blue up; white is zero
-
-
-def _cell_markers(n_rows: int, n_cols: int, hover: list[list[str]], prefix: tuple = ()) -> go.Scatter:
-    """An invisible marker on every cell of a (layer x head) grid: what makes the grid clickable. Its
-    customdata is [*prefix, layer, head]."""
-    cells = [(layer, head) for layer in range(n_rows) for head in range(n_cols)]
-    return go.Scatter(
-        x=[head for _, head in cells], y=[layer for layer, _ in cells], mode="markers", showlegend=False,
-        marker=dict(symbol="square", size=18, opacity=0.0), customdata=[[*prefix, *cell] for cell in cells],
-        hovertext=[text for row in hover for text in row], hoverinfo="text",
-    )
 
 
 def head_grid(result: AttentionResult, statistic: str, selected: tuple[int, int] | None = None) -> go.Figure:
@@ -42,7 +30,7 @@ def head_grid(result: AttentionResult, statistic: str, selected: tuple[int, int]
         z=values, x=list(range(result.n_heads)), y=list(range(result.n_layers)), colorscale="Viridis",
         zmin=0.0, zmax=None if statistic == "entropy" else 1.0, hoverinfo="skip",
         colorbar=dict(title=dict(text=statistic, side="right"))))
-    figure.add_trace(_cell_markers(result.n_layers, result.n_heads, hover))
+    figure.add_trace(cell_markers(result.n_layers, result.n_heads, hover))
     if selected is not None:
         figure.add_trace(go.Scatter(x=[selected[1]], y=[selected[0]], mode="markers", showlegend=False,
                                     hoverinfo="skip", marker=dict(symbol="square-open", size=22, color=HIGHLIGHT,
@@ -133,7 +121,7 @@ def head_attribution(result: Attribution) -> go.Figure:
     figure = go.Figure(go.Heatmap(z=values, x=list(range(n_heads)), y=list(range(n_layers)), colorscale=DIVERGING,
                                   zmid=0.0, zmin=-top, zmax=top, hoverinfo="skip",
                                   colorbar=dict(title=dict(text="logit part", side="right"))))
-    figure.add_trace(_cell_markers(n_layers, n_heads, hover, prefix=("head",)))
+    figure.add_trace(cell_markers(n_layers, n_heads, hover, prefix=("head",)))
     _grid_axes(figure, n_layers, n_heads)
     return style(figure, "Every head's part", height=max(420, 22 * n_layers + 120))
 

@@ -1,0 +1,74 @@
+"""The Experiments page (AppTest): its numbers are the backend's (tested against forwards patched by hand
+in tests/test_patching.py), its settings live in the URL, a ready-made pair fills the boxes, and texts of
+different lengths get one clear line with both tokenizations."""
+
+import pytest
+
+from lmviz.analyses import patching
+from tests.views import run_page
+
+IOI = patching.EXAMPLES[0]
+
+
+def markdown(at) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_the_patching_tab_shows_the_backends_cells(smollm):
+    at = run_page("experiments", "unused")
+    assert not at.exception and not at.error
+    result = patching.patch(smollm, IOI.clean, IOI.corrupted, IOI.answer, IOI.wrong, "resid")
+    assert f"**{result.clean.logit_diff[0]:.2f}** on the clean text" in markdown(at)
+    layer, column = at.session_state["exp_layer"], at.session_state["exp_column"]
+    assert f"**{result.values()[layer, column]:.3f}**" in markdown(at)
+    # the page opens on the strongest cell: the second name, early
+    assert result.tokens[column] == "·John" and result.values()[layer, column] > 0.95
+    tokens = at.dataframe[0].value
+    assert list(tokens.loc["clean"]) == list(result.tokens)
+
+
+def test_settings_come_from_and_go_to_the_url(smollm):
+    query = {"exp_site": "head", "exp_mode": "noise", "exp_metric": "prob", "exp_layer": "23", "exp_column": "3"}
+    at = run_page("experiments", "unused", query=query)
+    assert not at.exception and not at.error
+    result = patching.patch(smollm, IOI.clean, IOI.corrupted, IOI.answer, IOI.wrong, "head", "noise")
+    assert f"**{result.values('prob')[23, 3]:.3f}**" in markdown(at)
+    assert all(at.query_params[key] == value for key, value in query.items())
+
+
+def test_a_ready_made_pair_fills_the_boxes(smollm):
+    at = run_page("experiments", "unused")
+    at.selectbox(key="exp_example").set_value("Factual recall").run()
+    assert not at.exception and not at.error
+    fact = patching.EXAMPLES[1]
+    assert at.session_state["exp_clean"] == fact.clean and at.session_state["exp_answer"] == fact.answer
+    assert at.query_params["exp_corrupted"] == fact.corrupted
+
+
+def test_texts_of_different_lengths_show_both_tokenizations(smollm):
+    longer = IOI.corrupted.replace("Mary gave", "Mary Ann gave")
+    at = run_page("experiments", "unused", exp_corrupted=longer)
+    assert not at.exception
+    assert "same number" in at.error[0].value and "both tokenizations" in at.error[0].value
+    rows = at.dataframe[0].value
+    assert rows.shape[1] == len(patching.trace_module.encode(smollm, longer))
+    assert rows.loc["clean"].iloc[-1] == ""  # the shorter text's row ends early
+    assert at.session_state["exp_corrupted"] == longer  # what was typed stays
+
+
+@pytest.mark.parametrize("tab", ["Patch lens", "Attribution patching", "Paths"])
+def test_the_other_tabs(smollm, tab):
+    at = run_page("experiments", "unused", exp_tab=tab)
+    assert not at.exception and not at.error
+    if tab == "Patch lens":
+        assert len(at.get("plotly_chart")) == 2 and "resid of layer" in markdown(at)
+    elif tab == "Attribution patching":
+        result = patching.attribution_patch(smollm, IOI.clean, IOI.corrupted, IOI.answer, IOI.wrong)
+        assert f"Pearson r = {result.correlation:.3f}" in markdown(at)
+    else:
+        at.button[0].click().run()
+        assert not at.exception and len(at.get("plotly_chart")) == 2
+        receiver = (at.session_state["exp_recv_layer"], at.session_state["exp_recv_head"])
+        paths = patching.receiver_paths(smollm, IOI.clean, IOI.corrupted, IOI.answer, IOI.wrong, receiver, "q")
+        assert f"Into L{receiver[0]}.H{receiver[1]}" in at.get("plotly_chart")[1].proto.spec
+        assert paths.values().shape == (receiver[0], 9)

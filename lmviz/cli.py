@@ -550,6 +550,220 @@ def run_ablate(args):
     return output, "\n".join(lines)
 
 
+def _pair_arguments(parser) -> None:
+    parser.add_argument("--corrupted", required=True, help="the corrupted text: as many tokens as TEXT (the clean one)")
+    parser.add_argument("--answer", required=True, help="the token the clean text should predict (text or id)")
+    parser.add_argument("--wrong", required=True, help="the token the corrupted text predicts instead")
+    parser.add_argument("--site", choices=("resid", "attn", "mlp", "head"), default="resid",
+                        help="what to patch: block inputs, attention or MLP outputs per position, or heads")
+    parser.add_argument("--mode", choices=("denoise", "noise"), default="denoise",
+                        help="clean into corrupted (default), or corrupted into clean")
+    parser.add_argument("--metric", choices=("normalized", "logit_diff", "prob", "kl"), default="normalized",
+                        help="normalized logit difference (0 = corrupted run, 1 = clean run; default), the raw "
+                             "difference, p(answer), or KL(clean || patched) in nats")
+
+
+def add_patch(commands, common) -> None:
+    parser = commands.add_parser(
+        "patch", parents=[common], help="activation patching: copy each state of one run into the other",
+        description="Run a clean and a corrupted text, copy each site's value (per layer and position, or per "
+        "head) from one run into the other, and measure logit(answer) - logit(wrong) after the last token.",
+    )
+    _pair_arguments(parser)
+    parser.add_argument("--position", type=int, default=None, help="head patching at this position only")
+    parser.set_defaults(handler=run_patch)
+
+
+def _patching_json(lm, text: str, result, metric: str, values) -> dict:
+    return {"model": lm.name, "clean": text, "corrupted": result.corrupted_text, "site": result.site,
+            "mode": result.mode, "metric": metric, "columns": result.columns, "position": result.position,
+            "answer_id": result.answer_id, "wrong_id": result.wrong_id, "input_ids": result_ids(lm, text),
+            "tokens": exact_tokens(lm, result_ids(lm, text)), "display": list(result.tokens),
+            "corrupted_display": list(result.corrupted_tokens),
+            "clean_metric": float(result.clean.logit_diff[0]), "corrupted_metric": float(result.corrupted.logit_diff[0]),
+            "values": to_jsonable(values)}
+
+
+def result_ids(lm, text: str) -> list[int]:
+    from lmviz.forward.trace import encode
+
+    return encode(lm, text)
+
+
+def _grid_text(result, values) -> str:
+    columns = list(result.tokens) if result.columns == "position" else [f"H{h}" for h in range(values.shape[1])]
+    rows = [{"layer": layer, **{f"{i}:{name}": f"{v:.2f}" for i, (name, v) in enumerate(zip(columns, row))}}
+            for layer, row in enumerate(values)]
+    return table(rows)
+
+
+def run_patch(args):
+    from lmviz.analyses import patching
+
+    text = read_text(args)
+    lm = load_model(args)
+    result = patching.patch(lm, text, args.corrupted, args.answer, args.wrong, args.site, args.mode, args.position)
+    values = result.values(args.metric)
+    lines = [f"{args.site} patching ({args.mode}) in {lm.name}: logit({result.answer}) - logit({result.wrong}) = "
+             f"{result.clean.logit_diff[0]:.3f} clean, {result.corrupted.logit_diff[0]:.3f} corrupted; "
+             f"{args.metric} per cell:", "", _grid_text(result, values)]
+    return _patching_json(lm, text, result, args.metric, values), "\n".join(lines)
+
+
+def add_attribution_patch(commands, common) -> None:
+    parser = commands.add_parser(
+        "attribution-patch", parents=[common],
+        help="attribution patching (AtP): a gradient estimate of every patching cell, beside the exact values",
+        description="Estimate each cell of activation patching as (h_source - h_base) . dm/dh from one backward "
+        "pass, and compare with exhaustive patching (correlation, worst cells).",
+    )
+    _pair_arguments(parser)
+    parser.set_defaults(handler=run_attribution_patch)
+
+
+def run_attribution_patch(args):
+    from lmviz.analyses import patching
+
+    text = read_text(args)
+    lm = load_model(args)
+    result = patching.attribution_patch(lm, text, args.corrupted, args.answer, args.wrong, args.site, args.mode,
+                                        args.metric)
+    output = _patching_json(lm, text, result.exact, args.metric, result.estimate)
+    output.update({"exhaustive": to_jsonable(result.exact.values(args.metric)),
+                   "exhaustive_correlation": to_jsonable(result.correlation), "max_error": result.max_error,
+                   "worst": [{"layer": l, "column": c, "estimate": e, "exhaustive": x} for l, c, e, x in result.worst]})
+    lines = [f"AtP of {args.site} patching in {lm.name}: Pearson r = {result.correlation:.3f} with exhaustive "
+             f"patching, max |error| {result.max_error:.3f} ({args.metric})", "", "estimate:",
+             _grid_text(result.exact, result.estimate), "", "worst cells (layer, column, estimate, exhaustive):",
+             *(f"  {l}, {c}: {e:.3f} vs {x:.3f}" for l, c, e, x in result.worst)]
+    return output, "\n".join(lines)
+
+
+def add_knockout(commands, common) -> None:
+    parser = commands.add_parser(
+        "knockout", parents=[common], help="which input tokens mattered: hide each one and measure the change",
+        description="For each token before the last, hide it from attention in every layer (positions unchanged) "
+        "and report F(x) - F(x without it), F the target's logit after the last token (or target - contrast).",
+    )
+    _target_arguments(parser)
+    parser.set_defaults(handler=run_knockout)
+
+
+def add_saliency(commands, common) -> None:
+    parser = commands.add_parser(
+        "saliency", parents=[common], help="gradient estimates of which input tokens mattered, next to knockout",
+        description="Score each token by gradients of F (the target's logit after the last token, or target - "
+        "contrast) with respect to its input embedding; says whether the scores add up and how they rank "
+        "against knockout.",
+    )
+    parser.add_argument("--method", required=True, help="gradient, input_x_gradient or integrated_gradients")
+    parser.add_argument("--steps", type=int, default=64, help="integrated gradients' steps (default 64)")
+    _target_arguments(parser)
+    parser.set_defaults(handler=run_saliency)
+
+
+def _target_arguments(parser) -> None:
+    parser.add_argument("--target", default=None, metavar="ID_OR_TOKEN",
+                        help="token id or text (default: the model's top prediction after the last token)")
+    parser.add_argument("--contrast", default=None, metavar="ID_OR_TOKEN",
+                        help="explain 'target, not this token': F = logit target - logit contrast")
+
+
+def _explained(lm, result) -> dict:
+    """The target and contrast of a knockout or saliency result, as JSON."""
+    output = {"target_id": result.target_id, "target_token": exact_tokens(lm, [result.target_id])[0],
+              "contrast_id": result.contrast_id, "contrast_token": None}
+    if result.contrast_id is not None:
+        output["contrast_token"] = exact_tokens(lm, [result.contrast_id])[0]
+    return output
+
+
+def _what(output: dict) -> str:
+    return repr(output["target_token"]) + ("" if output["contrast_id"] is None else f" - {output['contrast_token']!r}")
+
+
+def run_knockout(args):
+    from lmviz.analyses import saliency
+
+    text = read_text(args)
+    lm = load_model(args)
+    result = saliency.knockout(lm, text, args.target, args.contrast)
+    output = {"model": lm.name, "text": text, **_explained(lm, result), "input_ids": list(result.input_ids),
+              "tokens": exact_tokens(lm, result.input_ids), "display": list(result.tokens), "value": result.value,
+              "scores": list(result.scores)}
+    rows = [{"pos": i, "token": token, "score": round(score, 4)}
+            for i, (token, score) in enumerate(zip(result.tokens, result.scores))]
+    return output, (f"F = logit {_what(output)} after the last token = {result.value:.4f}; "
+                    f"score = F - F with the token hidden\n" + table(rows))
+
+
+def run_saliency(args):
+    from lmviz.analyses import saliency
+
+    text = read_text(args)
+    lm = load_model(args)
+    result = saliency.saliency(lm, text, args.method, args.steps, args.target, args.contrast)
+    knocked = saliency.knockout(lm, text, args.target, args.contrast)
+    output = {"model": lm.name, "text": text, "method": result.method, "steps": result.steps,
+              **_explained(lm, result), "input_ids": list(knocked.input_ids),
+              "tokens": exact_tokens(lm, knocked.input_ids), "display": list(result.tokens),
+              "scores": list(result.scores), "completeness_gap": result.completeness_gap, "adds_up": result.adds_up,
+              "knockout_correlation": result.knockout_correlation, "knockout": list(knocked.scores)}
+    rows = [{"pos": i, "token": token, "score": round(score, 4),
+             "knockout": round(knocked.scores[i], 4) if i < len(knocked.scores) else "-"}
+            for i, (token, score) in enumerate(zip(result.tokens, result.scores))]
+    gap = "" if result.completeness_gap is None else (
+        f"; completeness gap {result.completeness_gap:.1%}" + ("" if result.adds_up else " (does NOT add up)"))
+    correlation = "undefined" if result.knockout_correlation is None else f"{result.knockout_correlation:.2f}"
+    return output, (f"{result.method} of F = logit {_what(output)} after the last token{gap}; "
+                    f"rank correlation with knockout {correlation}\n" + table(rows))
+
+
+def add_steer(commands, common) -> None:
+    from lmviz.analyses.steering import DEFAULT_NEW_TOKENS, DEFAULT_SCALE
+
+    parser = commands.add_parser(
+        "steer", parents=[common], help="steer generation by adding a vector to the residual stream (ActAdd)",
+        description="Take block L's input at the last token of --to minus the same for --from, add scale times "
+        "that vector to block L's input at every position while the model continues TEXT greedily, and compare "
+        "with the continuation without it.",
+    )
+    parser.add_argument("--layer", type=int, required=True, metavar="L", help="the block whose input is steered")
+    parser.add_argument("--from", dest="from_text", required=True, metavar="A",
+                        help="prompt A, steered away from (e.g. ' hate')")
+    parser.add_argument("--to", dest="to_text", required=True, metavar="B",
+                        help="prompt B, steered towards (e.g. ' love')")
+    parser.add_argument("--scale", type=float, action="append", default=None, metavar="S",
+                        help=f"repeat for a sweep; negative steers towards --from (default {DEFAULT_SCALE:g})")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_NEW_TOKENS, metavar="N",
+                        help=f"tokens per continuation (default {DEFAULT_NEW_TOKENS})")
+    parser.set_defaults(handler=run_steer)
+
+
+def run_steer(args):
+    from lmviz.analyses import steering
+
+    text = read_text(args)
+    lm = load_model(args)
+    result = steering.steer(lm, text, args.layer, args.from_text, args.to_text,
+                            args.scale or [steering.DEFAULT_SCALE], args.max_new_tokens)
+    sweep = [{"scale": c.scale, "added_norm": c.added_norm, "new_ids": list(c.token_ids),
+              "tokens": exact_tokens(lm, c.token_ids), "display": list(c.tokens), "text": c.text}
+             for c in result.sweep]
+    unsteered = result.unsteered
+    output = {"model": lm.name, "text": text, "layer": result.layer, "from": result.from_text, "to": result.to_text,
+              "vector_norm": result.vector_norm,
+              "new_ids": sweep[0]["new_ids"] if len(sweep) == 1 else [c["new_ids"] for c in sweep],
+              "unsteered_ids": list(unsteered.token_ids), "unsteered_tokens": exact_tokens(lm, unsteered.token_ids),
+              "unsteered_display": list(unsteered.tokens), "unsteered_text": unsteered.text, "sweep": sweep}
+    lines = [f"{lm.name}, block {result.layer}'s input + scale x v, v = {result.to_text!r} - {result.from_text!r} "
+             f"(|v| = {result.vector_norm:.4g}); greedy, up to {args.max_new_tokens} new tokens after {text!r}:",
+             f"  unsteered: {json.dumps(unsteered.text, ensure_ascii=False)}",
+             *(f"  scale {c.scale:g} (|scale x v| = {c.added_norm:.4g}): {json.dumps(c.text, ensure_ascii=False)}"
+               for c in result.sweep)]
+    return output, "\n".join(lines)
+
+
 def add_app(commands, common) -> None:
     parser = commands.add_parser("app", help="serve the dashboard (Streamlit) on http://localhost:PORT",
                                  description="Serve the dashboard. Other options go to `streamlit run`, "
@@ -603,7 +817,8 @@ def run_install_models(args):
 
 
 COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_compare, add_lens,
-            add_attention, add_attribute, add_ablate, add_lessons, add_app, add_install_models]
+            add_attention, add_attribute, add_ablate, add_patch, add_attribution_patch, add_knockout, add_saliency,
+            add_steer, add_lessons, add_app, add_install_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

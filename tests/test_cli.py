@@ -68,6 +68,8 @@ def shown_with_dots(tokens, display) -> bool:
 @pytest.mark.parametrize("argv", [
     ["tokens"], ["sample", "--top-k", "5"], ["embed"], ["lens"], ["attention"], ["attribute"],
     ["ablate", "--layer", "0", "--head", "1"], ["loss"], ["beam"], ["fill-mask"],
+    ["patch", "--corrupted", "the capital of france of", "--answer", "5", "--wrong", "9"], ["knockout"],
+    ["saliency", "--method", "input_x_gradient"],
 ])
 def test_json_tokens_are_exact_text_and_display_is_separate(argv, tiny_dirs, capsys):
     """One rule for every command: "tokens", "top_tokens" and "target_token" hold each token's exact text,

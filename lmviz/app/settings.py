@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from lmviz.analyses import attention, classification, lens, patching, sampling
+from lmviz.analyses import attention, classification, lens, patching, saliency, sampling, steering
 from lmviz.analyses.whatif import decode_branches, encode_branches
 
 class _Last:
@@ -224,5 +224,14 @@ class Experiments:
     RECEIVER_LAYER = Setting("exp_recv_layer", 0, low=0, label="Receiver layer")  # default: the strongest head
     RECEIVER_HEAD = Setting("exp_recv_head", 0, low=0, label="Receiver head")
     RECEIVER_INPUT = Setting("exp_recv_input", "q", choices=("q", "k", "v"), label="Through its")
+    EXPLAIN = Setting("exp_explain", "contrast", choices=("contrast", "top"), label="Explain")
+    METHOD = Setting("exp_method", "integrated_gradients", choices=saliency.METHODS, label="Estimate")
+    STEPS = Setting("exp_steps", 64, low=1, high=saliency.MAX_STEPS, label="Integrated-gradient steps")
+    STEER_TEXT = Setting("exp_steer_text", "I think that you are", label="Prompt")
+    STEER_FROM = Setting("exp_steer_from", " hate", label="From (A)")
+    STEER_TO = Setting("exp_steer_to", " love", label="To (B)")
+    STEER_LAYER = Setting("exp_steer_layer", steering.DEFAULT_LAYER, low=0, label="Add at the input of block")
+    STEER_SCALES = Setting("exp_steer_scales", "-1, 1, 2", label="Scales (comma-separated)")
+    STEER_TOKENS = Setting("exp_steer_tokens", 20, low=1, high=steering.MAX_NEW_TOKENS, label="New tokens")
     TAB = Setting("exp_tab", PATCHING_TAB, choices=(PATCHING_TAB, LENS_TAB, ATP_TAB, PATHS_TAB, TOKENS_TAB,
                                                     STEERING_TAB))

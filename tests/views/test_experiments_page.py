@@ -72,3 +72,29 @@ def test_the_other_tabs(smollm, tab):
         paths = patching.receiver_paths(smollm, IOI.clean, IOI.corrupted, IOI.answer, IOI.wrong, receiver, "q")
         assert f"Into L{receiver[0]}.H{receiver[1]}" in at.get("plotly_chart")[1].proto.spec
         assert paths.values().shape == (receiver[0], 9)
+
+
+def test_which_tokens_mattered_shows_knockout_beside_the_estimate(smollm):
+    at = run_page("experiments", "unused", exp_tab="Which tokens mattered")
+    assert not at.exception and not at.error
+    from lmviz.analyses import saliency
+
+    estimate = saliency.saliency(smollm, IOI.clean, "integrated_gradients", 64, IOI.answer, IOI.wrong)
+    exact = saliency.knockout(smollm, IOI.clean, IOI.answer, IOI.wrong)
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert f"rank correlation with knockout {estimate.knockout_correlation:.2f}" in spec
+    assert f"{exact.scores[9]}"[:8] in spec  # the second name's knockout score is drawn
+    if estimate.adds_up is False:  # a gap above the limit is said, not just drawn
+        assert f"by {estimate.completeness_gap:.0%}" in at.warning[0].value
+
+
+def test_steering_shows_each_scale_beside_the_model_as_it_is(smollm):
+    at = run_page("experiments", "unused", exp_tab="Steering", exp_steer_scales="2", exp_steer_tokens=8)
+    assert not at.exception and not at.error
+    from lmviz.analyses import steering
+
+    result = steering.steer(smollm, "I think that you are", steering.DEFAULT_LAYER, " hate", " love", (2.0,), 8)
+    table = at.dataframe[-1].value
+    assert list(table["continuation"]) == [result.unsteered.text, result.sweep[0].text]
+    at.text_input(key="exp_steer_scales").set_value("two").run()
+    assert "numbers separated by commas" in at.error[0].value and at.session_state["exp_steer_scales"] == "two"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lmviz.analyses import lens, patching
+from lmviz.analyses import lens, patching, saliency, steering
 from lmviz.app import ui
 from lmviz.app.settings import Experiments
 from lmviz.errors import LmvizError
@@ -68,7 +68,9 @@ n_layers, n_heads = lm.n_layers, parts.n_heads
 
 for setting in (Experiments.EXAMPLE, Experiments.CLEAN, Experiments.CORRUPTED, Experiments.ANSWER,
                 Experiments.WRONG, Experiments.SITE, Experiments.MODE, Experiments.METRIC,
-                Experiments.RECEIVER_INPUT, Experiments.TAB):
+                Experiments.RECEIVER_INPUT, Experiments.EXPLAIN, Experiments.METHOD, Experiments.STEPS,
+                Experiments.STEER_TEXT, Experiments.STEER_FROM, Experiments.STEER_TO, Experiments.STEER_SCALES,
+                Experiments.STEER_TOKENS, Experiments.TAB):
     ui.init(setting)
 if (cell := ui.clicked("exp_grid")) is not None:  # a click on the patching grid picks that cell
     st.session_state[Experiments.LAYER.key], st.session_state[Experiments.COLUMN.key] = int(cell[0]), int(cell[1])
@@ -116,7 +118,7 @@ ui.sync(Experiments.SITE, Experiments.MODE, Experiments.METRIC)
 ui.init(Experiments.TAB)
 tabs = st.tabs(Experiments.TAB.choices, key=Experiments.TAB.key, on_change="rerun")
 ui.sync(Experiments.TAB)
-patch_tab, lens_tab, atp_tab, paths_tab = tabs[:4]
+patch_tab, lens_tab, atp_tab, paths_tab, tokens_tab, steering_tab = tabs
 
 # ------------------------------------------------------------------ activation patching
 with patch_tab:
@@ -228,3 +230,64 @@ with paths_tab:
                        "unembedding reads, nothing in between recomputed. Right: each earlier head's output reaching "
                        "the chosen receiver (click a head on the left) only through the residual stream, read only by "
                        "its query, key or value; everything after the receiver runs as usual.")
+
+# ------------------------------------------------------------------ which input tokens mattered
+with tokens_tab:
+    if tokens_tab.open:  # only the open tab computes
+        row = st.columns([2, 2, 1])
+        row[0].radio(Experiments.EXPLAIN.label, ["contrast", "top"], key=Experiments.EXPLAIN.key, horizontal=True,
+                     format_func={"contrast": f"logit({runs.answer}) − logit({runs.wrong})",
+                                  "top": "the top token's logit"}.get)
+        row[1].radio(Experiments.METHOD.label, list(saliency.METHODS), key=Experiments.METHOD.key, horizontal=True,
+                     format_func=plots.METHOD_LABELS.get)
+        row[2].number_input(Experiments.STEPS.label, 1, saliency.MAX_STEPS, key=Experiments.STEPS.key,
+                            disabled=ui.value(Experiments.METHOD) != "integrated_gradients")
+        ui.sync(Experiments.EXPLAIN, Experiments.METHOD, Experiments.STEPS)
+        target, contrast = (answer, wrong) if ui.value(Experiments.EXPLAIN) == "contrast" else (None, None)
+        with ui.user_errors(stop=False), st.spinner("Hiding each token in turn, and the gradients …"):
+            exact = saliency.knockout(lm, clean, target, contrast)
+            estimate = saliency.saliency(lm, clean, ui.value(Experiments.METHOD), ui.value(Experiments.STEPS),
+                                         target, contrast)
+            if estimate.adds_up is False:
+                st.warning(f"{plots.METHOD_LABELS[estimate.method]} does not add up here: its scores miss "
+                           f"F(x) − F(0) by {estimate.completeness_gap:.0%} (more than "
+                           f"{saliency.COMPLETENESS_LIMIT:.0%}). Trust the knockout bars, not these.", icon="⚠️")
+            elif estimate.adds_up:
+                st.success(f"The scores add up to F(x) − F(0) within {estimate.completeness_gap:.1%}.", icon="✅")
+            ui.chart(plots.token_scores(exact, estimate), "token_scores")
+            st.caption("Knockout hides one token from every later token (its attention key masked in every layer, "
+                       "positions unchanged) and reruns: an experiment. The gradient methods estimate the same from "
+                       "derivatives at the input embeddings: cheaper, and on these models often wrong.")
+
+# ------------------------------------------------------------------ steering
+with steering_tab:
+    if steering_tab.open:  # only the open tab computes
+        ui.init(Experiments.STEER_LAYER, min(steering.DEFAULT_LAYER, n_layers - 1), high=n_layers - 1)
+        row = st.columns([3, 1, 1, 1, 2, 1])
+        row[0].text_input(Experiments.STEER_TEXT.label, key=Experiments.STEER_TEXT.key)
+        row[1].text_input(Experiments.STEER_FROM.label, key=Experiments.STEER_FROM.key)
+        row[2].text_input(Experiments.STEER_TO.label, key=Experiments.STEER_TO.key)
+        row[3].number_input(Experiments.STEER_LAYER.label, 0, n_layers - 1, key=Experiments.STEER_LAYER.key)
+        row[4].text_input(Experiments.STEER_SCALES.label, key=Experiments.STEER_SCALES.key)
+        row[5].number_input(Experiments.STEER_TOKENS.label, 1, steering.MAX_NEW_TOKENS, key=Experiments.STEER_TOKENS.key)
+        ui.sync(Experiments.STEER_TEXT, Experiments.STEER_FROM, Experiments.STEER_TO, Experiments.STEER_LAYER,
+                Experiments.STEER_SCALES, Experiments.STEER_TOKENS)
+        with ui.user_errors(stop=False):
+            try:
+                scales = tuple(float(part) for part in ui.value(Experiments.STEER_SCALES).replace("−", "-").split(",")
+                               if part.strip())
+            except ValueError:
+                raise LmvizError("Scales are numbers separated by commas, e.g. -1, 1, 2.") from None
+            with st.spinner("Generating, once per scale …"):
+                steered = steering.steer(lm, ui.value(Experiments.STEER_TEXT), ui.value(Experiments.STEER_LAYER),
+                                         ui.value(Experiments.STEER_FROM), ui.value(Experiments.STEER_TO), scales,
+                                         ui.value(Experiments.STEER_TOKENS))
+            rows = [{"scale": "0 (as it is)", "‖added‖": 0.0, "continuation": steered.unsteered.text}]
+            rows += [{"scale": f"{c.scale:g}", "‖added‖": c.added_norm, "continuation": c.text} for c in steered.sweep]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                         column_config={"‖added‖": st.column_config.NumberColumn(format="%.1f")})
+            st.caption(f"v = block {steered.layer}'s input at the last token of B minus the same for A "
+                       f"(‖v‖ = {steered.vector_norm:.1f}), times the scale, added at every position while the "
+                       "model continues greedily. A negative scale pushes toward A; too large a scale drowns what "
+                       "the residual stream carried and the text falls apart.")
+

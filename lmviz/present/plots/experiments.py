@@ -1,5 +1,6 @@
 """Experiment figures: a patching grid (layer x position or layer x head), AtP against exhaustive
-patching, and the affected cone drawn over a logit-lens grid (the Patch-Lens view).
+patching, the affected cone drawn over a logit-lens grid (the Patch-Lens view), and token knockout beside
+a gradient estimate.
 
 Grids are numeric heatmaps with layer 0 at the bottom and `cell_markers` on every cell, so a click picks
 a cell ([layer, column] in its customdata).
@@ -9,13 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from lmviz.analyses.patching import AttributionPatching, Patching
+from lmviz.analyses.saliency import Knockout, Saliency
 from lmviz.present.plots import HIGHLIGHT, cell_markers, safe_label, style
 
 DIVERGING = "RdBu"  # blue: toward the clean run (or up), red: away from it; white: no effect
 METRIC_LABELS = {"normalized": "restored (0 = corrupted, 1 = clean)", "logit_diff": "logit(answer) − logit(wrong)",
                  "prob": "p(answer)", "kl": "KL(clean ‖ patched), nats"}
+METHOD_LABELS = {"gradient": "Gradient norm ‖∂F/∂e‖", "input_x_gradient": "Input × gradient",
+                 "integrated_gradients": "Integrated gradients"}
 SITE_LABELS = {"resid": "block inputs (residual stream)", "attn": "attention outputs", "mlp": "MLP outputs",
                "head": "heads"}
 
@@ -99,3 +104,23 @@ def cone(figure: go.Figure, first_row: int, first_column: int, n_rows: int, n_co
     figure.add_shape(type="rect", x0=first_column - 0.5, x1=n_columns - 0.5, y0=first_row - 0.5, y1=n_rows - 0.5,
                      line=dict(color=HIGHLIGHT, width=3), fillcolor=HIGHLIGHT, opacity=0.12, layer="above")
     return figure
+
+
+def token_scores(knockout: Knockout, estimate: Saliency) -> go.Figure:
+    """Knockout (exact, top) and a gradient estimate (bottom) over the input tokens, x shared."""
+    labels = [f"{position} {safe_label(token)}" for position, token in enumerate(estimate.tokens)]
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=(
+        "Knockout (exact): F(x) − F(x without the token)",
+        f"{METHOD_LABELS[estimate.method]} (estimate)" + (
+            "" if estimate.knockout_correlation is None else f" — rank correlation with knockout "
+                                                              f"{estimate.knockout_correlation:.2f}")))
+    exact = list(knockout.scores)
+    figure.add_trace(go.Bar(x=labels[:len(exact)], y=exact, marker_color=["#3b5bdb" if v >= 0 else "#e03131"
+                                                                           for v in exact],
+                            hovertemplate="%{x}<br>%{y:.3f}<extra>knockout</extra>", showlegend=False), row=1, col=1)
+    guessed = list(estimate.scores)
+    figure.add_trace(go.Bar(x=labels, y=guessed, marker_color=["#748ffc" if v >= 0 else "#ff8787" for v in guessed],
+                            hovertemplate="%{x}<br>%{y:.3f}<extra>estimate</extra>", showlegend=False), row=2, col=1)
+    figure.update_xaxes(type="category", categoryorder="array", categoryarray=labels,
+                        tickangle=-45 if len(labels) > 10 else 0)
+    return style(figure, None, height=620)

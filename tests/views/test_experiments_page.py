@@ -58,7 +58,8 @@ def test_texts_of_different_lengths_show_both_tokenizations(smollm):
 
 @pytest.mark.parametrize("tab", ["Patch lens", "Attribution patching", "Paths"])
 def test_the_other_tabs(smollm, tab):
-    at = run_page("experiments", "unused", exp_tab=tab)
+    query = {"exp_recv_layer": "2", "exp_recv_head": "4"} if tab == "Paths" else {}  # few senders: a quick test
+    at = run_page("experiments", "unused", query=query, exp_tab=tab)
     assert not at.exception and not at.error
     if tab == "Patch lens":
         assert len(at.get("plotly_chart")) == 2 and "resid of layer" in markdown(at)
@@ -69,6 +70,7 @@ def test_the_other_tabs(smollm, tab):
         at.button[0].click().run()
         assert not at.exception and len(at.get("plotly_chart")) == 2
         receiver = (at.session_state["exp_recv_layer"], at.session_state["exp_recv_head"])
+        assert receiver == (2, 4)
         paths = patching.receiver_paths(smollm, IOI.clean, IOI.corrupted, IOI.answer, IOI.wrong, receiver, "q")
         assert f"Into L{receiver[0]}.H{receiver[1]}" in at.get("plotly_chart")[1].proto.spec
         assert paths.values().shape == (receiver[0], 9)

@@ -102,7 +102,7 @@ def cone(figure: go.Figure, first_row: int, first_column: int, n_rows: int, n_co
     """Shade what one patch can change on a (layer x position) lens grid: its row and later ones, its
     column and later ones (rows and columns counted as the grid draws them, from 0)."""
     figure.add_shape(type="rect", x0=first_column - 0.5, x1=n_columns - 0.5, y0=first_row - 0.5, y1=n_rows - 0.5,
-                     line=dict(color=HIGHLIGHT, width=3), fillcolor=HIGHLIGHT, opacity=0.12, layer="above")
+                     line=dict(color=HIGHLIGHT, width=5), fillcolor="rgba(232, 89, 12, 0.18)", layer="above")
     return figure
 
 

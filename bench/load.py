@@ -18,6 +18,18 @@ RSS and CPU seconds per session. The baseline, measured in the same run, is
 one session alone on the same server.
 
     .venv/bin/python bench/load.py --sessions 10 30
+
+Scenario "followers" (--followers N): a class follows its teacher (lmviz.app.classroom). A teacher session
+opens /?class=new, then a lesson step (with its teacher key, as its own reload would); N follower sessions
+open /?class=CODE and are switched to that step. Then the teacher opens the next step, which publishes it
+at the start of the teacher's run; each follower's fragment (st.fragment(run_every=...)) notices within its
+interval and switches page. Printed: each follower's time from the teacher's request (an upper bound of the
+time from the publish) to its page showing the new step (the lesson panel's line), and to the page
+complete; errors. A browser reruns a fragment with run_every from its own timer: so does this client (it
+reads the AutoRerun message, fragment id and interval, and sends `rerun_script` with that fragment id,
+is_auto_rerun, and the page and query string it last saw, as the frontend does).
+
+    .venv/bin/python bench/load.py --followers 30
 """
 
 from __future__ import annotations
@@ -104,8 +116,9 @@ def problems(message: ForwardMsg) -> list[str]:
     return []
 
 
-async def open_page(connection, page: str, query: str) -> PageLoad:
-    """Ask for a page as a browser opening /page?query does; wait until its script has finished."""
+async def open_page(connection, page: str, query: str, seen: dict | None = None) -> PageLoad:
+    """Ask for a page as a browser opening /page?query does; wait until its script has finished. seen: gets
+    the URL's query string as the server last set it ("query") and the markdown drawn ("markdown")."""
     request = BackMsg()
     request.rerun_script.query_string = query
     request.rerun_script.page_name = page
@@ -122,6 +135,13 @@ async def open_page(connection, page: str, query: str) -> PageLoad:
         errors += problems(message)
         if message.WhichOneof("type") == "delta" and message.delta.WhichOneof("type") == "new_element":
             elements[message.delta.new_element.WhichOneof("type")] += 1
+        if seen is not None:
+            if message.WhichOneof("type") == "delta":
+                seen.setdefault("first_delta", time.perf_counter())
+            if message.WhichOneof("type") == "page_info_changed":
+                seen["query"] = message.page_info_changed.query_string
+            if message.WhichOneof("type") == "delta" and message.delta.new_element.WhichOneof("type") == "markdown":
+                seen.setdefault("markdown", []).append(message.delta.new_element.markdown.body)
         if message.WhichOneof("type") == "script_finished":
             status = message.script_finished
             if status == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
@@ -159,6 +179,186 @@ async def classroom(url: str, n: int, salt: str, arrival: float = 0.0, same_text
     return [load for loads in sessions for load in loads]
 
 
+# ---------------------------------------------------------------- a class follows its teacher
+
+@dataclass
+class Follower:
+    """One follower session as this client sees it: the page and query string the server last set (what a
+    browser would send again), its fragments' timers, and when each lesson step's line first showed."""
+
+    index: int
+    page_hash: str = ""
+    query: str = ""
+    timers: dict = field(default_factory=dict)  # fragment id -> (interval, asyncio task)
+    shown: dict = field(default_factory=dict)  # marker -> perf_counter() when a markdown with it arrived
+    complete: dict = field(default_factory=dict)  # marker -> perf_counter() at the script run's end after it
+    errors: list = field(default_factory=list)
+    fragment_runs: int = 0
+    statuses: list = field(default_factory=list)  # every script_finished status, in order
+
+
+def step_marker(lesson, index: int) -> str:
+    """What the lesson panel's markdown says on step `index` (lmviz.app.ui.lesson_panel)."""
+    return f"{index}/{len(lesson.steps)}: **{lesson.steps[index - 1].title}**"
+
+
+async def fragment_timer(connection, follower: Follower, fragment_id: str, interval: float) -> None:
+    """What the frontend does for an AutoRerun message: every `interval` s, rerun that fragment."""
+    while True:
+        await asyncio.sleep(interval)
+        request = BackMsg()
+        request.rerun_script.query_string = follower.query
+        request.rerun_script.page_script_hash = follower.page_hash
+        request.rerun_script.fragment_id = fragment_id
+        request.rerun_script.is_auto_rerun = True
+        follower.fragment_runs += 1
+        try:
+            await connection.send(request.SerializeToString())
+        except ConnectionClosed:
+            return
+
+
+async def follow_class(url: str, code: str, follower: Follower, markers: list[str], stop: asyncio.Event) -> None:
+    """A student's session: open /?class=CODE, then read everything the server sends until `stop`, rerunning
+    the fragments as a browser does, and note when each marker shows and its page is complete."""
+    try:
+        connection = await connect(url, subprotocols=["streamlit"], max_size=2**30, ping_interval=None)
+    except OSError as error:
+        follower.errors.append(f"could not connect: {error}")
+        return
+    request = BackMsg()
+    request.rerun_script.query_string = f"class={code}"
+    request.rerun_script.page_name = ""
+    follower.query = request.rerun_script.query_string
+    await connection.send(request.SerializeToString())
+    pending: set[str] = set()  # markers shown whose run has not finished yet
+    try:
+        while not stop.is_set():
+            try:
+                raw = await asyncio.wait_for(connection.recv(), timeout=0.5)
+            except asyncio.TimeoutError:
+                continue
+            message = ForwardMsg.FromString(raw)
+            kind = message.WhichOneof("type")
+            follower.errors += problems(message)
+            if kind == "new_session":
+                follower.page_hash = message.new_session.page_script_hash
+            elif kind == "page_info_changed":
+                follower.query = message.page_info_changed.query_string
+            elif kind == "auto_rerun":
+                fragment_id, interval = message.auto_rerun.fragment_id, message.auto_rerun.interval
+                if follower.timers.get(fragment_id, (None,))[0] != interval:
+                    if fragment_id in follower.timers:
+                        follower.timers[fragment_id][1].cancel()
+                    follower.timers[fragment_id] = (interval, asyncio.create_task(
+                        fragment_timer(connection, follower, fragment_id, interval)))
+            elif kind == "stop_auto_rerun":
+                for fragment_id in message.stop_auto_rerun.fragment_ids:
+                    if fragment_id in follower.timers:
+                        follower.timers.pop(fragment_id)[1].cancel()
+            elif kind == "delta" and message.delta.new_element.WhichOneof("type") == "markdown":
+                body = message.delta.new_element.markdown.body
+                for marker in markers:
+                    if marker in body:
+                        follower.shown.setdefault(marker, time.perf_counter())
+                        pending.add(marker)  # complete when a run that shows it finishes
+            elif kind == "script_finished":
+                follower.statuses.append(message.script_finished)
+            if kind == "script_finished" and message.script_finished == ForwardMsg.FINISHED_SUCCESSFULLY:
+                for marker in pending:
+                    follower.complete.setdefault(marker, time.perf_counter())
+                pending.clear()
+    except ConnectionClosed:
+        follower.errors.append("connection closed")
+    finally:
+        for _, task in follower.timers.values():
+            task.cancel()
+        await connection.close()
+
+
+async def wait_until(condition, timeout: float) -> bool:
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def followers(url: str, n: int, lesson_id: str = "logits", first: int = 2, server_pid: int = 0) -> dict:
+    """The teacher on step `first` of a lesson, n followers there, the teacher moves to the next step: each
+    follower's seconds from the teacher's request to the step shown / its page complete, and the errors."""
+    import re
+
+    from lmviz.app import lessons
+
+    lesson = lessons.find(lesson_id)
+    before, after = step_marker(lesson, first), step_marker(lesson, first + 1)
+    teacher = await connect(url, subprotocols=["streamlit"], max_size=2**30, ping_interval=None)
+    errors: list[str] = []
+    try:
+        seen: dict = {}
+        errors += (await open_page(teacher, "", "class=new", seen)).errors
+        key = urllib.parse.parse_qs(seen["query"])["teach"][0]
+        code = next(match.group(1) for body in seen.get("markdown", [])
+                    if (match := re.search(r"Teaching class \*\*(\w+)\*\*", body)))
+
+        def teacher_opens(index: int, seen: dict | None = None):
+            query = urllib.parse.urlencode({**lessons.step_params(lesson, index), "teach": key})
+            return open_page(teacher, lesson.steps[index - 1].page.url_path, query, seen)
+
+        errors += (await teacher_opens(first)).errors
+        stop = asyncio.Event()
+        class_ = [Follower(i) for i in range(n)]
+        tasks = [asyncio.create_task(follow_class(url, code, f, [before, after], stop)) for f in class_]
+        joined = time.perf_counter()
+        all_there = await wait_until(lambda: all(before in f.complete or f.errors for f in class_), LIMIT_S)
+        join_s = [f.complete[before] - joined for f in class_ if before in f.complete]
+        idle_cpu = cpu_seconds(server_pid) if server_pid else 0.0
+        await asyncio.sleep(3)  # every follower's fragment ticking, nothing else running
+        idle_cpu = ((cpu_seconds(server_pid) if server_pid else 0.0) - idle_cpu) / 3
+        moved = time.perf_counter()
+        teacher_seen: dict = {}
+        teacher_run = await teacher_opens(first + 1, teacher_seen)
+        errors += teacher_run.errors
+        all_moved = await wait_until(lambda: all(after in f.complete or f.errors for f in class_), 60)
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        await teacher.close()
+    errors += [f"follower {f.index}: {error}" for f in class_ for error in f.errors]
+    errors += [] if all_there else ["not every follower joined within the limit"]
+    errors += [f"follower {f.index} did not show the new step within 60 s" for f in class_ if after not in f.shown]
+    errors += [f"follower {f.index} did not finish the new step's page within 60 s (its runs ended "
+               f"{[ForwardMsg.ScriptFinishedStatus.Name(x) for x in f.statuses[-6:]]}, the last 6)"
+               for f in class_ if after in f.shown and after not in f.complete]
+    return {"shown": [f.shown[after] - moved for f in class_ if after in f.shown],
+            "complete": [f.complete[after] - moved for f in class_ if after in f.complete],
+            "join": join_s, "teacher_s": teacher_run.seconds, "errors": errors, "idle_cpu": idle_cpu,
+            "teacher_first_s": teacher_seen.get("first_delta", float("nan")) - moved,
+            "fragment_runs": sum(f.fragment_runs for f in class_), "code": code}
+
+
+def report_followers(url: str, n: int, memory: "PeakMemory", server_pid: int) -> None:
+    cpu_before = cpu_seconds(server_pid)
+    started = time.perf_counter()
+    result = asyncio.run(followers(url, n, server_pid=server_pid))
+    wall = time.perf_counter() - started
+    shown, complete = result["shown"], result["complete"]
+    line = (f"followers N={n} (class {result['code']}): new step shown p50 {percentile(shown, 50):.2f} s "
+            f"p95 {percentile(shown, 95):.2f} s max {max(shown):.2f} s; page complete p50 "
+            f"{percentile(complete, 50):.2f} s p95 {percentile(complete, 95):.2f} s"
+            if shown and complete else f"followers N={n}: no follower moved")
+    print(f"{line}; errors {len(result['errors'])}; teacher's own run {result['teacher_s']:.2f} s; "
+          f"(first element after {result['teacher_first_s']:.2f} s); server CPU while following: "
+          f"{result['idle_cpu']:.2f} core; {len(complete)}/{n} pages complete; joining p95 {percentile(result['join'], 95) if result['join'] else float('nan'):.2f} s; "
+          f"{result['fragment_runs']} fragment reruns sent; {wall:.1f} s in all; peak server RSS "
+          f"{memory.peak:,.0f} MB; server CPU {cpu_seconds(server_pid) - cpu_before:.1f} s")
+    print(f"    shown by {len(shown)}/{n}, at (s): " + " ".join(f"{t:.2f}" for t in sorted(shown)))
+    for error in result["errors"][:5]:
+        print("   ", error)
+
+
 def compute_policy(server_cpus: set[int]) -> str:
     """lmviz.model.compute's policy as the server sees it (its affinity is server_cpus)."""
     from lmviz.model import compute
@@ -181,6 +381,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--same-text", action="store_true",
                         help="every session opens the same link (default: each its own text)")
+    parser.add_argument("--followers", type=int, nargs="*", default=None,
+                        help="the followers scenario instead: N sessions follow a teacher (default 30)")
     parser.add_argument("--arrival", type=float, default=0.0,
                         help="seconds over which the sessions start, evenly (default 0: all at once)")
     cpus = sorted(os.sched_getaffinity(0))
@@ -199,6 +401,10 @@ def main() -> None:
           f"compute policy: {compute_policy(server_cpus)}")
     try:
         asyncio.run(classroom(url, 1, "warm-up"))  # loads the model
+        if args.followers is not None:
+            for n in args.followers or [30]:
+                report_followers(url, n, memory, server.pid)
+            return
         alone = {load.page: load.seconds for load in asyncio.run(classroom(url, 1, "alone"))}
         print("one session alone (baseline): " + ", ".join(f"/{page} {s:.2f} s" for page, s in alone.items()))
         for run, n in enumerate(args.sessions):

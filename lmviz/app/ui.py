@@ -8,13 +8,14 @@ what the user typed where it was.
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import streamlit as st
 
 from lmviz.model import compute, models
-from lmviz.app import lessons, pages
+from lmviz.app import classroom_ui, lessons, pages
 from lmviz.app.settings import LAST, Setting, Sidebar
 from lmviz.errors import LmvizError
 from lmviz.model.placement import tolerance_note
@@ -105,14 +106,18 @@ def sidebar():
     st.query_params["model"] = model_name()
     st.query_params["text"] = st.session_state.text
     slots = AfterPage(lesson=lesson)
-    if lesson is not None:
-        slots.claim = lesson_panel(*lesson)
     if not presenting():
         st.query_params.pop("present", None)
+        if lesson is not None:
+            slots.claim = lesson_panel(*lesson)
         return slots
     st.query_params["present"] = "1"
     st.html(PRESENTER_CSS)
-    slots.share = st.empty()
+    side = st.container(key="presenter_side")  # a column fixed at the right (PRESENTER_CSS): the page keeps
+    slots.share = side.empty()  # the height of the screen for its figures; the QR code on top,
+    if lesson is not None:
+        with side:
+            slots.claim = lesson_panel(*lesson)  # the lesson's step below it
     return slots
 
 
@@ -193,19 +198,25 @@ def lesson_panel(lesson: lessons.Lesson, index: int):
     """Above the page: what this step teaches, the way to the previous and next steps, and a slot for the
     step's claim (filled by `show_claim` once the page has run)."""
     step = lesson.steps[index - 1]
-    with st.container(border=True):
-        text, links = st.columns([6, 1], vertical_alignment="center")
-        text.markdown(f"**{lesson.title}** · {index}/{len(lesson.steps)}: **{step.title}** — {step.text}")
+    with st.container(border=True, key="lesson_panel"):
+        heading = f"**{lesson.title}** · {index}/{len(lesson.steps)}: **{step.title}** — {step.text}"
+        if presenting():  # in the narrow column at the right: the links in a row below the text
+            st.markdown(heading)
+            back, forward = st.columns(2)
+        else:
+            text, forward = st.columns([6, 1], vertical_alignment="center")
+            text.markdown(heading)
+            back = forward
         if index < len(lesson.steps):
-            links.page_link(lesson.steps[index].page.script, label="Next →",
-                            query_params=step_query(lesson, index + 1))
+            forward.page_link(lesson.steps[index].page.script, label="Next →",
+                              query_params=step_query(lesson, index + 1))
         if index > 1:
-            links.page_link(lesson.steps[index - 2].page.script, label="← Previous",
-                            query_params=step_query(lesson, index - 1))
+            back.page_link(lesson.steps[index - 2].page.script, label="← Previous",
+                           query_params=step_query(lesson, index - 1))
         kind = models.loaded_kind(model_name())
         if kind is not None and kind != step.needs:
             wanted = model_for(step)
-            line, button = st.columns([5, 1], vertical_alignment="center")
+            line, button = (st, st) if presenting() else st.columns([5, 1], vertical_alignment="center")
             line.warning(f"This step needs a {step.needs} model; {model_name()} is a {kind} model.", icon="🔁")
             button.button(f"Switch to {wanted}", on_click=st.session_state.update, args=({"model_choice": wanted},))
         changed = st.session_state.get(Sidebar.TEXT.key) != lessons.example(lesson, index) or any(
@@ -236,11 +247,23 @@ def show_claim(lesson: lessons.Lesson, index: int, slot) -> None:
 
 PRESENTER_CSS = """<style>
 html { font-size: 21px !important; }  /* Streamlit sizes its text in rem: everything grows with it */
-[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 3.75rem 2rem 2rem 2rem; }  /* below the header bar */
-[data-testid="stMain"] h1 { font-size: 2.4rem; }
-[data-testid="stMainBlockContainer"]:has(.st-key-share_code) { padding-right: 200px; }  /* the QR code's column */
-.st-key-share_code { position: fixed; top: 0.5rem; right: 0.75rem; z-index: 999990; width: fit-content !important;
-                     background: white; padding: 4px; border-radius: 6px; box-shadow: 0 1px 6px rgba(0,0,0,.25); }
+/* the first screen is for the figure: a low header bar, compact titles (pages draw no caption under them) */
+[data-testid="stHeader"] { height: 2.5rem; min-height: 2.5rem; }
+[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 2.6rem 2rem 2rem 2rem; }
+[data-testid="stMain"] h1 { font-size: 1.8rem; padding: 0 0 0.2rem 0; }
+[data-testid="stMain"] h2 { font-size: 1.5rem; padding: 0.3rem 0 0.1rem 0; }  /* a section's header, below the title */
+[data-testid="stMain"] h3 { font-size: 1.25rem; padding: 0.3rem 0 0.1rem 0; }
+/* a column fixed at the right: the QR code, then the lesson's step; the page keeps the rest of the width */
+.st-key-presenter_side { position: fixed; top: 0.5rem; right: 0.75rem; z-index: 999990; width: fit-content !important;
+                         max-height: calc(100vh - 1rem); overflow-y: auto; gap: 0.5rem; }
+.st-key-presenter_side:has(.st-key-lesson_panel) { width: clamp(14rem, 24vw, 22rem) !important; }
+[data-testid="stMainBlockContainer"]:has(.st-key-presenter_side) { padding-right: 200px; }
+[data-testid="stMainBlockContainer"]:has(.st-key-lesson_panel) {
+  padding-right: calc(clamp(14rem, 24vw, 22rem) + 1.5rem); }
+.st-key-lesson_panel { background: white; font-size: 0.8rem; }
+.st-key-lesson_panel p { font-size: 0.8rem; }
+.st-key-share_code { width: fit-content !important; margin: 0 auto; background: white; padding: 4px; border-radius: 6px;
+                     box-shadow: 0 1px 6px rgba(0,0,0,.25); }
 .st-key-share_code [data-testid="stCaptionContainer"] { font-size: 0.6rem; text-align: center; }
 </style>"""
 
@@ -255,6 +278,8 @@ def share_url() -> str:
     class can reach) replaces the address the presenter's own browser used (often localhost)."""
     import urllib.parse
 
+    if classroom_ui.join_url():  # a class runs: the code lets students join, never shows the teacher's key
+        return classroom_ui.join_url()
     base = os.environ.get("LMVIZ_PUBLIC_URL") or st.context.url or "http://localhost:8501"
     base = base.split("?", 1)[0]
     if os.environ.get("LMVIZ_PUBLIC_URL") and st.context.url:  # keep the page's path
@@ -281,7 +306,7 @@ def show_share_code(slot) -> None:
     if slot is None:
         return
     with slot.container(key="share_code"):
-        st.image(qr_png(share_url()), caption="Scan to open this view")  # its own size: Streamlit would resample it
+        st.image(qr_png(share_url()), caption=classroom_ui.share_caption() or "Scan to open this view")  # its own size: Streamlit would resample it
 
 
 def model_name() -> str:
@@ -324,10 +349,13 @@ def load_with_progress(name: str) -> models.LoadedModel:
     try:
         if name in models.loaded_names():
             return models.load(name)
-        with st.status(f"Loading {name} …", expanded=True) as status:
+        slot = st.empty()
+        with slot.status(f"Loading {name} …", expanded=True) as status:
             lm = models.load(name, progress=status.write)
             status.update(label=f"Loaded {name}", state="complete", expanded=False)
-            return lm
+        if presenting():  # on a projector the figure needs the room; the sidebar names the model
+            slot.empty()
+        return lm
     except LmvizError as error:
         st.error(str(error), icon="🚫")
         st.stop()
@@ -342,23 +370,46 @@ def current_text() -> str:
     return text
 
 
+def title(text: str, caption: str | None = None) -> None:
+    """A page's title and the caption that says what the page shows; in presenter mode the title only (the
+    presenter says the rest, and the first screen is for the figure)."""
+    st.title(text)
+    if caption and not presenting():
+        st.caption(caption)
+
+
 def controls():
     """Where a page puts its row of settings: folded into "Settings" in presenter mode, else on the page."""
     return st.expander("Settings", expanded=False, icon="⚙️") if presenting() else st.container()
 
 
-def chart(figure, name: str, where=None, key: str | None = None, clickable: bool = False) -> None:
+SCREEN_TOP = 3.5  # rem: a chart that is not the first screen's fits in the window below the header bar
+
+
+def chart(figure, name: str, where=None, key: str | None = None, clickable: bool = False,
+          top: float | None = None) -> None:
     """A plotly chart with its exports: PNG (twice the size) from the chart's camera button, drawn by
     plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the figure as one file
     that works offline (built only when clicked). `where`: a column or container (default: the page).
-    clickable=True: a click selects a point, which `clicked(key)` reads on the next run."""
+    clickable=True: a click selects a point, which `clicked(key)` reads on the next run.
+
+    In presenter mode the figure's type grows, and its height is capped by the window's: no chart is taller
+    than the screen, and the page's main figure (`top`: the rem between the window's top and the chart, on
+    the page's first screen in presenter mode) ends on the first screen, at 1280×720 too."""
     where = where or st
     if presenting():  # a projector: larger type and taller figures
+        height = int((figure.layout.height or 450) * 1.25)
         figure.update_layout(font_size=22, hoverlabel_font_size=22, margin_t=(figure.layout.margin.t or 60) + 40,
-                             height=int((figure.layout.height or 450) * 1.25))  # room for the larger title
+                             height=height)  # room for the larger title
         for trace in figure.data:  # text drawn inside the figure (heatmap cells, tree labels) grows too
-            if getattr(trace, "textfont", None) is not None and trace.textfont.size:
+            if trace.type == "heatmap" and trace.textfont.size:  # the cells' height follows the window's:
+                trace.textfont.size = None  # plotly fits the text to the cells, up to the figure's 22 px
+            elif getattr(trace, "textfont", None) is not None and trace.textfont.size:
                 trace.textfont.size = round(trace.textfont.size * 1.3)
+        box = re.sub(r"[^a-zA-Z0-9_-]", "-", f"chart_{key or name}")
+        where = where.container(key=box)  # its class names the chart for the CSS below (a style costs no room)
+        st.html(f"<style>.st-key-{box} [data-testid='stPlotlyChart']:not(:has([data-title='Close fullscreen'])) "
+                f"{{ height: min({height}px, calc(100vh - {SCREEN_TOP if top is None else top}rem)); }}</style>")
     where.plotly_chart(figure, width="stretch", key=key, config={
         "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": name}},
         **({"on_select": "rerun", "selection_mode": "points"} if clickable else {}))

@@ -314,10 +314,10 @@ LESSONS: tuple[Lesson, ...] = (
                     "to the logit: compare *Sum of the parts* with *Logit*. Tall bars near the top layers wrote "
                     "most of it.", {Attention.TARGET: Attention.TOP_PREDICTION, Attention.UP_TO: LAST}, claim=parts_add_up),
                Step("Take a head out", pages.ATTENTION,
-                    "Click the darkest blue head in *Every head's part* (or the tallest bar): the last section "
-                    "runs the model without it. KL(before ‖ after) says how much the next-token distribution "
-                    "moved, the loss change what it did to the whole text. Mean-ablation replaces it by its "
-                    "average output instead of zero: a gentler test.", {Attention.ABLATE: "head", Attention.MODE: "zero"}),
+                    "Click the darkest blue head in *Every head's part* (or the tallest bar): the section *Take a "
+                    "part out* runs the model without it. KL(before ‖ after) says how much the next-token "
+                    "distribution moved, the loss change what it did to the whole text. Mean-ablation replaces it "
+                    "by its average output instead of zero: a gentler test.", {Attention.ABLATE: "head", Attention.MODE: "zero"}),
                Step("From the logit lens", pages.LENS,
                     "Back on the lens: pick a position and a layer under the heatmap and press *Which blocks "
                     "wrote …?*. Attribution opens on that cell: the lens's logit at that layer split over the "

@@ -10,16 +10,16 @@ from lmviz.analyses import beam
 from lmviz.present.tables import beam as tables
 from lmviz.present.plots import beam as plots
 
-st.title("Beam search")
-st.caption(
+ui.title("Beam search", (
     "Greedy decoding keeps one continuation; beam search keeps the K best. Each step it **expands** every "
     "running beam by every token, **evaluates** the candidates by their summed log-probability, and **prunes** "
     "to the K best. Hypotheses that end (end-of-sequence token, or the length limit) go to a finished list, "
     "scored with a length penalty. The finished hypotheses and their scores are exactly those of "
     "`model.generate(num_beams=K, do_sample=False, …)` with the same settings."
-)
+))
 lm = ui.current_model(kinds=("causal",))
 text = ui.current_text()
+FIGURE_TOP = 15.5  # rem above the tree in presenter mode (header, title, settings, the replay slider): ui.chart
 
 SETTINGS = (Beam.BEAMS, Beam.NEW_TOKENS, Beam.LENGTH_PENALTY, Beam.EARLY_STOPPING, Beam.PRUNED, Beam.SEED)
 for setting in SETTINGS:
@@ -78,7 +78,7 @@ step, phase = frames[ui.value(Beam.FRAME) - 1]
 at_end = ui.value(Beam.FRAME) == len(frames)
 
 ui.chart(plots.tree_figure(tree, None if at_end else step, phase, pruned_per_beam=int(ui.value(Beam.PRUNED))),
-         "beam_tree")
+         "beam_tree", top=FIGURE_TOP)
 st.caption(
     f"{tree.candidates_per_step} candidates are ranked each step (2 × K, so that K survive even if "
     f"every beam's best token is end-of-sequence). Search: {tree.steps} step(s), {tree.stop_reason}. "

@@ -16,6 +16,7 @@ from lmviz.present.plots import lens as lens_plots
 from lmviz.tokens import display_tokens, markdown_safe
 
 EXAMPLES = {example.name: example for example in patching.EXAMPLES}
+FIGURE_TOP = 17.8  # rem above a tab's first figure in presenter mode (header, title, settings, metric line, tabs; 17.1 measured at 1280): ui.chart
 
 
 def use_example() -> None:
@@ -57,10 +58,9 @@ def progress_bar(what: str):
     return bar, lambda done, total: bar.progress(done / total, text=f"{what}: {done} of {total} experiments")
 
 
-st.title("Experiments")
-st.caption("Cause, not correlation: run two texts that differ in one thing, copy one internal state from one run "
-           "into the other, and measure how much of the answer comes with it. Every number is a real forward "
-           "pass; the gradient estimates are shown beside them with their error.")
+ui.title("Experiments", "Cause, not correlation: run two texts that differ in one thing, copy one internal state "
+         "from one run into the other, and measure how much of the answer comes with it. Every number is a real "
+         "forward pass; the gradient estimates are shown beside them with their error.")
 lm = ui.current_model(kinds=("causal",))
 with ui.user_errors():
     parts = lm.arch.require_decomposition()
@@ -78,7 +78,8 @@ if (cell := ui.clicked("exp_direct")) is not None:  # a click on the direct path
     st.session_state[Experiments.RECEIVER_LAYER.key] = int(cell[0])
     st.session_state[Experiments.RECEIVER_HEAD.key] = int(cell[1])
 
-row = st.columns([1.3, 2.4, 2.4, 0.9, 0.9])  # the experiment itself stays on the page, in presenter mode too
+settings = ui.controls()  # the pair and the design: on the page, folded into Settings in presenter mode
+row = settings.columns([1.3, 2.4, 2.4, 0.9, 0.9])
 row[0].selectbox(Experiments.EXAMPLE.label, list(EXAMPLES), key=Experiments.EXAMPLE.key, on_change=use_example)
 row[1].text_input(Experiments.CLEAN.label, key=Experiments.CLEAN.key)
 row[2].text_input(Experiments.CORRUPTED.label, key=Experiments.CORRUPTED.key)
@@ -92,7 +93,7 @@ answer, wrong = ui.value(Experiments.ANSWER), ui.value(Experiments.WRONG)
 with ui.user_errors():
     tokens = aligned(lm, clean, corrupted)
 changed = [c for c in tokens.columns if tokens.loc["clean", c] != tokens.loc["corrupted", c]]
-st.dataframe(tokens.style.apply(lambda column: ["background-color: #ffe8cc" if column.name in changed else ""] * 2),
+settings.dataframe(tokens.style.apply(lambda column: ["background-color: #ffe8cc" if column.name in changed else ""] * 2),
              width="stretch")
 try:
     runs = patching.pair(lm, clean, corrupted, answer, wrong)
@@ -106,7 +107,7 @@ m_corrupted = float(runs.corrupted.last_logits[runs.answer_id] - runs.corrupted.
 st.markdown(f"Metric m = logit({markdown_safe(runs.answer)}) − logit({markdown_safe(runs.wrong)}) after the last token: "
             f"**{m_clean:.2f}** on the clean text, **{m_corrupted:.2f}** on the corrupted one.")
 
-row = st.columns([3, 2, 2])  # the experiment's design, shared by the tabs below (Paths ignores the site)
+row = settings.columns([3, 2, 2])  # the experiment's design, shared by the tabs below (Paths ignores the site)
 row[0].radio(Experiments.SITE.label, list(patching.SITES), key=Experiments.SITE.key, horizontal=True,
              format_func=plots.SITE_LABELS.get)
 row[1].radio(Experiments.MODE.label, list(patching.MODES), key=Experiments.MODE.key, horizontal=True,
@@ -129,7 +130,7 @@ with patch_tab:
         layer, column = ui.value(Experiments.LAYER), ui.value(Experiments.COLUMN)
         figure_column, detail = st.columns([3, 1])
         ui.chart(plots.patching_grid(result, metric, (layer, column)), "patching", where=figure_column, key="exp_grid",
-                 clickable=True)
+                 clickable=True, top=FIGURE_TOP)
         with detail:
             st.markdown(f"**Cell: layer {layer}, {plots.column_labels(result)[column]}**  \n"
                         f"{plots.METRIC_LABELS[metric]}: **{values[layer, column]:.3f}**")
@@ -204,7 +205,7 @@ with paths_tab:
             left, right = st.columns(2)
             ui.chart(plots.grid(values, plots.head_labels(n_heads), metric, "Each head's direct path to the logits",
                                 receiver),
-                     "direct_paths", where=left, key="exp_direct", clickable=True)
+                     "direct_paths", where=left, key="exp_direct", clickable=True, top=FIGURE_TOP)
             with right:
                 st.radio(Experiments.RECEIVER_INPUT.label, ["q", "k", "v"], key=Experiments.RECEIVER_INPUT.key,
                          horizontal=True, format_func={"q": "query", "k": "key", "v": "value"}.get)

@@ -8,31 +8,41 @@ from lmviz.app.settings import Home
 from lmviz.forward import trace
 from lmviz.tokens import display_tokens
 
-st.title("Model & tokens")
+ui.title("Model & tokens")
 lm = ui.current_model()
 text = ui.current_text()
 
-facts = lm.display_facts()
-columns = st.columns(5)
-columns[0].metric("Layers", facts["layers"])
-columns[1].metric("Width (d_model)", facts["d_model"])
-columns[2].metric("Vocabulary", f"{facts['vocabulary']:,}")
-columns[3].metric("Parameters", f"{facts['parameters'] / 1e6:,.1f} M", help=f"{facts['parameters']:,} (tied weights counted once)")
-columns[4].metric("Tied embeddings", "yes" if lm.tied else "no")
-st.caption(
-    f"{facts['architecture']} · {lm.kind} model · context {lm.context_length:,} tokens. "
-    + ("The output layer reuses the input embedding matrix (tied weights), which saves "
-       f"{lm.vocab_size * lm.d_model:,} parameters." if lm.tied else "Input and output embeddings are separate matrices.")
-)
 
+def facts() -> None:
+    shown = lm.display_facts()
+    columns = st.columns(5)
+    columns[0].metric("Layers", shown["layers"])
+    columns[1].metric("Width (d_model)", shown["d_model"])
+    columns[2].metric("Vocabulary", f"{shown['vocabulary']:,}")
+    columns[3].metric("Parameters", f"{shown['parameters'] / 1e6:,.1f} M",
+                      help=f"{shown['parameters']:,} (tied weights counted once)")
+    columns[4].metric("Tied embeddings", "yes" if lm.tied else "no")
+    st.caption(
+        f"{shown['architecture']} · {lm.kind} model · context {lm.context_length:,} tokens. "
+        + ("The output layer reuses the input embedding matrix (tied weights), which saves "
+           f"{lm.vocab_size * lm.d_model:,} parameters." if lm.tied else "Input and output embeddings are separate "
+           "matrices.")
+    )
+
+
+if not ui.presenting():  # on a projector the tokens come first, on the first screen
+    facts()
 st.subheader("Tokens")
 with ui.user_errors():
     ids = trace.encode(lm, text)
 with lm.lock:
     tokens = display_tokens(lm.tokenizer, ids)
-st.caption(f"{len(ids)} tokens. A leading `·` is a space, `\\n` a newline; `\\xNN` is a byte that is only part of a character.")
+st.caption(f"{len(ids)} tokens. A leading `·` is a space, `\\n` a newline; `\\xNN` is a byte that is only part of a "
+           "character.")
 token_table = pd.DataFrame({"position": range(len(ids)), "token": tokens, "id": ids})
 st.dataframe(token_table, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(ids)))
+if ui.presenting():
+    facts()
 
 st.subheader("A batch: padding and attention mask")
 st.caption(

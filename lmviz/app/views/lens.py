@@ -11,12 +11,11 @@ from lmviz.errors import LmvizError
 from lmviz.present.plots import lens as plots
 from lmviz.tokens import markdown_safe, visible
 
-st.title("Logit lens")
-st.caption(
+ui.title("Logit lens", (
     "Each layer's hidden state is sent through the model's own head — final norm, then unembedding — as if it "
     "were the last layer. Layer 0 is the token embeddings, the top row the model's real output. Read a column "
     "bottom-up to watch the prediction for the next token form."
-)
+))
 lm = ui.current_model(kinds=("causal",))
 text = ui.current_text()
 
@@ -25,25 +24,36 @@ SETTINGS = (Lens.STATISTIC, Lens.NORMALIZED, Lens.K, Lens.STRIDE, Lens.TABLE, Le
 for setting in SETTINGS:
     ui.init(setting)
 
-controls = ui.controls().columns([2, 2, 1])
+presenting = ui.presenting()  # on a projector the heatmap comes first: what explains it follows it
+FIGURE_TOP = 10.3  # rem above the heatmap in presenter mode (header, title, settings): ui.chart
+settings_box = ui.controls()
+controls = settings_box.columns([2, 2, 1])
 controls[0].selectbox(Lens.STATISTIC.label, Lens.STATISTIC.choices, format_func=lambda key: lens.STATISTICS[key][0],
                       key=Lens.STATISTIC.key)
 controls[1].toggle(Lens.NORMALIZED.label, key=Lens.NORMALIZED.key,
                    help="Off = raw: lm_head(hidden_states[i]) with no norm, exactly seed 004's tables.")
 controls[2].number_input(Lens.K.label, min_value=1, max_value=20, step=1, key=Lens.K.key)
 normalized = ui.value(Lens.NORMALIZED)
-if normalized:
-    st.caption(
-        "**Normalized:** every layer goes through the model's final norm, then the unembedding, like the last "
-        "layer does (the norm is recomputed for each vector, and applied once: the last hidden state already has it)."
-    )
-else:
-    st.caption(
-        "**Raw** (seed 004): the unembedding applied to the un-normalized hidden states. Early and middle rows "
-        "look odd because the residual stream has a different scale there and a few very large dimensions: with "
-        "tied weights the embeddings row mostly echoes the input token itself, and middle rows often put nearly "
-        "all the mass on the same strange tokens. The top row is the same in both modes."
-    )
+
+
+def mode_caption() -> None:
+    if normalized:
+        st.caption(
+            "**Normalized:** every layer goes through the model's final norm, then the unembedding, like the last "
+            "layer does (the norm is recomputed for each vector, and applied once: the last hidden state already "
+            "has it)."
+        )
+    else:
+        st.caption(
+            "**Raw** (seed 004): the unembedding applied to the un-normalized hidden states. Early and middle rows "
+            "look odd because the residual stream has a different scale there and a few very large dimensions: "
+            "with tied weights the embeddings row mostly echoes the input token itself, and middle rows often put "
+            "nearly all the mass on the same strange tokens. The top row is the same in both modes."
+        )
+
+
+if not presenting:
+    mode_caption()
 
 with ui.user_errors(), st.spinner("Running the model …"):
     t = trace.trace(lm, text, truncate=True)
@@ -54,8 +64,9 @@ if t.n_tokens == 1:
     st.info("The text is a single token: each layer still predicts what comes after it, but there is no actual "
             "next token to score. Type a longer text to see ranks and cross-entropies.", icon="ℹ️")
 
-# watched tokens: a bad entry is reported here and the rest of the page still runs
-watch_columns = st.columns([3, 1])
+# watched tokens (folded into the settings in presenter mode): a bad entry is reported here and the rest of
+# the page still runs
+watch_columns = (settings_box if presenting else st).columns([3, 1])
 watch_columns[0].text_input(Lens.WATCH.label, key=Lens.WATCH.key,
                             help="Each must be a single token of this model, e.g. ' Paris, London'. "
                             "A leading · means a space.")
@@ -82,29 +93,42 @@ low, high, clipped = ui.window(Lens.WINDOW, n_pos, Lens.SHOWN_COLUMNS, Lens.MAX_
 positions = list(range(low, high + 1))
 result = lens_at(low, high + 1)
 
-facts = st.columns(4)
-facts[0].metric("Layers (+ embeddings)", f"{n_layers} + 1")
-facts[1].metric("Tokens", f"{n_pos:,}")
-last_top = int(t.last_logits.argmax())
-facts[2].metric("Output's top-1 after the last token", visible(lens.token_pieces(lm, [last_top])[last_top]))
-facts[3].metric("max |lens(last) − model logits|", f"{result.max_final_error:.1e}",
-                help="lmviz's head (final norm, unembedding, logit scale or cap) against the model's own logits "
-                "after the last token. It must stay within float rounding: lmviz checks this on every load and "
-                "every trace, and refuses a model whose head it can't reproduce.")
 
-st.subheader("Every layer's guess")
-window_columns = st.columns([3, 1])
-if n_pos > 1:
-    window_columns[0].slider(Lens.WINDOW.label, 0, n_pos - 1, key=Lens.WINDOW.key,
-                             help=f"Only the positions shown are computed (at most {Lens.MAX_COLUMNS} at once).")
-window_columns[1].number_input(Lens.STRIDE.label, min_value=1, max_value=64, step=1,
-                               key=Lens.STRIDE.key)
-if clipped:
-    st.caption(f"Showing the last {Lens.MAX_COLUMNS} positions of the window, so that cells stay readable.")
+def facts() -> None:
+    columns = st.columns(4)
+    columns[0].metric("Layers (+ embeddings)", f"{n_layers} + 1")
+    columns[1].metric("Tokens", f"{n_pos:,}")
+    last_top = int(t.last_logits.argmax())
+    columns[2].metric("Output's top-1 after the last token", visible(lens.token_pieces(lm, [last_top])[last_top]))
+    columns[3].metric("max |lens(last) − model logits|", f"{result.max_final_error:.1e}",
+                      help="lmviz's head (final norm, unembedding, logit scale or cap) against the model's own logits "
+                      "after the last token. It must stay within float rounding: lmviz checks this on every load and "
+                      "every trace, and refuses a model whose head it can't reproduce.")
+
+
+def window_controls() -> None:
+    window_columns = st.columns([3, 1])
+    if n_pos > 1:
+        window_columns[0].slider(Lens.WINDOW.label, 0, n_pos - 1, key=Lens.WINDOW.key,
+                                 help=f"Only the positions shown are computed (at most {Lens.MAX_COLUMNS} at once).")
+    window_columns[1].number_input(Lens.STRIDE.label, min_value=1, max_value=64, step=1,
+                                   key=Lens.STRIDE.key)
+    if clipped:
+        st.caption(f"Showing the last {Lens.MAX_COLUMNS} positions of the window, so that cells stay readable.")
+
+
+if not presenting:
+    facts()
+    st.subheader("Every layer's guess")
+    window_controls()
 layers = lens.layer_rows(n_layers, int(ui.value(Lens.STRIDE)))
-ui.chart(plots.heatmap(result, stat, positions, layers), "logit_lens_heatmap")
+ui.chart(plots.heatmap(result, stat, positions, layers), "logit_lens_heatmap", top=FIGURE_TOP)
 st.caption("Cell text: that layer's most likely next token (**bold** when it is the actual next token). "
            "Hover a cell for its top tokens.")
+if presenting:
+    window_controls()
+    facts()
+    mode_caption()
 
 # "why this token?": open attribution for one cell (its position, its top-1 token, the blocks below it)
 if lm.arch.decomposition is not None and not lm.arch.decomposition.additive_refusal:

@@ -12,13 +12,14 @@ from lmviz.model import models
 from lmviz.present.tables import loss as tables
 from lmviz.present.plots import loss as plots
 
-st.title("Loss & perplexity")
-st.caption(
+ui.title("Loss & perplexity", (
     "At every position the model gives a probability to each possible next token. The loss is how little "
     "probability it gave to the token that actually came: NLL = −ln p, in nats (÷ ln 2 for bits). Averaged over "
     "the text it is the cross-entropy H, the number training minimizes; perplexity is e^H."
-)
+))
 lm = ui.current_model(kinds=("causal",))
+FIGURE_TOP = 13.3  # rem above a view's first figure in presenter mode (header, title, views, settings): ui.chart
+presenting = ui.presenting()  # on a projector a view's figure comes first: its numbers and text follow it
 
 SAMPLES = loss.sample_texts()
 OTHER_MODEL = ui.OTHER_MODEL
@@ -48,17 +49,17 @@ def progress_bar(label: str):
     return update, bar
 
 
-def chosen_text() -> str:
-    """The text the single-text views analyse: the sidebar's or the long sample."""
-    source = st.radio(Loss.SOURCE.label, Loss.SOURCE.choices, key=Loss.SOURCE.key, horizontal=True)
+def chosen_text(where=st) -> str:
+    """The text the single-text views analyse: the sidebar's or the long sample (its choice drawn in `where`)."""
+    source = where.radio(Loss.SOURCE.label, Loss.SOURCE.choices, key=Loss.SOURCE.key, horizontal=True)
     ui.sync(Loss.SOURCE)
     if source == Loss.LONG_SAMPLE:
         return SAMPLES["long"]
     return ui.current_text()
 
 
-def window_settings() -> tuple[int, int, bool]:
-    columns = ui.controls().columns([1, 1, 2])
+def window_settings(where=None) -> tuple[int, int, bool]:
+    columns = (where or ui.controls()).columns([1, 1, 2])
     columns[0].number_input(Loss.WINDOW_LENGTH.label, min_value=1, step=64, key=Loss.WINDOW_LENGTH.key,
                             help=f"Most tokens the model sees at once (its context is {lm.context_length:,}).")
     columns[1].number_input(Loss.STRIDE.label, min_value=0, step=64, key=Loss.STRIDE.key,
@@ -134,11 +135,17 @@ def window_caption(report: loss.LossReport) -> None:
 
 # ------------------------------------------------------------------ token by token
 if view == Loss.TOKENS_VIEW:
-    text = chosen_text()
-    max_length, stride, check = window_settings()
+    box = ui.controls() if presenting else st  # presenter mode: the text's source and the colours are settings too
+    text = chosen_text(box)
+    max_length, stride, check = window_settings(box if presenting else None)
     report = report_for(lm, text, max_length, stride, check, "Scoring windows…")
-    metric_cards(report)
-    colour = st.radio(Loss.COLOUR.label, Loss.COLOUR.choices, key=Loss.COLOUR.key, horizontal=True,
+    surprisal = plots.surprisal_figure(
+        report, "Surprisal of every token" + (" (coloured by rank bucket)" if report.scored <= 300 else ""))
+    if presenting:
+        ui.chart(surprisal, "surprisal", top=FIGURE_TOP)
+    else:
+        metric_cards(report)
+    colour = box.radio(Loss.COLOUR.label, Loss.COLOUR.choices, key=Loss.COLOUR.key, horizontal=True,
                       help="Surprisal: redder = less expected. Rank bucket: where the actual token stood in the "
                       "model's ranking.")
     ui.sync(Loss.COLOUR)
@@ -147,12 +154,13 @@ if view == Loss.TOKENS_VIEW:
     with st.container(height=360 if report.n_tokens > 250 else "content"):
         st.html(plots.surprisal_html(report, mode))
     st.caption("Hover a token for its probability, rank, the model's top guess and how much context it had.")
+    if presenting:
+        metric_cards(report)
     with st.expander("The formulas, with this text's numbers", expanded=True):
         formulas(report)
     window_caption(report)
-    ui.chart(plots.surprisal_figure(
-        report, "Surprisal of every token" + (" (coloured by rank bucket)" if report.scored <= 300 else "")),
-        "surprisal")
+    if not presenting:
+        ui.chart(surprisal, "surprisal")
     frame = tables.loss_table(report)
     st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(frame)),
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
@@ -165,12 +173,14 @@ elif view == Loss.TWO_TEXTS:
     def use_class_pair() -> None:
         st.session_state[Loss.TEXT_A.key], st.session_state[Loss.TEXT_B.key] = SAMPLES["normal"], SAMPLES["scrambled"]
 
-    st.caption("One model, two texts. The ready-made pair is a sentence and the same words in a random order: the "
-               "words are the same, so the difference is what word order is worth to the model.")
-    left, right = st.columns(2)
+    box = ui.controls() if presenting else st  # presenter mode: the two texts fold into the settings
+    if not presenting:
+        st.caption("One model, two texts. The ready-made pair is a sentence and the same words in a random order: "
+                   "the words are the same, so the difference is what word order is worth to the model.")
+    left, right = box.columns(2)
     left.text_area(Loss.TEXT_A.label, key=Loss.TEXT_A.key, height=100, max_chars=ui.MAX_CHARS)
     right.text_area(Loss.TEXT_B.label, key=Loss.TEXT_B.key, height=100, max_chars=ui.MAX_CHARS)
-    st.button("Use the class example (normal vs. scrambled)", on_click=use_class_pair)
+    box.button("Use the class example (normal vs. scrambled)", on_click=use_class_pair)
     ui.sync(Loss.TEXT_A, Loss.TEXT_B)
     reports = [report_for(lm, st.session_state[f"loss_text_{name}"], None, None, True, f"Scoring text {name.upper()}…")
                for name in ("a", "b")]
@@ -183,14 +193,21 @@ elif view == Loss.TWO_TEXTS:
     for column, name, report in zip(columns, "AB", reports):
         with column:
             st.markdown(f"**Text {name}** — {report.scored} tokens scored")
+            bars = plots.surprisal_figure(report, y_max=top)
+            if presenting:
+                ui.chart(bars, f"surprisal_{name}", key=f"loss_bars_{name}", top=FIGURE_TOP + 2.5)
             cards = st.columns(3)
             cards[0].metric("Mean NLL (nats)", f"{report.mean_nll:.3f}", border=True)
             cards[1].metric("Perplexity", f"{report.perplexity:,.1f}", border=True)
             cards[2].metric("Accuracy", f"{report.accuracy:.1%}", border=True)
             st.html(plots.surprisal_html(report))
-            ui.chart(plots.surprisal_figure(report, y_max=top), f"surprisal_{name}", key=f"loss_bars_{name}")
+            if not presenting:
+                ui.chart(bars, f"surprisal_{name}", key=f"loss_bars_{name}")
     st.html(plots.legend_html("rank"))
     st.caption("Bars: surprisal of each token, coloured by where the actual token stood in the model's ranking.")
+    if presenting:
+        st.caption("One model, two texts. The ready-made pair is a sentence and the same words in a random order: "
+                   "the words are the same, so the difference is what word order is worth to the model.")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ["A", "B", "B − A"]})
     st.caption(f"Perplexity B / A = {b.perplexity / a.perplexity:,.2f}: on average the model found each token of B "

@@ -14,14 +14,14 @@ from lmviz.present.plots import sampling as plots
 from lmviz.present.plots.beam import branch_name, branches_figure
 from lmviz.tokens import markdown_safe
 
-st.title("Temperature & sampling")
-st.caption(
+ui.title("Temperature & sampling", (
     "The model gives one score (logit) per token; softmax turns them into probabilities, and decoding picks the "
     "next token from them. Everything below uses transformers' own logits processors, in the order "
     "`generate()` applies them, over the full vocabulary."
-)
+))
 lm = ui.current_model(kinds=("causal",))
 text = ui.current_text()
+FIGURE_TOP = 13.7  # rem above a tab's first figure in presenter mode (header, title, settings, tabs): ui.chart
 
 
 SETTINGS = (Sampling.TEMPERATURE, Sampling.TOP_K, Sampling.TOP_P, Sampling.MIN_P, Sampling.TYPICAL_P,
@@ -58,9 +58,8 @@ ui.init(Sampling.TAB)
 next_tab, steps_tab, toy_tab = st.tabs(Sampling.TAB.choices, key=Sampling.TAB.key, on_change="rerun")  # stays open across reruns
 
 # ------------------------------------------------------------------ next token
-with next_tab:
-    with ui.user_errors():
-        dist = sampling.next_token(lm, text, settings)
+def next_token_facts(dist: sampling.Distribution) -> None:
+    """The notes, the distribution's numbers and how many bars to draw."""
     for note in dist.notes:
         st.info(note, icon="ℹ️")
     metrics = st.columns(4)
@@ -76,12 +75,21 @@ with next_tab:
     metrics[3].metric("Tokens holding 90% of the mass", f"{dist.effective_vocab:,}",
                       f"{dist.model_effective_vocab:,} for the model (T = 1)", delta_color="off", delta_arrow="off",
                       help="The effective vocabulary: fewest tokens whose probabilities add up to 0.9.")
+    st.slider(Sampling.TOP_N.label, 5, 60, key=Sampling.TOP_N.key)
 
-    top_n = st.slider(Sampling.TOP_N.label, 5, 60, key=Sampling.TOP_N.key)
-    shown = dist.top(top_n)
+
+with next_tab:
+    with ui.user_errors():
+        dist = sampling.next_token(lm, text, settings)
+    if not ui.presenting():
+        next_token_facts(dist)
+    shown = dist.top(ui.value(Sampling.TOP_N))
     labels = sampling.label_tokens(lm, shown.token_ids.tolist())
     ui.chart(plots.distribution_figure(
-        shown, labels, title=f"Next token after “{text[-60:]}” — {dist.settings.describe()}"), "next_token")
+        shown, labels, title=f"Next token after “{text[-60:]}” — {dist.settings.describe()}"), "next_token",
+        top=FIGURE_TOP)
+    if ui.presenting():  # on a projector the figure comes first, on the first screen
+        next_token_facts(dist)
     st.caption(
         "**What T does:** dividing every logit by T < 1 stretches the gaps between them, so the top tokens take "
         "more of the mass; T > 1 shrinks the gaps and flattens the distribution. **Why the order never changes:** "

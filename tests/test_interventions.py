@@ -314,3 +314,24 @@ def test_a_mixture_of_experts_has_no_neurons_to_read(tiny_llama):
     recording = Recording([Site("blocks.0.hook_mlp_out")])  # what the MLP adds is there all the same
     interventions.run(lm, ids_of(lm), record=recording)
     assert recording[Site("blocks.0.hook_mlp_out")].shape == (ids_of(lm).shape[1], 32)
+
+
+def test_a_stopping_recording_keeps_the_same_values_and_runs_no_further(tiny_llama):
+    """Recording(stop=True) ends the pass at its last site: the values equal a whole pass's, and no block
+    after that site runs (a plain hook on the last block counts its calls)."""
+    ids = ids_of(tiny_llama)
+    sites = [Site("blocks.0.hook_resid_post"), Site("blocks.1.hook_resid_pre")]
+    whole = Recording(sites)
+    interventions.run(tiny_llama, ids, record=whole)
+    calls = []
+    handle = tiny_llama.model.model.layers[-1].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        early = Recording(sites, stop=True)
+        assert interventions.forward(tiny_llama, ids, record=early) is None
+        assert calls == []
+        interventions.forward(tiny_llama, ids, record=Recording(sites))
+        assert calls == [1]
+    finally:
+        handle.remove()
+    for site in sites:
+        assert torch.equal(early[site], whole[site])

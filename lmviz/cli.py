@@ -719,6 +719,47 @@ def run_saliency(args):
                     f"rank correlation with knockout {correlation}\n" + table(rows))
 
 
+def add_flow(commands, common) -> None:
+    from lmviz.analyses.flow import DEFAULT_THRESHOLD
+
+    parser = commands.add_parser(
+        "flow", parents=[common], help="information flow: the graph of what moved where into one position",
+        description="Split every block's attention into one term per token it read, score each term, residual and "
+        "MLP by its share of the sum it enters (proximity, Ferrando & Voita 2024), and walk down from the final "
+        "residual at --position keeping edges at least --threshold important.",
+    )
+    parser.add_argument("--position", type=int, default=None, help="text position (default: the last)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
+                        help=f"least importance an edge keeps (default {DEFAULT_THRESHOLD}; 0: every edge)")
+    parser.set_defaults(handler=run_flow)
+
+
+def run_flow(args):
+    from lmviz.analyses import flow
+
+    text = read_text(args)
+    threshold = flow.check_threshold(args.threshold)  # before the model loads
+    lm = load_model(args)
+    result = flow.flow(lm, text, args.position, threshold)
+    edges = [{"kind": e.kind, "sublayer": e.sublayer, "layer": e.layer, "from": e.from_pos, "to": e.to_pos,
+              "importance": e.importance, **({"heads": [{"head": h, "share": s} for h, s in e.heads]}
+                                             if e.kind == "attn" else {})} for e in result.edges]
+    output = {"model": lm.name, "text": text, "input_ids": list(result.input_ids),
+              "tokens": exact_tokens(lm, result.input_ids), "display": list(result.tokens),
+              "position": result.position, "threshold": result.threshold, "layers": result.n_layers,
+              "nodes": [{"layer": n.layer, "position": n.position, "mid": n.mid} for n in result.nodes],
+              "edges": edges, "sum_error": result.sum_error, "sum_bound": result.sum_bound}
+    strongest = sorted(result.edges_of("attn"), key=lambda e: -e.importance)[:20]
+    rows = [{"layer": e.layer, "from": f"{e.from_pos}:{result.tokens[e.from_pos]}",
+             "into": f"{e.to_pos}:{result.tokens[e.to_pos]}", "importance": round(e.importance, 4),
+             "heads": ", ".join(f"H{h} {s:.0%}" for h, s in e.heads[:3])} for e in strongest]
+    counts = ", ".join(f"{len(result.edges_of(kind))} {kind}" for kind in flow.KINDS)
+    return output, (f"information flow into position {result.position} ({result.tokens[result.position]!r}) of "
+                    f"{lm.name}, threshold {result.threshold:g}: {len(result.nodes)} nodes, {counts} edges; the "
+                    f"attention's terms add up within {result.sum_error:.1e} (rounding allows {result.sum_bound:.1e})"
+                    f"\nstrongest attention edges (--json has every edge):\n" + table(rows))
+
+
 def add_steer(commands, common) -> None:
     from lmviz.analyses.steering import DEFAULT_NEW_TOKENS, DEFAULT_SCALE
 
@@ -761,6 +802,134 @@ def run_steer(args):
              f"  unsteered: {json.dumps(unsteered.text, ensure_ascii=False)}",
              *(f"  scale {c.scale:g} (|scale x v| = {c.added_norm:.4g}): {json.dumps(c.text, ensure_ascii=False)}"
                for c in result.sweep)]
+    return output, "\n".join(lines)
+
+
+def add_neurons(commands, common) -> None:
+    from lmviz.analyses.neurons import TOP
+
+    parser = commands.add_parser(
+        "neurons", parents=[common], help="which MLP neurons of one block wrote a logit, and what each one writes",
+        description="Split block L's MLP part in the logit of a target token at one position (direct logit "
+        "attribution: the final norm's scale held fixed) over its neurons, activation x output column; list the "
+        "largest by |contribution|, each with the tokens its column promotes and suppresses.",
+    )
+    parser.add_argument("--layer", type=int, required=True, metavar="L", help="the block whose MLP is split")
+    parser.add_argument("--position", type=int, default=None, help="text position (default: the last)")
+    parser.add_argument("--target", default=None, metavar="ID_OR_TOKEN",
+                        help="token id or text (default: the model's top prediction at the position)")
+    parser.add_argument("--top", type=int, default=TOP, metavar="N", help=f"neurons to list (default {TOP})")
+    parser.set_defaults(handler=run_neurons)
+
+
+def run_neurons(args):
+    from lmviz.analyses import attribution, neurons
+
+    text = read_text(args)
+    lm = load_model(args)
+    target = attribution.resolve_target(lm, args.target) if args.target is not None else None
+    result = neurons.neurons(lm, text, args.layer, args.position, target, args.top)
+    pieces: dict[int, str] = {}
+    rows = [{**row, "promoted_ids": list(e.promoted_ids), "promoted_tokens": exact_tokens(lm, e.promoted_ids, pieces),
+             "promoted_display": list(e.promoted_tokens), "promoted_values": list(e.promoted_values),
+             "suppressed_ids": list(e.suppressed_ids), "suppressed_tokens": exact_tokens(lm, e.suppressed_ids, pieces),
+             "suppressed_display": list(e.suppressed_tokens), "suppressed_values": list(e.suppressed_values)}
+            for row, e in zip(result.rows(), result.top_tokens)]
+    output = {"model": lm.name, "text": text, "position": result.position, "layer": result.layer,
+              "target_id": result.target_id, "target_token": exact_tokens(lm, [result.target_id])[0],
+              "target_display": result.target_token, "d_mlp": result.d_mlp, "neurons": rows,
+              "mlp_part": result.mlp_part, "bias": result.bias, "sum": result.total, "bound": result.bound}
+    shown = [{"neuron": row["index"], "activation": round(row["activation"], 4),
+              "contribution": round(row["contribution"], 4), "promotes": " ".join(row["promoted_display"][:4]),
+              "suppresses": " ".join(row["suppressed_display"][:4])} for row in rows]
+    lines = [f"MLP L{result.layer} of {lm.name}: its part in the logit of '{result.target_token}' (id "
+             f"{result.target_id}) after position {result.position} is {result.mlp_part:.4f}; its {result.d_mlp} "
+             f"neurons sum to {result.total - result.bias:.4f}, the bias adds {result.bias:.4f} (rounding allows "
+             f"{result.bound:.1e})", "", table(shown)]
+    return output, "\n".join(lines)
+
+
+def _sae_arguments(parser) -> None:
+    from lmviz.analyses.sae import DEFAULT_SAE
+
+    parser.add_argument("--sae", default=DEFAULT_SAE, metavar="NAME_OR_FOLDER",
+                        help=f"an embedded SAE's name or a folder in SAELens's format (default {DEFAULT_SAE})")
+
+
+def add_features(commands, common) -> None:
+    from lmviz.analyses.features import TOP_K
+
+    parser = commands.add_parser(
+        "features", parents=[common], help="a text through a sparse autoencoder (SAE): its active latents per token",
+        description="Encode the SAE's site (the residual stream at a block's input or output) at every position: "
+        "the most active latents per position, the explained variance over positions 1.. (0 is the attention sink), "
+        "and the cross-entropy clean, with the SAE's reconstruction spliced in at every position but the first, "
+        "and with the site zeroed there.",
+    )
+    _sae_arguments(parser)
+    parser.add_argument("--k", type=int, default=TOP_K, help=f"latents listed per position (default {TOP_K}; "
+                                                             "only active ones are listed)")
+    parser.set_defaults(handler=run_features)
+
+
+def run_features(args):
+    from lmviz.analyses import features, sae as saes
+
+    text = read_text(args)
+    lm = load_model(args)
+    sae = saes.load(args.sae, lm)
+    result = features.features(lm, text, sae, args.k)
+    top = [[{"id": i, "activation": a} for i, a in result.top_features(p)] for p in range(result.n_tokens)]
+    output = {"model": lm.name, "text": text, "sae": sae.describe(), "input_ids": result.input_ids.tolist(),
+              "tokens": exact_tokens(lm, result.input_ids.tolist()), "display": list(result.tokens),
+              "top_features": top, "l0": result.l0.tolist(), "explained_variance": result.explained_variance,
+              "ce_loss_clean": result.ce_clean, "ce_loss_with_sae": result.ce_sae,
+              "ce_loss_zero_ablation": result.ce_zero, "ce_recovered": result.ce_recovered}
+    rows = [{"pos": p, "token": token, "active": int(result.l0[p]),
+             "top latents (id:activation)": " ".join(f"{i}:{a:.3g}" for i, a in top_p[:6])}
+            for p, (token, top_p) in enumerate(zip(result.tokens, [[(f["id"], f["activation"]) for f in t]
+                                                                    for t in top]))]
+    lines = [f"{sae.name} ({sae.architecture}, {sae.d_sae} latents) at {sae.hook} of {lm.name}: explained variance "
+             f"{result.explained_variance:.3f} (positions 1..); cross-entropy {result.ce_clean:.4f} clean, "
+             f"{result.ce_sae:.4f} with the SAE, {result.ce_zero:.4f} with the site zeroed: "
+             f"{result.ce_recovered:.1%} recovered", "", table(rows)]
+    return output, "\n".join(lines)
+
+
+def add_feature_steer(commands, common) -> None:
+    from lmviz.analyses.steering import DEFAULT_NEW_TOKENS
+
+    parser = commands.add_parser(
+        "feature-steer", parents=[common], help="steer generation with one SAE latent's decoder direction",
+        description="Add alpha times the latent's decoder direction at the SAE's site at every position while the "
+        "model continues TEXT greedily, and compare with the continuation without it.",
+    )
+    _sae_arguments(parser)
+    parser.add_argument("--feature", type=int, required=True, metavar="ID", help="the latent")
+    parser.add_argument("--alpha", type=float, required=True, metavar="A", help="how much of its direction to add")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_NEW_TOKENS, metavar="N",
+                        help=f"tokens per continuation (default {DEFAULT_NEW_TOKENS})")
+    parser.set_defaults(handler=run_feature_steer)
+
+
+def run_feature_steer(args):
+    from lmviz.analyses import features, sae as saes
+
+    text = read_text(args)
+    lm = load_model(args)
+    sae = saes.load(args.sae, lm)
+    result = features.steer_feature(lm, text, sae, args.feature, args.alpha, args.max_new_tokens)
+    steered, unsteered = result.steered, result.unsteered
+    output = {"model": lm.name, "text": text, "sae": sae.describe(), "feature": result.latent, "alpha": result.alpha,
+              "vector_norm": result.vector_norm, "added_norm": steered.added_norm,
+              "new_ids": list(steered.token_ids), "new_tokens": exact_tokens(lm, steered.token_ids),
+              "new_display": list(steered.tokens), "new_text": steered.text,
+              "unsteered_ids": list(unsteered.token_ids), "unsteered_tokens": exact_tokens(lm, unsteered.token_ids),
+              "unsteered_display": list(unsteered.tokens), "unsteered_text": unsteered.text}
+    lines = [f"{lm.name} + {result.alpha:g} x latent {result.latent} of {sae.name} at {sae.hook} "
+             f"(|added| = {steered.added_norm:.4g}); greedy, up to {args.max_new_tokens} new tokens after {text!r}:",
+             f"  unsteered: {json.dumps(unsteered.text, ensure_ascii=False)}",
+             f"  steered:   {json.dumps(steered.text, ensure_ascii=False)}"]
     return output, "\n".join(lines)
 
 
@@ -816,9 +985,28 @@ def run_install_models(args):
     return {"installed": specs}, "installed " + " ".join(specs)
 
 
+def add_train_sae(commands, common) -> None:
+    parser = commands.add_parser("train-sae", help="train the embedded SAE of SmolLM2 from Debian's texts "
+                                                   "(the recipe: lmviz/train_sae.py)")
+    parser.add_argument("--work", default="sae-work", help="folder for the corpus's tokens and activations "
+                                                           "(~5 GB; reused when run again)")
+    parser.add_argument("--out", default=None, help="the SAE folder to write (default: the embedded one)")
+    parser.set_defaults(handler=run_train_sae)
+
+
+def run_train_sae(args):
+    from pathlib import Path
+
+    from lmviz import train_sae
+
+    quality = train_sae.run(Path(args.work), Path(args.out) if args.out else train_sae.FOLDER)
+    return quality, json.dumps(quality, indent=1)
+
+
 COMMANDS = [add_tokens, add_sample, add_embed, add_fill_mask, add_beam, add_loss, add_compare, add_lens,
             add_attention, add_attribute, add_ablate, add_patch, add_attribution_patch, add_knockout, add_saliency,
-            add_steer, add_lessons, add_app, add_install_models]
+            add_flow, add_steer, add_neurons, add_features, add_feature_steer, add_lessons, add_app, add_install_models,
+            add_train_sae]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,3 +96,63 @@ def test_json_tokens_are_exact_text_and_display_is_separate(argv, tiny_dirs, cap
         checked += 1
     assert checked >= 1 and (argv[0] != "loss" or out["display"])
     assert len(out["placement"]) == 1  # every command that runs a model says where it ran
+
+
+def test_neurons_features_and_feature_steer_json(tiny_dirs, tmp_path, capsys):
+    """The feature commands keep the token rule (exact text under *_tokens, shown text under *_display) and
+    report what the pages show: neurons that sum to the MLP part, latents per position, CE, a steered run."""
+    from transformers import AutoTokenizer
+
+    from tests.test_sae import write_sae
+
+    model, text = tiny_dirs["gpt2"], "the capital of france is"
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    assert main(["neurons", text, "--model", model, "--layer", "1", "--top", "4", "--target", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target_id"] == 5 and same_tokens(tokenizer, 5, out["target_token"])
+    assert [set(n) >= {"layer", "index", "activation", "contribution"} for n in out["neurons"]] == [True] * 4
+    assert abs(out["sum"] - out["mlp_part"]) <= out["bound"]
+    for row in out["neurons"]:
+        for kind in ("promoted", "suppressed"):
+            assert same_tokens(tokenizer, row[f"{kind}_ids"], row[f"{kind}_tokens"])
+            assert shown_with_dots(row[f"{kind}_tokens"], row[f"{kind}_display"])
+    sae = write_sae(tmp_path / "sae", 32, 24, "topk", "blocks.1.hook_resid_pre", k=3)
+    assert main(["features", text, "--model", model, "--sae", str(sae), "--k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sae"] | {"folder": None} == {"name": "sae", "folder": None, "hook": "blocks.1.hook_resid_pre",
+                                             "d_in": 32, "d_sae": 24, "architecture": "topk", "k": 3,
+                                             "model_name": "tiny"}
+    assert same_tokens(tokenizer, out["input_ids"], out["tokens"]) and shown_with_dots(out["tokens"], out["display"])
+    assert len(out["top_features"]) == len(out["tokens"]) and all(
+        len(top) == 2 and set(top[0]) == {"id", "activation"} for top in out["top_features"])
+    assert {"explained_variance", "ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation",
+            "ce_recovered"} <= set(out) and out["ce_loss_clean"] > 0
+    argv = ["feature-steer", text, "--model", model, "--sae", str(sae), "--feature", "2", "--alpha", "6",
+            "--max-new-tokens", "4", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["new_ids"]) == len(out["unsteered_ids"]) == 4 and out["new_ids"] != out["unsteered_ids"]
+    for kind in ("new", "unsteered"):
+        assert same_tokens(tokenizer, out[f"{kind}_ids"], out[f"{kind}_tokens"])
+        assert shown_with_dots(out[f"{kind}_tokens"], out[f"{kind}_display"])
+    assert len(out["placement"]) == 1
+    assert main(["features", text, "--model", model, "--sae", str(sae)]) == 0  # the readable table
+    assert "explained variance" in capsys.readouterr().out
+
+
+def test_feature_commands_refuse_in_one_line(tiny_dirs, tmp_path, capsys):
+    from tests.test_sae import write_sae
+
+    model = tiny_dirs["gpt2"]
+    wide = write_sae(tmp_path / "wide", 64, 8, "topk", k=2)
+    cases = [
+        ["features", "hello", "--model", model, "--sae", "no-such-sae"],
+        ["features", "hello", "--model", model, "--sae", str(wide)],
+        ["feature-steer", "hello", "--model", model, "--sae", str(write_sae(tmp_path / "ok", 32, 8, k=2)),
+         "--feature", "8", "--alpha", "1"],
+        ["neurons", "hello", "--model", model, "--layer", "5"],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("lmviz: ") and "Traceback" not in "".join(err)

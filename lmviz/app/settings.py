@@ -21,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from lmviz.analyses import attention, classification, lens, patching, saliency, sampling, steering
+from lmviz.analyses import attention, classification, flow, lens, patching, saliency, sampling, steering
+from lmviz.analyses.features import DEFAULT_ALPHA
+from lmviz.analyses.sae import DEFAULT_SAE
 from lmviz.analyses.whatif import decode_branches, encode_branches
 
 class _Last:
@@ -206,6 +208,17 @@ class Attention:
     MODE = Setting("att_mode", "zero", choices=("zero", "mean"), label="Replace by")
 
 
+# ---------------------------------------------------------------- Information flow
+class InformationFlow:
+    POSITION = Setting("flow_pos", LAST, low=0, label="Into position")
+    THRESHOLD = Setting("flow_tau", flow.DEFAULT_THRESHOLD, low=0.0, high=1.0,
+                        label="Threshold τ (the least importance an edge keeps)")
+    # the node whose links are offered (a click picks it); default: the chosen position's final residual
+    NODE_LAYER = Setting("flow_node_layer", LAST, low=0, label="Node's layer")
+    NODE_POSITION = Setting("flow_node_pos", LAST, low=0, label="Node's position")
+    NODE_MID = Setting("flow_node_mid", False, label="Inside the block, after its attention")
+
+
 # ---------------------------------------------------------------- Experiments
 class Experiments:
     PATCHING_TAB, LENS_TAB, ATP_TAB, PATHS_TAB, TOKENS_TAB, STEERING_TAB = (
@@ -235,3 +248,15 @@ class Experiments:
     STEER_TOKENS = Setting("exp_steer_tokens", 20, low=1, high=steering.MAX_NEW_TOKENS, label="New tokens")
     TAB = Setting("exp_tab", PATCHING_TAB, choices=(PATCHING_TAB, LENS_TAB, ATP_TAB, PATHS_TAB, TOKENS_TAB,
                                                     STEERING_TAB))
+
+
+# ---------------------------------------------------------------- Features
+class Features:
+    LATENT_TAB, STEERING_TAB, NEURONS_TAB = "The latent", "Steering with it", "Neurons"
+    SAE = Setting("feat_sae", DEFAULT_SAE, label="SAE: an embedded one's name, or a folder in SAELens's format")
+    LATENT = Setting("feat_latent", 0, low=0, label="Latent")  # default: the strongest at the chosen position
+    POSITION = Setting("feat_pos", LAST, low=0, label="Position")
+    ALPHA = Setting("feat_alpha", DEFAULT_ALPHA, low=-1000.0, high=1000.0, label="α (× the latent's decoder row)")
+    STEER_TOKENS = Setting("feat_tokens", 20, low=1, high=steering.MAX_NEW_TOKENS, label="New tokens")
+    NEURON_LAYER = Setting("feat_neuron_layer", 0, low=0, label="Neurons of block")  # default: the SAE's block − 1
+    TAB = Setting("feat_tab", LATENT_TAB, choices=(LATENT_TAB, STEERING_TAB, NEURONS_TAB))

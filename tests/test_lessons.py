@@ -21,6 +21,8 @@ def test_every_claim_holds_on_each_embedded_causal_model(request, model, lesson,
     lm = request.getfixturevalue(model)
     step = lesson.steps[index - 1]
     assert step.needs == "causal"
+    if step.model is not None and step.model != lm.name:
+        pytest.skip(f"the step switches to {step.model}")  # e.g. the embedded SAE reads SmolLM2 only
     claim = step.claim(lm, lessons.example(lesson, index))
     assert claim.holds, f"{lm.name}: {claim.text}"
 

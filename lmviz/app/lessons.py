@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 from typing import Callable
 
-from lmviz.analyses import attention, attribution, lens, loss, patching, sampling
+from lmviz.analyses import attention, attribution, contexts, features, lens, loss, neurons, patching, sampling
+from lmviz.analyses import sae as sae_module
 from lmviz.forward import trace
 from lmviz.app import pages
-from lmviz.app.settings import LAST, Attention, Beam, Experiments, Heads, Home, Lens, Loss, Sampling, Setting
+from lmviz.app.settings import LAST, Attention, Beam, Experiments, Features, Heads, Home, Lens, Loss, Sampling, Setting
 from lmviz.model.embedded import antiberty
 from lmviz.errors import LmvizError
 from lmviz.model.models import LoadedModel
@@ -187,12 +188,50 @@ def a_direct_path(lm: LoadedModel, text: str) -> Claim:
                       "restores through its direct path", 0.3)
 
 
+def neurons_share_the_work(lm: LoadedModel, text: str) -> Claim:
+    split = neurons.neurons(lm, text, _SAE_BLOCK - 1)
+    sizes = split.contributions.abs().sort(descending=True).values
+    half = int((sizes.cumsum(0) < sizes.sum() / 2).sum()) + 1
+    return Claim(half >= 20, f"half of block {split.layer}'s MLP's direct push on {split.target_token} takes the "
+                             f"{half} largest of its {split.d_mlp} neurons")
+
+
+def _peak_words(lm: LoadedModel, sae, latent: int) -> list[str]:
+    """The word each of the latent's max-activating contexts peaks on, lower-cased, without spaces."""
+    return [c.tokens[c.peak].replace("·", "").strip().lower() for c in
+            contexts.latent_contexts(lm, sae, latent).contexts]
+
+
+def a_latent_is_specific(lm: LoadedModel, text: str) -> Claim:
+    sae = sae_module.load(sae_module.DEFAULT_SAE, lm)
+    result = features.features(lm, text, sae)
+    latent = result.top_features(result.n_tokens - 1)[0][0]
+    words = _peak_words(lm, sae, latent)
+    word, count = max(((w, words.count(w)) for w in set(words)), key=lambda pair: pair[1])
+    return Claim(count >= len(words) / 2, f"latent #{latent}, the strongest on the last token, peaks on '{word}' in "
+                                          f"{count} of its {len(words)} strongest contexts in the corpus")
+
+
+def steering_feeds_the_text(lm: LoadedModel, text: str) -> Claim:
+    sae = sae_module.load(sae_module.DEFAULT_SAE, lm)
+    steered = features.steer_feature(lm, text, sae, _FEED_LATENT, _FEED_ALPHA, 20)
+    words = set(_peak_words(lm, sae, _FEED_LATENT))
+    said = {w.strip(".,;:!?\"'").lower() for w in steered.steered.text.split()} & words
+    before = {w.strip(".,;:!?\"'").lower() for w in steered.unsteered.text.split()} & words
+    return Claim(bool(said) and not before,
+                 f"steered with α = {_FEED_ALPHA:g}, the continuation says {', '.join(sorted(said)) or 'none'} of the "
+                 f"latent's words ({', '.join(sorted(words))}); unsteered: {', '.join(sorted(before)) or 'none'}")
+
+
 _IOI = patching.EXAMPLES[0]
 _IOI_PAIR = {Experiments.EXAMPLE: _IOI.name, Experiments.CLEAN: _IOI.clean, Experiments.CORRUPTED: _IOI.corrupted,
              Experiments.ANSWER: _IOI.answer, Experiments.WRONG: _IOI.wrong, Experiments.MODE: "denoise",
              Experiments.METRIC: "normalized"}
 _CLASS_PAIR = loss.sample_texts()  # the class example: a sentence and the same words scrambled
 _REPEATING = "The cat sat on the mat. The cat sat on the"  # A B … A → B: what an induction head completes
+_SAE_BLOCK = 8  # the embedded SAE reads block 8's input
+_FEED_LATENT = 1350  # the embedded SAE's latent whose strongest contexts peak on ·feed, ·food, ·eat
+_FEED_ALPHA = 8.0  # "This weekend I plan to" -> "eat. I'm not sure what to eat." (16: "I eat, and I drink")
 
 LESSONS: tuple[Lesson, ...] = (
     Lesson("logits", "Logits → softmax → temperature",
@@ -346,5 +385,28 @@ LESSONS: tuple[Lesson, ...] = (
                     "between recomputed — its direct effect. Click a head to make it the receiver, and trace which "
                     "earlier heads reach it through its query: the circuit, edge by edge.",
                     {**_IOI_PAIR, Experiments.TAB: Experiments.PATHS_TAB}, claim=a_direct_path),
+           )),
+    Lesson("features", "What does the model represent?",
+           "Neurons, and the directions a sparse autoencoder finds in the residual stream: which are specific, "
+           "and what turning one up does.",
+           "The capital of France is Paris, and the capital of Germany is",
+           (
+               Step("A prediction, spread over many neurons", pages.FEATURES,
+                    "An MLP block's neurons each add their output column, scaled by their activation, to the "
+                    "residual stream. The table splits block 7's direct push on the next token over its 1,536 "
+                    "neurons: many share it, and each one's column promotes a grab-bag of unrelated tokens — a "
+                    "neuron is not one idea.", {Features.TAB: Features.NEURONS_TAB, Features.NEURON_LAYER: 7},
+                    model="smollm2-135m", claim=neurons_share_the_work),
+               Step("A latent is more specific", pages.FEATURES,
+                    "A sparse autoencoder rewrites block 8's input as a few of 4,608 directions (32 per token), "
+                    "trained to reconstruct it. The grid shows the strongest on each token. Click the last "
+                    "token's strongest: its contexts in the corpus peak on one word again and again.",
+                    {Features.TAB: Features.LATENT_TAB}, model="smollm2-135m", claim=a_latent_is_specific),
+               Step("Turning a latent up", pages.FEATURES,
+                    "Latent #1350 fires on *feed*, *food* and *eat*. Add 8 times its direction at block 8, at every "
+                    "position, while the model continues a plain sentence: the plan turns to eating.",
+                    {Features.TAB: Features.STEERING_TAB, Features.LATENT: _FEED_LATENT,
+                     Features.ALPHA: _FEED_ALPHA, Features.STEER_TOKENS: 20},
+                    example="This weekend I plan to", model="smollm2-135m", claim=steering_feeds_the_text),
            )),
 )

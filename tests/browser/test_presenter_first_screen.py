@@ -10,7 +10,7 @@ Which element is a step's main one (MAIN_ELEMENT below), decided per page and ta
   * on Attention & attribution, presenter mode draws the section a step is about first (patterns, attribution
     or ablation, from the settings the step sets), so its first chart is that section's figure;
   * where the step is about a table, the first visible table: the tokens on Model & tokens, the lecture's
-    softmax table on the Toy logits tab;
+    softmax table on the Toy logits tab, the continuations and the neurons on Features;
   * the Step by step tab draws nothing until "Generate next token" is pressed: there the main element is
     that button.
 
@@ -41,13 +41,15 @@ TABLE = '[data-testid="stDataFrame"]:visible, [data-testid="stTable"]:visible'
 
 def main_element(step: lessons.Step) -> tuple[str, str]:
     """(what, selector): the element of the step that has to be on the first screen (see the module's doc)."""
-    from lmviz.app.settings import Sampling
+    from lmviz.app.settings import Features, Sampling
 
     tab = step.params.get(Sampling.TAB)
     if step.page is pages.HOME:
         return "tokens table", TABLE
     if step.page is pages.SAMPLING and tab == Sampling.TOY_TAB:
         return "the lecture's table", TABLE
+    if step.page is pages.FEATURES and step.params.get(Features.TAB) in (Features.STEERING_TAB, Features.NEURONS_TAB):
+        return "the continuations or the neurons' table", TABLE
     if step.page is pages.SAMPLING and tab == Sampling.STEPS_TAB:
         return "Generate next token button", 'button:visible:has-text("Generate next token")'
     return "first chart", CHART

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.views import app, run_page
 
-PAGES = ["home", "lens", "sampling", "beam", "loss", "heads", "attention"]
+PAGES = ["home", "lens", "sampling", "beam", "loss", "heads", "attention", "flow", "features"]
 TEXT = "Paris is the capital of France"
 
 
@@ -57,7 +57,8 @@ BAD_URL = {"text": "This weekend I plan to", "lens_k": "999", "sampling_temperat
            "heads_k": "999", "heads_mask_k": "nan", "heads_seed": "-1", "heads_metric": "x", "heads_pooling": "x",
            "lens_stat": "x", "beam_lp": "inf", "loss_max_length": "0", "loss_view": "x", "lens_window": "(0, 99999)",
            "beam_frame": "599", "lens_layer": "99", "lens_pos": "99", "loss_stride": "-5", "att_layer": "99",
-           "att_head": "-1", "att_stat": "x", "att_position": "99", "att_upto": "31", "att_mode": "x"}
+           "att_head": "-1", "att_stat": "x", "att_position": "99", "att_upto": "31", "att_mode": "x",
+           "flow_pos": "99", "flow_tau": "-1", "feat_pos": "99", "feat_latent": "999999", "feat_alpha": "nan"}
 # what each page's controls hold after BAD_URL: the defaults (SmolLM2, 5 tokens, 30 layers)
 DEFAULTS = {
     "home": {},
@@ -67,6 +68,8 @@ DEFAULTS = {
     "loss": {"loss_view": "Token by token", "loss_max_length": 1024, "loss_stride": 512},
     "heads": {"heads_k": 10, "heads_mask_k": 5, "heads_seed": 0, "heads_metric": "dot", "heads_pooling": "last"},
     "attention": {"att_stat": "previous", "att_position": 4, "att_upto": 30, "att_mode": "zero"},
+    "flow": {"flow_pos": 4},
+    "features": {"feat_pos": 4},
 }
 
 

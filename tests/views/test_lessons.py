@@ -82,7 +82,7 @@ def test_cli_lessons_json(capsys):
     assert cli.main(["lessons", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     ids = [lesson["id"] for lesson in out["lessons"]]
-    assert ids == ["logits", "decoding", "evaluating", "notebook", "heads", "why", "cause"]
+    assert ids == ["logits", "decoding", "evaluating", "notebook", "heads", "why", "cause", "features"]
     first = out["lessons"][0]["steps"][1]
     assert first["page"] == "sampling" and first["url"].startswith("/sampling?lesson=logits&step=2")
 

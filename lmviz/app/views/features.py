@@ -17,7 +17,8 @@ from lmviz.errors import LmvizError
 from lmviz.present.plots import features as plots
 from lmviz.tokens import markdown_safe
 
-FIGURE_TOP = 14.0  # rem above the grid in presenter mode (header, title, settings, metric line): ui.chart
+SHORT = 32  # tokens: up to here a low explained variance alone raises no warning
+FIGURE_TOP = 16.0  # rem above the grid in presenter mode (header, title, settings, tabs; the cards follow): ui.chart
 
 ui.title("Features", "Which directions of the residual stream are active at each token, read through a sparse "
          "autoencoder (SAE) trained on it: click a cell to see where else that latent fires, which tokens it "
@@ -57,36 +58,44 @@ ui.sync(Features.POSITION, Features.LATENT)
 latent = ui.value(Features.LATENT)
 
 # ------------------------------------------------------------------ how well the SAE stands in for the site
-cards = st.columns(4)
-cards[0].metric("Explained variance", f"{result.explained_variance:.2f}",
-                help="1 − Σ‖x − x̂‖² / Σ‖x − mean‖² over this text's positions after the first (the first is the "
-                     "attention sink, left out of training too).")
-cards[1].metric("Cross-entropy, clean → with the SAE", f"{result.ce_clean:.3f} → {result.ce_sae:.3f}",
-                help="Mean loss (nats per token) of this text; 'with the SAE': its reconstruction replaces the site "
-                     "at every position but the first.")
-cards[2].metric("Loss recovered", "—" if math.isnan(result.ce_recovered) else f"{result.ce_recovered:.2f}",
-                help=f"(CE_zero − CE_sae) / (CE_zero − CE_clean), with CE_zero = {result.ce_zero:.3f} when the site "
-                     "is zeroed instead: 1 = the SAE loses nothing.")
-cards[3].metric("Active latents per token", f"{float(result.l0[1:].double().mean()) if n > 1 else 0:.1f}",
-                help=f"of {sae.d_sae} ({sae.architecture}{f', k = {sae.k}' if sae.k else ''}), at {sae.hook}")
-if not math.isnan(result.explained_variance) and (result.explained_variance < 0.5 or result.ce_recovered < 0.5):
-    st.warning(f"The SAE does not stand in well for {sae.hook} on this text (explained variance "
-               f"{result.explained_variance:.2f}, loss recovered {result.ce_recovered:.2f}): its latents describe "
-               "only part of what the model computes here.", icon="⚠️")
+def quality() -> None:
+    """The SAE's error on this text, as four cards (after the figures in presenter mode)."""
+    cards = st.columns(4)
+    cards[0].metric("Explained variance", f"{result.explained_variance:.2f}",
+                    help="1 − Σ‖x − x̂‖² / Σ‖x − mean‖² over this text's positions after the first (the first is the "
+                         "attention sink, left out of training too). On a short text the mean is of a few tokens, "
+                         "so this runs low; the loss recovered is the better guide there.")
+    cards[1].metric("Cross-entropy, clean → with the SAE", f"{result.ce_clean:.3f} → {result.ce_sae:.3f}",
+                    help="Mean loss (nats per token) of this text; 'with the SAE': its reconstruction replaces the site "
+                         "at every position but the first.")
+    cards[2].metric("Loss recovered", "—" if math.isnan(result.ce_recovered) else f"{result.ce_recovered:.2f}",
+                    help=f"(CE_zero − CE_sae) / (CE_zero − CE_clean), with CE_zero = {result.ce_zero:.3f} when the site "
+                         "is zeroed instead: 1 = the SAE loses nothing.")
+    cards[3].metric("Active latents per token", f"{float(result.l0[1:].double().mean()) if n > 1 else 0:.1f}",
+                    help=f"of {sae.d_sae} ({sae.architecture}{f', k = {sae.k}' if sae.k else ''}), at {sae.hook}")
+    few = n <= SHORT  # on a few tokens, explained variance is measured against their own small spread
+    if not math.isnan(result.explained_variance) and (result.ce_recovered < 0.5 or
+                                                      (result.explained_variance < 0.5 and not few)):
+        st.warning(f"The SAE does not stand in well for {sae.hook} on this text (explained variance "
+                   f"{result.explained_variance:.2f}, loss recovered {result.ce_recovered:.2f}): its latents describe "
+                   "only part of what the model computes here.", icon="⚠️")
 
-shown = plots.shown_latents(result, keep=latent)
-ui.chart(plots.feature_grid(result, shown, (latent, position)), "features", key="feat_grid", clickable=True,
-         top=FIGURE_TOP)
-st.caption(f"Each row is one latent of {markdown_safe(sae.name)}, each column a token; the colour is the latent's "
-           "activation there. Click a cell to pick that latent and position.")
 
+presenting = ui.presenting()
+if not presenting:
+    quality()
 tabs = st.tabs(Features.TAB.choices, key=Features.TAB.key, on_change="rerun")
 ui.sync(Features.TAB)
 latent_tab, steering_tab, neurons_tab = tabs
 
-# ------------------------------------------------------------------ one latent
+# ------------------------------------------------------------------ the text's latents, and one of them
 with latent_tab:
     if latent_tab.open:
+        shown = plots.shown_latents(result, keep=latent)
+        ui.chart(plots.feature_grid(result, shown, (latent, position)), "features", key="feat_grid", clickable=True,
+                 top=FIGURE_TOP)
+        st.caption(f"Each row is one latent of {markdown_safe(sae.name)}, each column a token; the colour is the "
+                   "latent's activation there. Click a cell to pick that latent and position.")
         left, right = st.columns([3, 2])
         with left:
             ui.chart(plots.latent_across_text(result, latent), f"latent_{latent}", key="feat_trace")
@@ -135,13 +144,12 @@ with steering_tab:
         with ui.user_errors(stop=False), st.spinner("Generating with and without the latent …"):
             steered = features.steer_feature(lm, text, sae, latent, ui.value(Features.ALPHA),
                                              ui.value(Features.STEER_TOKENS))
-            columns = st.columns(2)
-            columns[0].markdown(f"**Unsteered**  \n{markdown_safe(text)}**{markdown_safe(steered.unsteered.text)}**")
-            columns[1].markdown(f"**α = {steered.alpha:g} × latent #{latent}** (adds a vector of norm "
-                                f"{abs(steered.alpha) * steered.vector_norm:.1f})  \n"
-                                f"{markdown_safe(text)}**{markdown_safe(steered.steered.text)}**")
-            st.caption(f"Greedy decoding; α × the latent's decoder row is added to {sae.hook} at every position, "
-                       "the prompt's and each new token's.")
+            st.dataframe(pd.DataFrame({"": ["unsteered", f"α = {steered.alpha:g} × latent #{latent}"],
+                                       "continuation": [steered.unsteered.text, steered.steered.text]}),
+                         hide_index=True, width="stretch")
+            st.caption(f"The prompt “{markdown_safe(text)}” continued greedily; α × the latent's decoder row (a vector "
+                       f"of norm {abs(steered.alpha) * steered.vector_norm:.1f}) is added to {sae.hook} at every "
+                       "position, the prompt's and each new token's.")
 
 # ------------------------------------------------------------------ neurons
 with neurons_tab:
@@ -151,18 +159,24 @@ with neurons_tab:
         ui.sync(Features.NEURON_LAYER)
         with ui.user_errors(stop=False):
             split = neurons.neurons(lm, text, ui.value(Features.NEURON_LAYER), position)
-            st.markdown(f"Block {split.layer}'s MLP at position {position}: its part in the logit of "
-                        f"{markdown_safe(split.target_token)} is **{split.mlp_part:+.3f}**; its {split.d_mlp} neurons' "
-                        f"contributions and the bias add up to {split.total:+.3f} (difference "
-                        f"{abs(split.total - split.mlp_part):.1e}, bound {split.bound:.1e}).")
             rows = [{"neuron": f"{split.layer}.{neuron}", "activation": float(split.activations[neuron]),
                      "contribution": float(split.contributions[neuron]),
                      "promotes": " ".join(effects.promoted_tokens[:5]),
                      "suppresses": " ".join(effects.suppressed_tokens[:5])}
-                    for neuron, effects in zip(split.top, split.top_tokens)]
+                    for neuron, effects in zip(split.top[:6] if presenting else split.top, split.top_tokens)]
             st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
                 "activation": st.column_config.NumberColumn(format="%.3f"),
                 "contribution": st.column_config.NumberColumn(format="%+.3f")})
+            sizes = split.contributions.abs().sort(descending=True).values
+            half = int((sizes.cumsum(0) < sizes.sum() / 2).sum()) + 1
+            st.markdown(f"Block {split.layer}'s MLP at position {position}: its part in the logit of "
+                        f"{markdown_safe(split.target_token)} is **{split.mlp_part:+.3f}**; its {split.d_mlp} neurons' "
+                        f"contributions and the bias add up to {split.total:+.3f} (difference "
+                        f"{abs(split.total - split.mlp_part):.1e}, bound {split.bound:.1e}). Half of Σ|contribution| "
+                        f"takes the **{half}** largest neurons.")
             st.caption("A neuron is one entry of the MLP's hidden vector; its contribution is its activation × its "
                        "output column through the frozen norm(s) · the target's unembedding, so the neurons and the "
                        "bias sum to the MLP's bar on the attribution page.")
+
+if presenting:
+    quality()

@@ -87,3 +87,9 @@ def latent_contexts(lm, sae: Sae, latent: int, n: int | None = None) -> LatentCo
         values = tuple(float(f) * float(peaks[rank]) for f in fractions)
         contexts.append(Context(tokens, values, int(fractions.argmax())))
     return LatentContexts(sae.name, latent, tuple(contexts))
+
+
+def label(found: LatentContexts) -> str:
+    """A latent's honest short name: the token its contexts peak on most often (display form), "" for none."""
+    peaks = [context.tokens[context.peak] for context in found.contexts]
+    return max(peaks, key=peaks.count) if peaks else ""

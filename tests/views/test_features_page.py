@@ -3,6 +3,8 @@ decodes and hand-hooked generation in tests/test_sae.py, neurons against hand co
 tests/test_neurons.py), its settings live in the URL, and a folder that is no SAE gets one clear line with the
 typed path kept."""
 
+import json
+
 from lmviz.analyses import contexts, features, neurons
 from lmviz.analyses import sae as sae_module
 from tests.views import frame_with, run_page
@@ -30,6 +32,8 @@ def test_the_page_shows_the_backends_numbers(smollm):
     assert found.contexts  # the strongest latent here fired in the corpus too
     shown = "".join(h.proto.body for h in at.get("html"))
     assert f"{max(found.contexts[0].activations):5.1f}" in shown
+    grid = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert f"#{latent} {contexts.label(found)}" in grid["layout"]["yaxis"]["ticktext"]  # named by its peak token
 
 
 def test_the_url_picks_latent_position_and_tab(smollm):

@@ -92,10 +92,13 @@ latent_tab, steering_tab, neurons_tab = tabs
 with latent_tab:
     if latent_tab.open:
         shown = plots.shown_latents(result, keep=latent)
-        ui.chart(plots.feature_grid(result, shown, (latent, position)), "features", key="feat_grid", clickable=True,
-                 top=FIGURE_TOP)
-        st.caption(f"Each row is one latent of {markdown_safe(sae.name)}, each column a token; the colour is the "
-                   "latent's activation there. Click a cell to pick that latent and position.")
+        names = {j: contexts_module.label(contexts_module.latent_contexts(lm, sae, j)) for j in shown} \
+            if contexts_module.has_index(sae) else {}
+        ui.chart(plots.feature_grid(result, shown, (latent, position), names), "features", key="feat_grid",
+                 clickable=True, top=FIGURE_TOP)
+        st.caption(f"Each row is one latent of {markdown_safe(sae.name)} (beside its number, the token its corpus "
+                   "contexts peak on most often), each column a token; the colour is the latent's activation there. "
+                   "Click a cell to pick that latent and position.")
         left, right = st.columns([3, 2])
         with left:
             ui.chart(plots.latent_across_text(result, latent), f"latent_{latent}", key="feat_trace")

@@ -29,11 +29,13 @@ def shown_latents(result: Features, n: int = SHOWN, keep: int | None = None) -> 
     return order
 
 
-def feature_grid(result: Features, latents: list[int], selected: tuple[int, int] | None = None) -> go.Figure:
-    """Activation of each of `latents` (rows, strongest on top) at each token (columns)."""
+def feature_grid(result: Features, latents: list[int], selected: tuple[int, int] | None = None,
+                 names: dict[int, str] | None = None) -> go.Figure:
+    """Activation of each of `latents` (rows, strongest on top) at each token (columns); `names`: a short
+    label per latent (the token its corpus contexts peak on), shown beside its number."""
     labels = [f"{p} {safe_label(t)}" for p, t in enumerate(result.tokens)]
     z = result.activations[:, latents].T.numpy() if latents else [[0.0] * result.n_tokens]
-    rows = [f"#{latent}" for latent in latents]
+    rows = [f"#{latent} {safe_label((names or {}).get(latent, ''))}".strip() for latent in latents]
     hover = [[f"latent {latent}, position {p} {safe_label(result.tokens[p])}<br>activation {float(z[r][p]):.2f}"
               for p in range(result.n_tokens)] for r, latent in enumerate(latents)]
     figure = go.Figure(go.Heatmap(z=z, x=list(range(result.n_tokens)), y=list(range(len(latents))), zmin=0,

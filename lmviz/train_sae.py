@@ -433,6 +433,57 @@ def index_contexts(weights, corpus_rows: list[np.ndarray], corpus_acts: list[np.
         torch.uint16), "activations": torch.from_numpy(acts_in), "length": torch.from_numpy(length)}
 
 
+# ---------------------------------------------------------------- the neurons' index
+
+
+NEURON_SEQUENCES = 1600  # the bank: 1,600 sequences of CONTEXT tokens (204,800 tokens), from both splits
+NEURON_TOP = 8  # contexts kept per neuron (at most one per sequence)
+NEURONS = Path(__file__).parent / "data" / "neurons" / MODEL
+
+
+def neuron_index(lm, rows: np.ndarray, out: Path, batch: int = 16, log=print) -> None:
+    """Every MLP neuron's NEURON_TOP strongest activations over `rows` (position 0 left out), as pointers into
+    the bank of sequences shipped beside them; the windows' activations are recomputed exactly on demand
+    (`lmviz.analyses.contexts.neuron_contexts`)."""
+    from safetensors.torch import save_file
+    from lmviz.model.interventions import Recording, Site, forward
+
+    sites = [Site(f"blocks.{layer}.mlp.hook_post") for layer in range(lm.n_layers)]
+    best = top_seq = top_pos = None
+    start = time.time()
+    for first in range(0, len(rows), batch):
+        ids = torch.as_tensor(rows[first:first + batch].astype(np.int64))
+        record = Recording(sites, every_row=True, stop=True)
+        forward(lm, ids, record=record)
+        acts = torch.stack([record[site][:, 1:] for site in sites]).float()  # (layer, seq, pos-1, d_mlp)
+        seq_max, seq_at = acts.max(2)  # (layer, seq, d_mlp)
+        seq_ids = (first + torch.arange(len(ids))).view(1, -1, 1).expand_as(seq_max)
+        if best is None:
+            best = torch.full((lm.n_layers, seq_max.shape[-1], NEURON_TOP), -torch.inf)
+            top_seq = torch.zeros_like(best, dtype=torch.int64)
+            top_pos = torch.zeros_like(best, dtype=torch.int64)
+        merged = torch.cat([best, seq_max.permute(0, 2, 1)], -1)
+        keep = merged.topk(NEURON_TOP, dim=-1).indices
+        best = merged.gather(-1, keep)
+        top_seq = torch.cat([top_seq, seq_ids.permute(0, 2, 1)], -1).gather(-1, keep)
+        top_pos = torch.cat([top_pos, (seq_at + 1).permute(0, 2, 1)], -1).gather(-1, keep)
+        if first // batch % 20 == 0:
+            log(f"  neurons: {first + len(ids)} of {len(rows)} sequences, {time.time() - start:,.0f} s")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"token_ids": torch.from_numpy(rows.astype(np.int32)).to(torch.uint16).contiguous()},
+              out / "bank.safetensors")
+    save_file({"activation": best.half().contiguous(), "sequence": top_seq.to(torch.int16).contiguous(),
+               "position": top_pos.to(torch.uint8).contiguous()}, out / "neurons.safetensors")
+    log(f"neuron index: {lm.n_layers} layers x {best.shape[1]} neurons over {rows.size:,} tokens in "
+        f"{time.time() - start:,.0f} s")
+
+
+def neuron_bank(rows: dict[str, np.ndarray]) -> np.ndarray:
+    """NEURON_SEQUENCES sequences spread evenly over the training and held-out splits."""
+    both = np.concatenate([rows["train"], rows["held_out"]])
+    return both[np.linspace(0, len(both) - 1, NEURON_SEQUENCES).astype(int)]
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -502,6 +553,8 @@ def run(work: Path, out: Path) -> dict:
         "train_seconds": round(train_seconds), "index_seconds": round(index_seconds), "quality": quality,
         "steps": entries, "log": log_lines}, indent=1))
     log(f"wrote {out}")
+    if not (NEURONS / "neurons.safetensors").exists():
+        neuron_index(lm, neuron_bank(rows), NEURONS, log=log)
     return quality
 
 

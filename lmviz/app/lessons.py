@@ -192,8 +192,13 @@ def neurons_share_the_work(lm: LoadedModel, text: str) -> Claim:
     split = neurons.neurons(lm, text, _SAE_BLOCK - 1)
     sizes = split.contributions.abs().sort(descending=True).values
     half = int((sizes.cumsum(0) < sizes.sum() / 2).sum()) + 1
-    return Claim(half >= 20, f"half of block {split.layer}'s MLP's direct push on {split.target_token} takes the "
-                             f"{half} largest of its {split.d_mlp} neurons")
+    top = split.top[0]
+    words = {c.tokens[c.peak].replace("·", "").strip().lower() for c in
+             contexts.neuron_contexts(lm, split.layer, top).contexts}
+    return Claim(half >= 20 and len(words) >= 4,
+                 f"half of block {split.layer}'s MLP's direct push on {split.target_token} takes the {half} largest "
+                 f"of its {split.d_mlp} neurons; the top one, {split.layer}.{top}, peaks on {len(words)} different "
+                 f"words in its strongest contexts")
 
 
 def _peak_words(lm: LoadedModel, sae, latent: int) -> list[str]:
@@ -394,8 +399,9 @@ LESSONS: tuple[Lesson, ...] = (
                Step("A prediction, spread over many neurons", pages.FEATURES,
                     "An MLP block's neurons each add their output column, scaled by their activation, to the "
                     "residual stream. The table splits block 7's direct push on the next token over its 1,536 "
-                    "neurons: many share it, and each one's column promotes a grab-bag of unrelated tokens — a "
-                    "neuron is not one idea.", {Features.TAB: Features.NEURONS_TAB, Features.NEURON_LAYER: 7},
+                    "neurons: many share it, each one's column promotes a grab-bag of unrelated tokens, and below "
+                    "the table a neuron's strongest contexts in the corpus peak on unrelated words — a neuron is "
+                    "not one idea.", {Features.TAB: Features.NEURONS_TAB, Features.NEURON_LAYER: 7},
                     model="smollm2-135m", claim=neurons_share_the_work),
                Step("A latent is more specific", pages.FEATURES,
                     "A sparse autoencoder rewrites block 8's input as a few of 4,608 directions (32 per token), "

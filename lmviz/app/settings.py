@@ -259,4 +259,5 @@ class Features:
     ALPHA = Setting("feat_alpha", DEFAULT_ALPHA, low=-1000.0, high=1000.0, label="α (× the latent's decoder row)")
     STEER_TOKENS = Setting("feat_tokens", 20, low=1, high=steering.MAX_NEW_TOKENS, label="New tokens")
     NEURON_LAYER = Setting("feat_neuron_layer", 0, low=0, label="Neurons of block")  # default: the SAE's block − 1
+    NEURON = Setting("feat_neuron", 0, low=0, label="Neuron (its contexts)")  # default: the top one
     TAB = Setting("feat_tab", LATENT_TAB, choices=(LATENT_TAB, STEERING_TAB, NEURONS_TAB))

@@ -177,6 +177,17 @@ with neurons_tab:
                         f"contributions and the bias add up to {split.total:+.3f} (difference "
                         f"{abs(split.total - split.mlp_part):.1e}, bound {split.bound:.1e}). Half of Σ|contribution| "
                         f"takes the **{half}** largest neurons.")
+            if contexts_module.has_neuron_index(lm):
+                ui.init(Features.NEURON, split.top[0], high=split.d_mlp - 1)
+                st.number_input(Features.NEURON.label, 0, split.d_mlp - 1, step=1, key=Features.NEURON.key)
+                ui.sync(Features.NEURON)
+                neuron = ui.value(Features.NEURON)
+                with st.spinner("Running the neuron's strongest sequences …"):
+                    found = contexts_module.neuron_contexts(lm, split.layer, neuron)
+                st.html(plots.contexts_html(found))
+                st.caption(f"Neuron {split.layer}.{neuron}'s strongest activations over a bank of 1,600 corpus "
+                           "sequences (204,800 tokens, the SAE's corpus), recomputed now; compare how many different "
+                           "things one neuron fires on with a latent's contexts.")
             st.caption("A neuron is one entry of the MLP's hidden vector; its contribution is its activation × its "
                        "output column through the frozen norm(s) · the target's unembedding, so the neurons and the "
                        "bias sum to the MLP's bar on the attribution page.")

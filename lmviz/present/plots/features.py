@@ -1,5 +1,5 @@
-"""Feature figures: a text's strongest SAE latents over its tokens, one latent across the text, and its
-max-activating contexts (HTML).
+"""Feature figures: a text's strongest SAE latents over its tokens, one latent across the text, and a
+latent's or a neuron's max-activating contexts (HTML).
 
 The grid is a heatmap with `cell_markers` on every cell, so a click picks a latent and a position
 ([row, position] in its customdata; the row's latent is `shown_latents(...)[row]`).
@@ -12,7 +12,7 @@ import html
 import plotly.graph_objects as go
 import torch
 
-from lmviz.analyses.contexts import LatentContexts
+from lmviz.analyses.contexts import Contexts
 from lmviz.analyses.features import Features
 from lmviz.present.plots import HIGHLIGHT, KEPT_COLOUR, cell_markers, safe_label, style
 
@@ -67,7 +67,7 @@ def latent_across_text(result: Features, latent: int) -> go.Figure:
     return style(figure, f"Latent #{latent} across the text", height=300)
 
 
-def contexts_html(contexts: LatentContexts, limit: int | None = None) -> str:
+def contexts_html(contexts: Contexts, limit: int | None = None) -> str:
     """The contexts as lines of tokens, each shaded by the latent's activation there (orange: the strongest in
     that line); every token HTML-escaped, whitespace made visible as the tables show it."""
     lines = []

@@ -89,6 +89,12 @@ class Neurons:
         return float(self.contributions.sum()) + self.bias
 
     @property
+    def half_count(self) -> int:
+        """How many of the largest |contributions| make up half of Σ|contribution|: how spread the push is."""
+        sizes = self.contributions.abs().sort(descending=True).values
+        return int((sizes.cumsum(0) < sizes.sum() / 2).sum()) + 1
+
+    @property
     def d_mlp(self) -> int:
         return int(self.activations.shape[0])
 

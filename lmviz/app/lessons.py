@@ -190,8 +190,7 @@ def a_direct_path(lm: LoadedModel, text: str) -> Claim:
 
 def neurons_share_the_work(lm: LoadedModel, text: str) -> Claim:
     split = neurons.neurons(lm, text, _SAE_BLOCK - 1)
-    sizes = split.contributions.abs().sort(descending=True).values
-    half = int((sizes.cumsum(0) < sizes.sum() / 2).sum()) + 1
+    half = split.half_count
     top = split.top[0]
     words = {c.tokens[c.peak].replace("·", "").strip().lower() for c in
              contexts.neuron_contexts(lm, split.layer, top).contexts}

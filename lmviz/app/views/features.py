@@ -170,13 +170,11 @@ with neurons_tab:
             st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
                 "activation": st.column_config.NumberColumn(format="%.3f"),
                 "contribution": st.column_config.NumberColumn(format="%+.3f")})
-            sizes = split.contributions.abs().sort(descending=True).values
-            half = int((sizes.cumsum(0) < sizes.sum() / 2).sum()) + 1
             st.markdown(f"Block {split.layer}'s MLP at position {position}: its part in the logit of "
                         f"{markdown_safe(split.target_token)} is **{split.mlp_part:+.3f}**; its {split.d_mlp} neurons' "
                         f"contributions and the bias add up to {split.total:+.3f} (difference "
                         f"{abs(split.total - split.mlp_part):.1e}, bound {split.bound:.1e}). Half of Σ|contribution| "
-                        f"takes the **{half}** largest neurons.")
+                        f"takes the **{split.half_count}** largest neurons.")
             if contexts_module.has_neuron_index(lm):
                 ui.init(Features.NEURON, split.top[0], high=split.d_mlp - 1)
                 st.number_input(Features.NEURON.label, 0, split.d_mlp - 1, step=1, key=Features.NEURON.key)

@@ -13,7 +13,6 @@ from lmviz.analyses import features, neurons
 from lmviz.analyses import sae as sae_module
 from lmviz.app import ui
 from lmviz.app.settings import Features
-from lmviz.errors import LmvizError
 from lmviz.present.plots import features as plots
 from lmviz.tokens import markdown_safe
 

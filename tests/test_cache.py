@@ -99,3 +99,46 @@ def test_many_long_texts_stay_within_the_budget(smollm, monkeypatch):
     growth = rss_mb() - after_warm_up
     print(f"resident memory growth over {len(texts) - 2} more texts: {growth:.0f} MB (budget 64 MB)")
     assert growth <= 64 + 128
+
+
+# ---------------------------------------------------------------- fingerprints: keys made from results
+
+
+def test_a_fingerprint_is_the_content_not_the_object():
+    from dataclasses import dataclass
+
+    from lmviz.forward.cache import fingerprint
+
+    @dataclass
+    class Result:
+        values: torch.Tensor
+        labels: list
+        note: str | None = None
+
+    def make(values, labels=("a", "b"), note=None):
+        return Result(torch.tensor(values, dtype=torch.float32), list(labels), note)
+
+    first = fingerprint((make([1.0, 2.0]), {"top": 3}))
+    assert fingerprint((make([1.0, 2.0]), {"top": 3})) == first  # built apart, equal content: equal
+    changed = [
+        (make([1.0, float(torch.nextafter(torch.tensor(2.0), torch.tensor(3.0)))]), {"top": 3}),  # one ulp
+        (make([1.0, 2.0]), {"top": 4}),
+        (make([1.0, 2.0], ("a", "c")), {"top": 3}),
+        (make([1.0, 2.0], note=""), {"top": 3}),  # "" is not None
+        (Result(torch.tensor([1.0, 2.0], dtype=torch.float64), ["a", "b"]), {"top": 3}),  # dtype
+        (make([1.0, 2.0]), {"top": 3.0}),  # 3.0 is not 3
+        (make([1.0, 2.0]), {"top": "3"}),
+        (make([1.0, 2.0]), ({"top": 3},)),
+    ]
+    assert len({fingerprint(value) for value in changed} | {first}) == len(changed) + 1
+    assert fingerprint(torch.zeros(2, 3)) != fingerprint(torch.zeros(3, 2))  # the same bytes, another shape
+    assert fingerprint(["a", "b"]) != fingerprint(("a", "b")) != fingerprint(["a,b"])
+    assert fingerprint(torch.arange(6)[::2]) == fingerprint(torch.tensor([0, 2, 4]))  # a strided view: its values
+
+
+@pytest.mark.parametrize("value", [torch.nn.Linear(2, 2), lambda: 1, object(), [1, {"model": torch.nn.ReLU()}]])
+def test_what_has_no_fingerprint_says_so(value):
+    from lmviz.forward.cache import fingerprint
+
+    with pytest.raises(TypeError):
+        fingerprint(value)

@@ -31,6 +31,7 @@ from lmviz.analyses.sae import Sae
 from lmviz.model.interventions import Recording, Site, forward
 from pathlib import Path
 from lmviz.errors import LmvizError
+from lmviz.forward.cache import cached
 from lmviz.tokens import display_tokens
 
 FILE = "contexts.safetensors"
@@ -81,6 +82,10 @@ def latent_contexts(lm, sae: Sae, latent: int, n: int | None = None) -> Contexts
     latent = sae.check_latent(latent)
     if not has_index(sae):
         raise LmvizError(f"{sae.name} comes without an index of contexts ({FILE} in its folder).")
+    return cached("latent contexts", lm, (sae.key, latent, n), lambda: _latent_contexts(lm, sae, latent, n))
+
+
+def _latent_contexts(lm, sae: Sae, latent: int, n: int | None) -> Contexts:
     index = _index(sae)
     peaks, lengths = index["max_activation"][latent].float(), index["length"][latent].long()
     contexts = []

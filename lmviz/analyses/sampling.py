@@ -48,7 +48,7 @@ from transformers import (
 )
 
 from lmviz.forward import decoding
-from lmviz.forward.cache import CACHE
+from lmviz.forward.cache import CACHE, cached
 from lmviz.errors import LmvizError
 from lmviz.model.models import LoadedModel
 from lmviz.tokens import display_token, token_text
@@ -372,12 +372,23 @@ def distribution(
 
 
 def next_token(lm: LoadedModel, text: str, settings: SamplingSettings = SamplingSettings()) -> Distribution:
-    """The distribution of the token that follows `text` (from the cached trace of the text)."""
+    """The distribution of the token that follows `text` (from the cached trace of the text; kept in the cache
+    too, per settings)."""
     from lmviz.forward import trace as tracing
 
     lm.require_causal("next-token sampling")
     traced = tracing.trace(lm, text)
-    return distribution(traced.last_logits, settings, traced.input_ids)
+    return cached("next token", lm, (text, settings),
+                  lambda: distribution(traced.last_logits, settings, traced.input_ids))
+
+
+def next_token_sweep(lm: LoadedModel, text: str) -> Sweep:
+    """The temperature sweep (`temperature_sweep`) of the model's own distribution after `text`."""
+    from lmviz.forward import trace as tracing
+
+    lm.require_causal("the temperature sweep")
+    traced = tracing.trace(lm, text)
+    return cached("temperature sweep", lm, (text,), lambda: temperature_sweep(traced.last_logits))
 
 
 def label_tokens(lm: LoadedModel, token_ids) -> list[str]:

@@ -11,13 +11,16 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from lmviz.model import compute, models
 from lmviz.app import classroom_ui, lessons, pages
 from lmviz.app.settings import LAST, Setting, Sidebar
 from lmviz.errors import LmvizError
+from lmviz.forward.cache import CACHE, cached, fingerprint
 from lmviz.model.placement import tolerance_note
 from lmviz.present.plots import standalone_html
 
@@ -235,7 +238,8 @@ def show_claim(lesson: lessons.Lesson, index: int, slot) -> None:
     if slot is None or lm is None or lm.kind != step.needs:
         return
     try:
-        claim = step.claim(lm, lessons.example(lesson, index))
+        example = lessons.example(lesson, index)  # a claim is a function of the model and the example: kept
+        claim = cached("lesson claim", lm, (lesson.id, index, example), lambda: step.claim(lm, example))
     except LmvizError as error:
         slot.warning(f"The step's claim could not be checked on {lm.name}: {error}", icon="⚠️")
         return
@@ -386,34 +390,76 @@ def controls():
 SCREEN_TOP = 3.5  # rem: a chart that is not the first screen's fits in the window below the header bar
 
 
-def chart(figure, name: str, where=None, key: str | None = None, clickable: bool = False,
+@dataclass(frozen=True)
+class Drawing:
+    """A figure not built yet: `build(*args, **kwargs)`, a function of lmviz.present.plots (see `figure`)."""
+
+    build: Callable[..., go.Figure]
+    args: tuple
+    kwargs: dict
+
+
+def figure(build: Callable[..., go.Figure], *args, **kwargs) -> Drawing:
+    """What a page hands to `chart`: the figure `build(*args, **kwargs)`, built when drawn and kept in the one
+    cache under its arguments' content (cache.fingerprint) and presenter mode. A rerun that changed nothing
+    it shows, or a class of students on the teacher's step, draws it without building it again. `build` must
+    depend on its arguments only, as the plots' functions do; arguments without a fingerprint (a figure, a
+    model) build it every time."""
+    return Drawing(build, args, kwargs)
+
+
+def for_projector(shown: go.Figure) -> go.Figure:
+    """Presenter mode's figure: larger type, and taller with room for the larger title."""
+    shown.update_layout(font_size=22, hoverlabel_font_size=22, margin_t=(shown.layout.margin.t or 60) + 40,
+                        height=int((shown.layout.height or 450) * 1.25))
+    for trace in shown.data:  # text drawn inside the figure (heatmap cells, tree labels) grows too
+        if trace.type == "heatmap" and trace.textfont.size:  # the cells' height follows the window's:
+            trace.textfont.size = None  # plotly fits the text to the cells, up to the figure's 22 px
+        elif getattr(trace, "textfont", None) is not None and trace.textfont.size:
+            trace.textfont.size = round(trace.textfont.size * 1.3)
+    return shown
+
+
+def drawn(drawing: Drawing, projector: bool) -> go.Figure:
+    """The figure of `drawing` (shared through the cache: never change it), for a projector or not."""
+    build = drawing.build
+
+    def make() -> go.Figure:
+        made = build(*drawing.args, **drawing.kwargs)
+        return for_projector(made) if projector else made
+
+    name = f"{build.__module__}.{build.__qualname__}"
+    try:
+        if "<" in name:  # a lambda or a local function: what it shows is not in its arguments
+            raise TypeError(name)
+        key = ("figure", name, projector, fingerprint((drawing.args, drawing.kwargs)))
+    except TypeError:
+        return make()
+    return CACHE.get(key, make)
+
+
+def chart(drawing: Drawing, name: str, where=None, key: str | None = None, clickable: bool = False,
           top: float | None = None) -> None:
-    """A plotly chart with its exports: PNG (twice the size) from the chart's camera button, drawn by
-    plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the figure as one file
-    that works offline (built only when clicked). `where`: a column or container (default: the page).
-    clickable=True: a click selects a point, which `clicked(key)` reads on the next run.
+    """A plotly chart (`drawing`: from `figure`) with its exports: PNG (twice the size) from the chart's
+    camera button, drawn by plotly.js in the browser, so no server-side renderer is needed; and "⬇ HTML", the
+    figure as one file that works offline (built only when clicked). `where`: a column or container (default:
+    the page). clickable=True: a click selects a point, which `clicked(key)` reads on the next run.
 
     In presenter mode the figure's type grows, and its height is capped by the window's: no chart is taller
     than the screen, and the page's main figure (`top`: the rem between the window's top and the chart, on
     the page's first screen in presenter mode) ends on the first screen, at 1280×720 too."""
     where = where or st
-    if presenting():  # a projector: larger type and taller figures
-        height = int((figure.layout.height or 450) * 1.25)
-        figure.update_layout(font_size=22, hoverlabel_font_size=22, margin_t=(figure.layout.margin.t or 60) + 40,
-                             height=height)  # room for the larger title
-        for trace in figure.data:  # text drawn inside the figure (heatmap cells, tree labels) grows too
-            if trace.type == "heatmap" and trace.textfont.size:  # the cells' height follows the window's:
-                trace.textfont.size = None  # plotly fits the text to the cells, up to the figure's 22 px
-            elif getattr(trace, "textfont", None) is not None and trace.textfont.size:
-                trace.textfont.size = round(trace.textfont.size * 1.3)
+    shown = drawn(drawing, presenting())
+    if presenting():
         box = re.sub(r"[^a-zA-Z0-9_-]", "-", f"chart_{key or name}")
         where = where.container(key=box)  # its class names the chart for the CSS below (a style costs no room)
         st.html(f"<style>.st-key-{box} [data-testid='stPlotlyChart']:not(:has([data-title='Close fullscreen'])) "
-                f"{{ height: min({height}px, calc(100vh - {SCREEN_TOP if top is None else top}rem)); }}</style>")
-    where.plotly_chart(figure, width="stretch", key=key, config={
+                f"{{ height: min({shown.layout.height}px, calc(100vh - {SCREEN_TOP if top is None else top}rem)); }}"
+                "</style>")
+    where.plotly_chart(shown, width="stretch", key=key, config={
         "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": name}},
         **({"on_select": "rerun", "selection_mode": "points"} if clickable else {}))
-    where.download_button("⬇ HTML", lambda: standalone_html(figure).encode("utf-8"), file_name=f"{name}.html",
+    where.download_button("⬇ HTML", lambda: standalone_html(shown).encode("utf-8"), file_name=f"{name}.html",
                           mime="text/html", on_click="ignore", key=f"html_{key or name}",
                           help="This chart as one HTML file: interactive, works offline (plotly.js inside).")
 

@@ -22,12 +22,15 @@ models aside.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import hashlib
 import os
 import sys
 import threading
 from collections import OrderedDict
 from typing import Callable, Hashable, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -165,3 +168,53 @@ def cached(analysis: str, lm, key: tuple, compute: Callable[[], T]) -> T:
 def is_cached_result(analysis: str, lm, key: tuple) -> bool:
     """Whether `cached(analysis, lm, key, …)` would return a stored value without computing."""
     return (analysis, *lm.cache_key, *key) in CACHE
+
+
+PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def fingerprint(value) -> bytes:
+    """A digest of a value's content, for keys built from results rather than from their inputs: equal
+    digests mean equal values. Tensors and arrays count by dtype, shape and bytes, dataclasses by class and
+    fields, containers by their items in order, numbers and strings by their repr (exact for floats).
+    Anything else (a model, a function, a DataFrame) raises TypeError: it has no fingerprint."""
+    digest = hashlib.blake2b(digest_size=20)
+    _feed(digest, value, 0)
+    return digest.digest()
+
+
+def _feed(digest, value, depth: int) -> None:
+    def put(tag: str, data: bytes) -> None:  # a tag and a length before the bytes: no two values run together
+        digest.update(f"{tag}:{len(data)}:".encode())
+        digest.update(data)
+
+    if depth > 12:
+        raise TypeError("too deeply nested to fingerprint")
+    kind = type(value)
+    if kind in PRIMITIVES:
+        put(kind.__name__, repr(value).encode())
+    elif isinstance(value, torch.Tensor):
+        flat = value.detach().reshape(-1).contiguous().cpu()
+        put(f"tensor {flat.dtype} {tuple(value.shape)}", flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError("an array of Python objects has no fingerprint")
+        put(f"array {value.dtype.str} {value.shape}", np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, enum.Enum):
+        put("enum", f"{kind.__module__}.{kind.__qualname__}.{value.name}".encode())
+    elif isinstance(value, tuple) and hasattr(kind, "_fields"):  # a named tuple: its class, then its items
+        put("namedtuple", f"{kind.__module__}.{kind.__qualname__}".encode())
+        _feed(digest, tuple(value), depth + 1)
+    elif kind in (list, tuple) and all(type(item) in PRIMITIVES for item in value):
+        put(kind.__name__, repr(value).encode())  # one repr for a list of numbers or strings: fast, exact
+    elif kind in (list, tuple, dict):
+        items = value.items() if kind is dict else value
+        put(kind.__name__, str(len(value)).encode())
+        for item in items:
+            _feed(digest, item, depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        put("dataclass", f"{kind.__module__}.{kind.__qualname__}".encode())
+        for field in dataclasses.fields(value):
+            _feed(digest, getattr(value, field.name), depth + 1)
+    else:
+        raise TypeError(f"a {kind.__qualname__} has no fingerprint")

@@ -82,10 +82,10 @@ def patterns_section(top: float | None) -> None:
         caption()
     overview, detail = st.columns([2, 3])
     layer, head = int(ui.value(Attention.LAYER)), int(ui.value(Attention.HEAD))
-    ui.chart(plots.head_grid(patterns, ui.value(Attention.STATISTIC), (layer, head)), "attention_heads",
+    ui.chart(ui.figure(plots.head_grid, patterns, ui.value(Attention.STATISTIC), (layer, head)), "attention_heads",
              where=overview, key="att_grid", clickable=True, top=top)
     with detail:
-        ui.chart(plots.pattern(patterns, layer, head), f"attention_L{layer}_H{head}", top=top)
+        ui.chart(ui.figure(plots.pattern, patterns, layer, head), f"attention_L{layer}_H{head}", top=top)
     if presenting:
         caption()
     start, stop = patterns.queries
@@ -98,7 +98,7 @@ def patterns_section(top: float | None) -> None:
         st.session_state[Attention.QUERY.key] = queries[-1]
     st.selectbox(Attention.QUERY.label, queries, key=Attention.QUERY.key,
                  format_func=lambda p: f"{p} {patterns.tokens[p]}")
-    ui.chart(plots.query_lines(patterns, layer, head, int(ui.value(Attention.QUERY))),
+    ui.chart(ui.figure(plots.query_lines, patterns, layer, head, int(ui.value(Attention.QUERY))),
              f"attention_lines_L{layer}_H{head}")
 
 
@@ -154,10 +154,10 @@ def attribution_section(top: float | None) -> None:
 
     if not presenting:
         facts()
-    ui.chart(plots.attribution_bars(result), "attribution_blocks", key="att_bars", clickable=True, top=top)
+    ui.chart(ui.figure(plots.attribution_bars, result), "attribution_blocks", key="att_bars", clickable=True, top=top)
     if presenting:
         facts()
-    ui.chart(plots.head_attribution(result), "attribution_heads", key="att_head_grid", clickable=True)
+    ui.chart(ui.figure(plots.head_attribution, result), "attribution_heads", key="att_head_grid", clickable=True)
     st.caption("Click a bar or a head to take it out. Heads sum to their attention block"
                + (" (plus the output projection's bias)." if bool((result.head_bias != 0).any()) else "."))
     with st.expander("Every part as a table"):
@@ -198,7 +198,7 @@ def ablation_section(top: float | None) -> None:
 
     if not presenting:
         facts()
-    ui.chart(plots.ablation_bars(effect), f"ablation_{component.kind}_L{component.layer}", top=top)
+    ui.chart(ui.figure(plots.ablation_bars, effect), f"ablation_{component.kind}_L{component.layer}", top=top)
     if presenting:
         facts()
 

@@ -77,8 +77,8 @@ ui.sync(Beam.FRAME)
 step, phase = frames[ui.value(Beam.FRAME) - 1]
 at_end = ui.value(Beam.FRAME) == len(frames)
 
-ui.chart(plots.tree_figure(tree, None if at_end else step, phase, pruned_per_beam=int(ui.value(Beam.PRUNED))),
-         "beam_tree", top=FIGURE_TOP)
+ui.chart(ui.figure(plots.tree_figure, tree, None if at_end else step, phase,
+                   pruned_per_beam=int(ui.value(Beam.PRUNED))), "beam_tree", top=FIGURE_TOP)
 st.caption(
     f"{tree.candidates_per_step} candidates are ranked each step (2 × K, so that K survive even if "
     f"every beam's best token is end-of-sequence). Search: {tree.steps} step(s), {tree.stop_reason}. "

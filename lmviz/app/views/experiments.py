@@ -129,8 +129,8 @@ with patch_tab:
         values = result.values(metric)
         layer, column = ui.value(Experiments.LAYER), ui.value(Experiments.COLUMN)
         figure_column, detail = st.columns([3, 1])
-        ui.chart(plots.patching_grid(result, metric, (layer, column)), "patching", where=figure_column, key="exp_grid",
-                 clickable=True, top=FIGURE_TOP)
+        ui.chart(ui.figure(plots.patching_grid, result, metric, (layer, column)), "patching", where=figure_column,
+                 key="exp_grid", clickable=True, top=FIGURE_TOP)
         with detail:
             st.markdown(f"**Cell: layer {layer}, {plots.column_labels(result)[column]}**  \n"
                         f"{plots.METRIC_LABELS[metric]}: **{values[layer, column]:.3f}**")
@@ -165,10 +165,10 @@ with lens_tab:
             first_row = layer if site == "resid" else layer + 1
             first_column = 0 if site == "head" else column
             left, right = st.columns(2)
-            ui.chart(lens_plots.heatmap(source, "top1_prob", positions, rows, height=760), "patch_lens_source",
-                     where=left)
-            ui.chart(plots.cone(lens_plots.heatmap(target, "top1_prob", positions, rows, height=760), first_row,
-                                first_column, len(rows), len(positions)), "patch_lens_target", where=right)
+            ui.chart(ui.figure(lens_plots.heatmap, source, "top1_prob", positions, rows, height=760),
+                     "patch_lens_source", where=left)
+            ui.chart(ui.figure(plots.cone, lens_plots.heatmap(target, "top1_prob", positions, rows, height=760),
+                               first_row, first_column, len(rows), len(positions)), "patch_lens_target", where=right)
 
 # ------------------------------------------------------------------ attribution patching
 with atp_tab:
@@ -177,10 +177,10 @@ with atp_tab:
         with ui.user_errors(stop=False), st.spinner("One backward pass, and the exhaustive grid to compare …"):
             estimate = patching.attribution_patch(lm, clean, corrupted, answer, wrong, site, mode, metric)
             left, right = st.columns(2)
-            ui.chart(plots.patching_grid(estimate.exact, metric), "patching_exact", where=left)
-            ui.chart(plots.attribution_grid(estimate), "patching_atp", where=right)
+            ui.chart(ui.figure(plots.patching_grid, estimate.exact, metric), "patching_exact", where=left)
+            ui.chart(ui.figure(plots.attribution_grid, estimate), "patching_atp", where=right)
             left, right = st.columns([2, 1])
-            ui.chart(plots.attribution_scatter(estimate), "patching_atp_scatter", where=left)
+            ui.chart(ui.figure(plots.attribution_scatter, estimate), "patching_atp_scatter", where=left)
             labels = plots.column_labels(estimate.exact)
             right.markdown(f"**Pearson r = {estimate.correlation:.3f}**, max |error| = {estimate.max_error:.3f}. "
                            "Where they disagree most:")
@@ -203,8 +203,8 @@ with paths_tab:
             ui.init(Experiments.RECEIVER_HEAD, int(strongest[1]), high=n_heads - 1)
             receiver = (max(1, ui.value(Experiments.RECEIVER_LAYER)), ui.value(Experiments.RECEIVER_HEAD))
             left, right = st.columns(2)
-            ui.chart(plots.grid(values, plots.head_labels(n_heads), metric, "Each head's direct path to the logits",
-                                receiver),
+            ui.chart(ui.figure(plots.grid, values, plots.head_labels(n_heads), metric,
+                               "Each head's direct path to the logits", receiver),
                      "direct_paths", where=left, key="exp_direct", clickable=True, top=FIGURE_TOP)
             with right:
                 st.radio(Experiments.RECEIVER_INPUT.label, ["q", "k", "v"], key=Experiments.RECEIVER_INPUT.key,
@@ -224,7 +224,7 @@ with paths_tab:
                     shared = "" if len(paths.shared_by) == 1 else (
                         f" (grouped-query attention: this {reads} also feeds heads "
                         f"{', '.join(map(str, paths.shared_by))})")
-                    ui.chart(plots.grid(paths.values(metric), plots.head_labels(n_heads), metric,
+                    ui.chart(ui.figure(plots.grid, paths.values(metric), plots.head_labels(n_heads), metric,
                                         f"Into L{receiver[0]}.H{receiver[1]}'s {reads}{shared}", clickable=False),
                              "receiver_paths")
         st.caption("Left: a head's output copied from the other run straight into the residual stream the "
@@ -255,7 +255,7 @@ with tokens_tab:
                            f"{saliency.COMPLETENESS_LIMIT:.0%}). Trust the knockout bars, not these.", icon="⚠️")
             elif estimate.adds_up:
                 st.success(f"The scores add up to F(x) − F(0) within {estimate.completeness_gap:.1%}.", icon="✅")
-            ui.chart(plots.token_scores(exact, estimate), "token_scores")
+            ui.chart(ui.figure(plots.token_scores, exact, estimate), "token_scores")
             st.caption("Knockout hides one token from every later token (its attention key masked in every layer, "
                        "positions unchanged) and reruns: an experiment. The gradient methods estimate the same from "
                        "derivatives at the input embeddings: cheaper, and on these models often wrong.")

@@ -93,14 +93,14 @@ with latent_tab:
         shown = plots.shown_latents(result, keep=latent)
         names = {j: contexts_module.label(contexts_module.latent_contexts(lm, sae, j)) for j in shown} \
             if contexts_module.has_index(sae) else {}
-        ui.chart(plots.feature_grid(result, shown, (latent, position), names), "features", key="feat_grid",
+        ui.chart(ui.figure(plots.feature_grid, result, shown, (latent, position), names), "features", key="feat_grid",
                  clickable=True, top=FIGURE_TOP)
         st.caption(f"Each row is one latent of {markdown_safe(sae.name)} (beside its number, the token its corpus "
                    "contexts peak on most often), each column a token; the colour is the latent's activation there. "
                    "Click a cell to pick that latent and position.")
         left, right = st.columns([3, 2])
         with left:
-            ui.chart(plots.latent_across_text(result, latent), f"latent_{latent}", key="feat_trace")
+            ui.chart(ui.figure(plots.latent_across_text, result, latent), f"latent_{latent}", key="feat_trace")
             st.subheader("Where it fires most in the corpus")
             if contexts_module.has_index(sae):
                 with ui.user_errors(stop=False):

@@ -56,7 +56,7 @@ def facts() -> None:
                f"add up to its output within {result.sum_error:.1e} (float rounding allows {result.sum_bound:.1e}).")
 
 
-ui.chart(plots.graph(result, selected if selected in result.nodes else None,
+ui.chart(ui.figure(plots.graph, result, selected if selected in result.nodes else None,
                      height=min(860, max(420, 16 * n_layers + 150))),
          f"flow_position{position}", key="flow_graph", clickable=True, top=FIGURE_TOP)
 facts()

@@ -101,7 +101,8 @@ with tied_tab:
             if len(result.tokens) > MAX_GRID_ROWS:
                 st.caption(f"The grid shows the first {MAX_GRID_ROWS} of {len(result.tokens)} tokens; "
                            "the table below has them all.")
-            ui.chart(plots.neighbours_figure(result, max_rows=MAX_GRID_ROWS), "embedding_neighbours", top=FIGURE_TOP)
+            ui.chart(ui.figure(plots.neighbours_figure, result, max_rows=MAX_GRID_ROWS), "embedding_neighbours",
+                     top=FIGURE_TOP)
             if presenting:
                 tie_facts(report)
             st.dataframe(tables.neighbours_table(result), hide_index=True, width="stretch",
@@ -167,7 +168,7 @@ with masked_tab:
             predictions = masked_lm.fill_mask(lm, text, k=mask_k)
             for m in range(len(predictions.mask_positions)):
                 chart, table = st.columns([3, 2])
-                ui.chart(plots.mask_figure(predictions, m), f"masked_lm_{m}", where=chart, top=FIGURE_TOP)
+                ui.chart(ui.figure(plots.mask_figure, predictions, m), f"masked_lm_{m}", where=chart, top=FIGURE_TOP)
                 table.dataframe(tables.mask_table(predictions, m), hide_index=True, width="stretch")
                 table.caption(f"log-probability = logit − logsumexp(logits) = logit − "
                               f"{float(predictions.logsumexp[m]):.3f}")
@@ -252,7 +253,7 @@ with class_tab:
                 "LABEL_1, …). The order is still fixed — logit i is label i — but what each label means is known "
                 "only to whoever encoded the labels for training.", icon="⚠️")
         chart, table = st.columns([2, 3])
-        ui.chart(plots.classification_figure(result), "classification", where=chart, top=FIGURE_TOP)
+        ui.chart(ui.figure(plots.classification_figure, result), "classification", where=chart, top=FIGURE_TOP)
         table.dataframe(tables.classification_table(result), hide_index=True, width="stretch")
         facts = [f"Head: {result.head_origin}. Input: {result.pooling}."]
         if result.weight is not None:

@@ -122,7 +122,7 @@ if not presenting:
     st.subheader("Every layer's guess")
     window_controls()
 layers = lens.layer_rows(n_layers, int(ui.value(Lens.STRIDE)))
-ui.chart(plots.heatmap(result, stat, positions, layers), "logit_lens_heatmap", top=FIGURE_TOP)
+ui.chart(ui.figure(plots.heatmap, result, stat, positions, layers), "logit_lens_heatmap", top=FIGURE_TOP)
 st.caption("Cell text: that layer's most likely next token (**bold** when it is the actual next token). "
            "Hover a cell for its top tokens.")
 if presenting:
@@ -208,7 +208,7 @@ else:
                             format_func=lambda v: "probability" if v == "prob" else "rank")
     position = ui.value(Lens.WATCH_POSITION)
     at_position = lens_at(position, position + 1, watched)
-    ui.chart(plots.trajectories(at_position, position, ui.value(Lens.WATCH_VALUE)), "watched_tokens")
+    ui.chart(ui.figure(plots.trajectories, at_position, position, ui.value(Lens.WATCH_VALUE)), "watched_tokens")
     watched_frame = tables.watched_table(at_position, position)
     wide = watched_frame.pivot(index="layer", columns="token", values=ui.value(Lens.WATCH_VALUE))
     wide.index = [at_position.layer_label(layer) for layer in wide.index]

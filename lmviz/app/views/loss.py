@@ -130,7 +130,7 @@ def window_caption(report: loss.LossReport) -> None:
         f"didn't reach ({report.scored:,} scored, each exactly once) with the rest as context: {low:,} to "
         f"{high:,} tokens of context per token."
     )
-    ui.chart(plots.windows_figure(report), "loss_windows")
+    ui.chart(ui.figure(plots.windows_figure, report), "loss_windows")
 
 
 # ------------------------------------------------------------------ token by token
@@ -139,8 +139,8 @@ if view == Loss.TOKENS_VIEW:
     text = chosen_text(box)
     max_length, stride, check = window_settings(box if presenting else None)
     report = report_for(lm, text, max_length, stride, check, "Scoring windows…")
-    surprisal = plots.surprisal_figure(
-        report, "Surprisal of every token" + (" (coloured by rank bucket)" if report.scored <= 300 else ""))
+    surprisal = ui.figure(plots.surprisal_figure, report, "Surprisal of every token"
+                          + (" (coloured by rank bucket)" if report.scored <= 300 else ""))
     if presenting:
         ui.chart(surprisal, "surprisal", top=FIGURE_TOP)
     else:
@@ -193,7 +193,7 @@ elif view == Loss.TWO_TEXTS:
     for column, name, report in zip(columns, "AB", reports):
         with column:
             st.markdown(f"**Text {name}** — {report.scored} tokens scored")
-            bars = plots.surprisal_figure(report, y_max=top)
+            bars = ui.figure(plots.surprisal_figure, report, y_max=top)
             if presenting:
                 ui.chart(bars, f"surprisal_{name}", key=f"loss_bars_{name}", top=FIGURE_TOP + 2.5)
             cards = st.columns(3)
@@ -257,7 +257,7 @@ elif view == Loss.TWO_MODELS:
     st.markdown("**Per word: NLL(B) − NLL(A)** — red: B more surprised, blue: A more surprised.")
     with st.container(height=360 if len(comparison.words) > 200 else "content"):
         st.html(plots.diff_html(comparison))
-    ui.chart(plots.word_diff_figure(comparison), "two_models_per_word")
+    ui.chart(ui.figure(plots.word_diff_figure, comparison), "two_models_per_word")
     frame = tables.token_comparison_table(comparison) if comparison.same_tokens else tables.word_comparison_table(comparison)
     st.caption("Both tokenizers cut this text the same way: one row per token." if comparison.same_tokens else
                "The tokenizers differ: one row per word (a word's NLL is the sum over the tokens ending in it).")
@@ -278,7 +278,7 @@ elif view == Loss.BY_LAYER:
         st.caption(f"The logit lens runs over every layer at once, so this view uses the first {limit} tokens.")
     with st.spinner("Running the logit lens…"), ui.user_errors():
         result = loss.layer_loss(lm, head, normalize=normalize)
-    ui.chart(plots.layer_loss_figure(
+    ui.chart(ui.figure(plots.layer_loss_figure,
         result, f"Cross-entropy of each layer's prediction of the next token ({'final norm' if normalize else 'raw'})"),
         "loss_by_layer")
     st.caption(
@@ -309,7 +309,8 @@ else:
                                        stride_fraction=fractions[st.session_state.loss_curve_stride], progress=update)
     finally:
         bar.empty()
-    ui.chart(plots.context_figure(curve, "Loss against how much of the text the model may see"), "loss_by_context")
+    ui.chart(ui.figure(plots.context_figure, curve, "Loss against how much of the text the model may see"),
+             "loss_by_context")
     st.caption(
         f"Every point scores the same {curve.scored:,} tokens with sliding windows of that length; the last point "
         "sees the whole text. The more context, the better the model predicts — most of the gain comes from the "

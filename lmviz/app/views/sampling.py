@@ -85,7 +85,7 @@ with next_tab:
         next_token_facts(dist)
     shown = dist.top(ui.value(Sampling.TOP_N))
     labels = sampling.label_tokens(lm, shown.token_ids.tolist())
-    ui.chart(plots.distribution_figure(
+    ui.chart(ui.figure(plots.distribution_figure,
         shown, labels, title=f"Next token after “{text[-60:]}” — {dist.settings.describe()}"), "next_token",
         top=FIGURE_TOP)
     if ui.presenting():  # on a projector the figure comes first, on the first screen
@@ -106,8 +106,8 @@ with next_tab:
                        file_name="next_token.csv", mime="text/csv", on_click="ignore")
 
     st.subheader("Temperature sweep")
-    sweep = sampling.temperature_sweep(dist.logits)
-    ui.chart(plots.sweep_figure(sweep, current=settings.temperature or None), "temperature_sweep")
+    sweep = sampling.next_token_sweep(lm, text)
+    ui.chart(ui.figure(plots.sweep_figure, sweep, current=settings.temperature or None), "temperature_sweep")
     st.caption(
         f"Temperature alone, over all {sweep.vocab_size:,} tokens (no filters). As T → 0 the entropy falls to 0 "
         "and the top token takes everything (greedy); as T grows the distribution tends to uniform, entropy "
@@ -173,7 +173,7 @@ def what_if(length: int) -> None:
 
     fork[3].button("Continue from here", on_click=add_branch, type="primary")
     tree = whatif.tree(text, branches)
-    ui.chart(branches_figure(tree, "Branches"), "what_if_tree")
+    ui.chart(ui.figure(branches_figure, tree, "Branches"), "what_if_tree")
     side_by_side = {}
     for name, b in zip(names, branches):
         side_by_side[f"{name} (log P {b.logprob:.2f})"] = [f"{'➜ ' if i < b.forced and r != 1 else ''}{t}  {lp:.2f}"
@@ -246,7 +246,7 @@ with steps_tab:
                 st.markdown(f"Step {inspect} chose **{markdown_safe(step.token)}** (rank {step.rank}, "
                             f"p {step.prob:.3f}); "
                             "grey: removed by a filter.")
-                ui.chart(plots.distribution_figure(
+                ui.chart(ui.figure(plots.distribution_figure,
                     step_dist, sampling.label_tokens(lm, step_dist.token_ids.tolist()), chosen=step.token_id,
                     height=380), f"generation_step_{inspect}", key=f"sampling_step_{title[:6]}")
         what_if(n_steps)
@@ -280,7 +280,7 @@ with toy_tab:
         toy = None
     if toy is not None:
         st.dataframe(tables.toy_table(toy), width="stretch")
-        ui.chart(plots.toy_figure(toy), "softmax_toy")
+        ui.chart(ui.figure(plots.toy_figure, toy), "softmax_toy")
         st.markdown("**Adding a constant changes nothing.** Softmax only sees differences between logits, so logits "
                     "are not probabilities and have no unit: shift them all by c and every σ stays the same.")
     st.slider(Sampling.TOY_SHIFT.label, -50.0, 50.0, step=0.5, key=Sampling.TOY_SHIFT.key)

@@ -312,7 +312,7 @@ async def followers(url: str, n: int, lesson_id: str = "logits", first: int = 2,
         class_ = [Follower(i) for i in range(n)]
         tasks = [asyncio.create_task(follow_class(url, code, f, [before, after], stop)) for f in class_]
         joined = time.perf_counter()
-        all_there = await wait_until(lambda: all(before in f.complete or f.errors for f in class_), LIMIT_S)
+        all_there = await wait_until(lambda: all(before in f.complete or f.errors for f in class_), 60)
         join_s = [f.complete[before] - joined for f in class_ if before in f.complete]
         idle_cpu = cpu_seconds(server_pid) if server_pid else 0.0
         await asyncio.sleep(3)  # every follower's fragment ticking, nothing else running
@@ -321,13 +321,15 @@ async def followers(url: str, n: int, lesson_id: str = "logits", first: int = 2,
         teacher_seen: dict = {}
         teacher_run = await teacher_opens(first + 1, teacher_seen)
         errors += teacher_run.errors
-        all_moved = await wait_until(lambda: all(after in f.complete or f.errors for f in class_), 60)
+        await wait_until(lambda: all(after in f.complete or f.errors for f in class_), 60)
         stop.set()
         await asyncio.gather(*tasks)
     finally:
         await teacher.close()
     errors += [f"follower {f.index}: {error}" for f in class_ for error in f.errors]
-    errors += [] if all_there else ["not every follower joined within the limit"]
+    errors += [] if all_there else [f"follower {f.index} did not join within 60 s (its runs ended "
+                                    f"{[ForwardMsg.ScriptFinishedStatus.Name(x) for x in f.statuses[-6:]]}, the last 6)"
+                                    for f in class_ if before not in f.complete and not f.errors]
     errors += [f"follower {f.index} did not show the new step within 60 s" for f in class_ if after not in f.shown]
     errors += [f"follower {f.index} did not finish the new step's page within 60 s (its runs ended "
                f"{[ForwardMsg.ScriptFinishedStatus.Name(x) for x in f.statuses[-6:]]}, the last 6)"
@@ -339,10 +341,10 @@ async def followers(url: str, n: int, lesson_id: str = "logits", first: int = 2,
             "fragment_runs": sum(f.fragment_runs for f in class_), "code": code}
 
 
-def report_followers(url: str, n: int, memory: "PeakMemory", server_pid: int) -> None:
+def report_followers(url: str, n: int, memory: "PeakMemory", server_pid: int, lesson_id: str, first: int) -> None:
     cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
-    result = asyncio.run(followers(url, n, server_pid=server_pid))
+    result = asyncio.run(followers(url, n, lesson_id, first, server_pid=server_pid))
     wall = time.perf_counter() - started
     shown, complete = result["shown"], result["complete"]
     line = (f"followers N={n} (class {result['code']}): new step shown p50 {percentile(shown, 50):.2f} s "
@@ -383,6 +385,8 @@ def main() -> None:
                         help="every session opens the same link (default: each its own text)")
     parser.add_argument("--followers", type=int, nargs="*", default=None,
                         help="the followers scenario instead: N sessions follow a teacher (default 30)")
+    parser.add_argument("--lesson", default="logits", help="followers: the lesson (default logits)")
+    parser.add_argument("--step", type=int, default=2, help="followers: the teacher moves from this step to the next")
     parser.add_argument("--arrival", type=float, default=0.0,
                         help="seconds over which the sessions start, evenly (default 0: all at once)")
     cpus = sorted(os.sched_getaffinity(0))
@@ -403,7 +407,7 @@ def main() -> None:
         asyncio.run(classroom(url, 1, "warm-up"))  # loads the model
         if args.followers is not None:
             for n in args.followers or [30]:
-                report_followers(url, n, memory, server.pid)
+                report_followers(url, n, memory, server.pid, args.lesson, args.step)
             return
         alone = {load.page: load.seconds for load in asyncio.run(classroom(url, 1, "alone"))}
         print("one session alone (baseline): " + ", ".join(f"/{page} {s:.2f} s" for page, s in alone.items()))

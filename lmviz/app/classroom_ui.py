@@ -109,7 +109,9 @@ def student_run(page: st.Page) -> None:
     st.query_params[CLASS] = state["code"]  # a reload stays in the class
     if state["following"] and now[1] != state["seen"]:
         go(state, now, page)
-    with st.sidebar.container(key="class_status"):
+    with st.sidebar.container(key="class_status", gap=None):  # no gap: the empty element takes no room
+        if (state["seen"] or 0) % 2:  # each step's poll is another fragment (its id follows its place): see below
+            st.empty()
         follow()
 
 
@@ -142,7 +144,13 @@ def rejoin() -> None:
 
 @st.fragment(run_every=POLL_S)
 def follow() -> None:
-    """A student's status line, and every POLL_S seconds: has the teacher moved? Then go there (a full run)."""
+    """A student's status line, and every POLL_S seconds: has the teacher moved? Then go there (a full run).
+
+    A poll the browser sent before the switch may reach a busy server after the new page's run has finished
+    but before its messages went out; were it a poll of a fragment the new page still has, Streamlit would
+    start it at once and drop the rest of that run's messages, leaving the page half drawn (bench/load.py,
+    30 followers: 3 to 9 of 30). So the fragment moves one place down on every other step (`student_run`):
+    its id changes, and Streamlit ignores the old poll."""
     state = st.session_state.get(STUDENT)
     if state is None:
         return

@@ -134,6 +134,10 @@ def neuron_contexts(lm, layer: int, neuron: int) -> Contexts:
     window's activations recomputed by running its sequence (checked against the stored peaks)."""
     if not has_neuron_index(lm):
         raise LmvizError(f"lmviz ships no neuron index for {lm.name} (only for its embedded models).")
+    return cached("neuron contexts", lm, (int(layer), int(neuron)), lambda: _neuron_contexts(lm, layer, neuron))
+
+
+def _neuron_contexts(lm, layer: int, neuron: int) -> Contexts:
     index = _neuron_index(lm)
     peaks = index["activation"][layer, neuron].float()
     rows = index["sequence"][layer, neuron].long()

@@ -29,7 +29,8 @@ complete; errors. A browser reruns a fragment with run_every from its own timer:
 reads the AutoRerun message, fragment id and interval, and sends `rerun_script` with that fragment id,
 is_auto_rerun, and the page and query string it last saw, as the frontend does).
 
-    .venv/bin/python bench/load.py --followers 30
+    .venv/bin/python bench/load.py --followers 30                          # lesson logits, step 2 -> 3
+    .venv/bin/python bench/load.py --followers 30 --lesson why --step 1    # attention, step 1 -> 2
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from torch import nn
 
 from lmviz.model import interventions
 from lmviz.forward import trace as trace_module
-from lmviz.model.frozen_norm import FrozenNorm, freeze_norm
+from lmviz.model.frozen_norm import FrozenNorm, require_frozen
 from lmviz.model.head import UNIT_ROUNDOFF
 from lmviz.forward.cache import cached
 from lmviz.errors import LmvizError
@@ -204,14 +204,6 @@ def resolve_target(lm: LoadedModel, spec: str) -> int:
         raise LmvizError(str(error).replace("Watch one of those pieces", "Pick one of those pieces as the target"))
 
 
-def _frozen(norm: nn.Module, x: torch.Tensor, what: str, lm: LoadedModel) -> FrozenNorm:
-    frozen = freeze_norm(norm, x.unsqueeze(0))
-    if frozen is None:
-        raise LmvizError(f"lmviz can't hold the {what} of {type(lm.model).__name__} ('{lm.arch.model_type}'), "
-                         f"a {type(norm).__name__}, at a fixed scale, so it can't split its logits into parts.")
-    return frozen
-
-
 def _attribute(lm: LoadedModel, text: str, position: int, target: int, layer: int,
                parts: PositionParts) -> Attribution:
     decomposition = lm.arch.require_decomposition()
@@ -220,7 +212,7 @@ def _attribute(lm: LoadedModel, text: str, position: int, target: int, layer: in
         raise LmvizError(f"{lm.name}'s unembedding is not one linear layer, so lmviz can't attribute its logits.")
     direction, unembed_bias = head.direction(target)
     residual = parts.residuals[layer]
-    final = _frozen(head.norm, residual, "final norm", lm)
+    final = require_frozen(head.norm, residual.unsqueeze(0), "final norm", lm)
 
     def logit_of(vectors: torch.Tensor, frozen: FrozenNorm = final) -> torch.Tensor:
         return frozen.linear(vectors) @ direction
@@ -233,7 +225,7 @@ def _attribute(lm: LoadedModel, text: str, position: int, target: int, layer: in
                                       decomposition.n_heads, decomposition.d_head)
         post_norm = decomposition.attn_post_norm(block)
         if post_norm is not None:  # Gemma: the attention output is normed before it joins the residual
-            inner = _frozen(post_norm, parts.attn_raw[block], "post-attention norm", lm)
+            inner = require_frozen(post_norm, parts.attn_raw[block].unsqueeze(0), "post-attention norm", lm)
             per_head, bias = inner.linear(per_head), inner.linear(bias) + inner.bias
         heads.append(logit_of(per_head))
         head_bias.append(logit_of(bias).reshape(()))

@@ -44,6 +44,7 @@ from lmviz.errors import LmvizError
 from lmviz.forward import trace as tracing
 from lmviz.forward.cache import cached
 from lmviz.model import interventions
+from lmviz.model.frozen_norm import require_frozen
 from lmviz.model.interventions import Edit, Recording, Site
 from lmviz.model.models import LoadedModel
 from lmviz.tokens import display_tokens
@@ -181,7 +182,7 @@ def contributions(lm: LoadedModel, result: Features, sae: Sae, position: int | N
     head = lm.head
     if not head.linear:
         raise LmvizError(f"{lm.name}'s unembedding is not one linear layer, so lmviz can't attribute its logits.")
-    final = attribution._frozen(head.norm, result.final_residuals[position], "final norm", lm)
+    final = require_frozen(head.norm, result.final_residuals[position].unsqueeze(0), "final norm", lm)
     direction, _ = head.direction(target)
     activations = result.activations[position]
     active = torch.nonzero(activations > 0)[:, 0]
@@ -237,7 +238,7 @@ def steer_feature(lm: LoadedModel, text: str, sae: Sae, latent: int, alpha: floa
     norm = float(vector.norm())
 
     def continuation(edits: tuple[Edit, ...], scale: float, key: tuple, analysis: str) -> steering.Continuation:
-        return cached(analysis, lm, key, lambda: steering._continue(lm, prompt_ids, edits, max_new_tokens, scale,
+        return cached(analysis, lm, key, lambda: steering.continuation(lm, prompt_ids, edits, max_new_tokens, scale,
                                                                     norm if scale else 0.0))
     unsteered = continuation((), 0.0, (prompt_ids, max_new_tokens), "steering")  # the steering page's key
     steered = unsteered if alpha == 0 else continuation(

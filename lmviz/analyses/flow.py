@@ -62,7 +62,7 @@ from lmviz.forward import trace as trace_module
 from lmviz.forward.cache import cached
 from lmviz.model import compute, interventions
 from lmviz.model.architectures import Decomposition
-from lmviz.model.frozen_norm import freeze_norm
+from lmviz.model.frozen_norm import require_frozen
 from lmviz.model.head import UNIT_ROUNDOFF
 from lmviz.model.interventions import Recording, Site
 from lmviz.model.models import LoadedModel
@@ -242,11 +242,8 @@ class _Block:
         self.bias = bias.expand(n, d)  # (pos, d) b_j
         post = parts.attn_post_norm(layer)
         if post is not None:
-            frozen = freeze_norm(post, states["attn.hook_out"])
-            if frozen is None:
-                raise LmvizError(f"lmviz can't hold the post-attention norm of {type(lm.model).__name__} "
-                                 f"('{lm.arch.model_type}'), a {type(post).__name__}, at a fixed scale, so it can't "
-                                 "split its attention by token.")
+            frozen = require_frozen(post, states["attn.hook_out"], "post-attention norm", lm,
+                                    "split its attention by token")
             for step in frozen.steps:
                 factor = step.scale * (step.gain if step.gain is not None else 1.0)
                 self.steps.append((step.center, here(factor.expand(n, d))))

@@ -40,7 +40,7 @@ from lmviz.errors import LmvizError
 from lmviz.forward import trace as trace_module
 from lmviz.forward.cache import cached
 from lmviz.model import interventions
-from lmviz.model.frozen_norm import FrozenNorm
+from lmviz.model.frozen_norm import FrozenNorm, require_frozen
 from lmviz.model.head import UNIT_ROUNDOFF
 from lmviz.model.interventions import Recording, Site
 from lmviz.model.models import LoadedModel
@@ -191,7 +191,7 @@ def _neurons(lm: LoadedModel, text: str, split: attribution.Attribution, layer: 
     projection = parts.mlp_out_projs[layer]
     columns, bias = _output_columns(projection)  # (neuron, d), (d,)
     a = activation.double()
-    final = attribution._frozen(lm.head.norm, recorded.residuals[lm.n_layers], "final norm", lm)
+    final = require_frozen(lm.head.norm, recorded.residuals[lm.n_layers].unsqueeze(0), "final norm", lm)
     direction, _ = lm.head.direction(split.target_id)
     post = mlp_post_norm(lm, layer)
     inner = None
@@ -199,7 +199,7 @@ def _neurons(lm: LoadedModel, text: str, split: attribution.Attribution, layer: 
         parameter = next(projection.parameters())
         with torch.inference_mode():  # the MLP's own output, as the model computed it
             raw = projection(activation.to(device=parameter.device, dtype=parameter.dtype)[None, None])[0, 0].cpu()
-        inner = attribution._frozen(post, raw, "post-feedforward norm", lm)
+        inner = require_frozen(post, raw.unsqueeze(0), "post-feedforward norm", lm)
         columns, bias = inner.linear(columns), inner.linear(bias) + inner.bias
     read = final.linear(columns) @ direction  # (neuron,) the logit per unit of each neuron
     contributions = a * read

@@ -47,8 +47,9 @@ from pathlib import Path
 
 import torch
 
-from lmviz.analyses import attribution, neurons
+from lmviz.analyses import neurons
 from lmviz.errors import LmvizError
+from lmviz.model.frozen_norm import require_frozen
 from lmviz.model.interventions import Site
 
 SAES = Path(__file__).resolve().parent.parent / "data" / "saes"  # the embedded SAEs' folders
@@ -344,6 +345,6 @@ def latent_tokens(lm, sae: Sae, latents, residual: torch.Tensor, k: int = 10):
     ids = [latents] if one else list(latents)
     vectors = torch.stack([sae.direction(j) for j in ids]) if ids else torch.zeros(0, sae.d_in)  # (n, d_in)
     lm.require_vocabulary_head()
-    frozen = attribution._frozen(lm.head.norm, residual, "final norm", lm)
+    frozen = require_frozen(lm.head.norm, residual.unsqueeze(0), "final norm", lm)
     effects = neurons.token_effects(lm, vectors, frozen, k)
     return effects[0] if one else effects

@@ -118,16 +118,18 @@ def steer(lm: LoadedModel, text: str, layer: int, from_text: str, to_text: str, 
     v = steering_vector(lm, layer, from_text, to_text)
     norm = float(v.norm())
 
-    def continuation(scale: float) -> Continuation:
+    def at(scale: float) -> Continuation:
         key = (prompt_ids, max_new_tokens) + ((layer, from_text, to_text, scale) if scale else ())  # 0: no edit
         edits = (Edit(Site(f"blocks.{layer}.hook_resid_pre"), scale * v, op="add"),) if scale else ()
-        return cached("steering", lm, key, lambda: _continue(lm, prompt_ids, edits, max_new_tokens, scale, norm))
-    return SteeringResult(lm.name, text, layer, from_text, to_text, prompt_ids, norm, continuation(0.0),
-                          tuple(continuation(scale) for scale in scales))
+        return cached("steering", lm, key, lambda: continuation(lm, prompt_ids, edits, max_new_tokens, scale, norm))
+    return SteeringResult(lm.name, text, layer, from_text, to_text, prompt_ids, norm, at(0.0),
+                          tuple(at(scale) for scale in scales))
 
 
-def _continue(lm: LoadedModel, prompt_ids: tuple[int, ...], edits: tuple[Edit, ...], max_new_tokens: int,
-              scale: float, norm: float) -> Continuation:
+def continuation(lm: LoadedModel, prompt_ids: tuple[int, ...], edits: tuple[Edit, ...], max_new_tokens: int,
+                 scale: float, norm: float) -> Continuation:
+    """The greedy continuation of `prompt_ids` with `edits` held on every step (the one decoding loop);
+    `scale` and `norm` only label it (the vector's size is |scale| x norm)."""
     with interventions.applying(lm, edits=edits):
         ids = [t.id for t in itertools.islice(decoding.Decoding(lm.model, prompt_ids, decoding.greedy),
                                               max_new_tokens)]

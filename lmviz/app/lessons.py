@@ -192,25 +192,23 @@ def neurons_share_the_work(lm: LoadedModel, text: str) -> Claim:
     split = neurons.neurons(lm, text, _SAE_BLOCK - 1)
     half = split.half_count
     top = split.top[0]
-    words = {c.tokens[c.peak].replace("·", "").strip().lower() for c in
-             contexts.neuron_contexts(lm, split.layer, top).contexts}
+    words = set(_peak_words(contexts.neuron_contexts(lm, split.layer, top)))
     return Claim(half >= 20 and len(words) >= 4,
                  f"half of block {split.layer}'s MLP's direct push on {split.target_token} takes the {half} largest "
                  f"of its {split.d_mlp} neurons; the top one, {split.layer}.{top}, peaks on {len(words)} different "
                  f"words in its strongest contexts")
 
 
-def _peak_words(lm: LoadedModel, sae, latent: int) -> list[str]:
-    """The word each of the latent's max-activating contexts peaks on, lower-cased, without spaces."""
-    return [c.tokens[c.peak].replace("·", "").strip().lower() for c in
-            contexts.latent_contexts(lm, sae, latent).contexts]
+def _peak_words(found: contexts.Contexts) -> list[str]:
+    """The word each max-activating context (of a latent or a neuron) peaks on, lower-cased, without spaces."""
+    return [c.tokens[c.peak].replace("·", "").strip().lower() for c in found.contexts]
 
 
 def a_latent_is_specific(lm: LoadedModel, text: str) -> Claim:
     sae = sae_module.load(sae_module.DEFAULT_SAE, lm)
     result = features.features(lm, text, sae)
     latent = result.top_features(result.n_tokens - 1)[0][0]
-    words = _peak_words(lm, sae, latent)
+    words = _peak_words(contexts.latent_contexts(lm, sae, latent))
     word, count = max(((w, words.count(w)) for w in set(words)), key=lambda pair: pair[1])
     return Claim(count >= len(words) / 2, f"latent #{latent}, the strongest on the last token, peaks on '{word}' in "
                                           f"{count} of its {len(words)} strongest contexts in the corpus")
@@ -219,7 +217,7 @@ def a_latent_is_specific(lm: LoadedModel, text: str) -> Claim:
 def steering_feeds_the_text(lm: LoadedModel, text: str) -> Claim:
     sae = sae_module.load(sae_module.DEFAULT_SAE, lm)
     steered = features.steer_feature(lm, text, sae, _FEED_LATENT, _FEED_ALPHA, 20)
-    words = set(_peak_words(lm, sae, _FEED_LATENT))
+    words = set(_peak_words(contexts.latent_contexts(lm, sae, _FEED_LATENT)))
     said = {w.strip(".,;:!?\"'").lower() for w in steered.steered.text.split()} & words
     before = {w.strip(".,;:!?\"'").lower() for w in steered.unsteered.text.split()} & words
     return Claim(bool(said) and not before,

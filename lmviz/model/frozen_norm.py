@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmviz.errors import LmvizError
 from lmviz.model.architectures import Scale
 from lmviz.model.head import UNIT_ROUNDOFF
 
@@ -123,3 +124,14 @@ def freeze_norm(norm: nn.Module, x: torch.Tensor) -> FrozenNorm | None:
             return None
         point = output
     return FrozenNorm(tuple(steps))
+
+
+def require_frozen(norm: nn.Module, x: torch.Tensor, what: str, lm, purpose: str = "split its logits into parts"
+                   ) -> FrozenNorm:
+    """`freeze_norm(norm, x)`, or an LmvizError that names the model, the norm (`what`: "final norm", …) and
+    what holding it fixed was for."""
+    frozen = freeze_norm(norm, x)
+    if frozen is None:
+        raise LmvizError(f"lmviz can't hold the {what} of {type(lm.model).__name__} ('{lm.arch.model_type}'), "
+                         f"a {type(norm).__name__}, at a fixed scale, so it can't {purpose}.")
+    return frozen

@@ -25,6 +25,29 @@ def test_the_patching_tab_shows_the_backends_cells(smollm):
     assert result.tokens[column] == "·John" and result.values()[layer, column] > 0.95
     tokens = at.dataframe[0].value
     assert list(tokens.loc["clean"]) == list(result.tokens)
+    # the chosen cell's next tokens: the corrupted run patched by hand with the clean stream entering that block
+    import torch
+
+    model, encode = smollm.model, lambda text: smollm.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        clean_states = model(encode(IOI.clean), output_hidden_states=True).hidden_states[layer]
+
+        def patch(module, args, kwargs):
+            hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+            hidden[:, column] = clean_states[:, column]
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+        handle = model.model.layers[layer].register_forward_pre_hook(patch, with_kwargs=True)
+        try:
+            probs = model(encode(IOI.corrupted)).logits[0, -1].double().softmax(-1)
+        finally:
+            handle.remove()
+    top = probs.topk(8)
+    table = next(frame.value for frame in at.dataframe if "next token (patched run)" in frame.value.columns)
+    assert list(table["next token (patched run)"]) == [smollm.tokenizer.convert_ids_to_tokens(i).replace("Ġ", "·")
+                                                       for i in top.indices.tolist()]
+    # two float32 runs of the model agree within ~1e-4 in a logit, and p moves by at most twice that (p <= 1)
+    assert max(abs(a - b) for a, b in zip(table["p"], top.values.tolist())) < 2e-4
 
 
 def test_settings_come_from_and_go_to_the_url(smollm):

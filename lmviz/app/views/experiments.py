@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lmviz.analyses import lens, patching, saliency, steering
+from lmviz.analyses import lens, patching, saliency, sampling, steering
 from lmviz.app import ui
 from lmviz.app.settings import Experiments
 from lmviz.errors import LmvizError
@@ -135,11 +135,9 @@ with patch_tab:
             st.markdown(f"**Cell: layer {layer}, {plots.column_labels(result)[column]}**  \n"
                         f"{plots.METRIC_LABELS[metric]}: **{values[layer, column]:.3f}**")
             patched = patching.patched_trace(lm, clean, corrupted, answer, wrong, site, layer, column, mode)
-            probs = patched.last_logits.double().softmax(-1)
-            top = probs.topk(8)
-            with lm.lock:
-                shown = display_tokens(lm.tokenizer, top.indices.tolist())
-            st.dataframe(pd.DataFrame({"next token (patched run)": shown, "p": top.values.numpy()}), hide_index=True,
+            top = sampling.distribution(patched.last_logits).top(8)  # the model's own next-token distribution
+            st.dataframe(pd.DataFrame({"next token (patched run)": sampling.label_tokens(lm, top.token_ids.tolist()),
+                                       "p": top.model_probs.numpy()}), hide_index=True,
                          column_config={"p": st.column_config.NumberColumn(format="%.3f")})
             st.caption("Click a cell to pick it; the Patch lens tab shows this run layer by layer.")
         st.caption("Each cell is one forward pass of the " + ("corrupted" if mode == "denoise" else "clean") +

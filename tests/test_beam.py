@@ -370,3 +370,14 @@ def test_cli_beam_bad_input(tiny_dirs, capsys, extra):
     assert main(["beam", PROMPT, "--model", tiny_dirs["gpt2"], *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lmviz: ") and "Traceback" not in "".join(err)
+
+
+def test_a_prompt_longer_than_the_beam_page_takes_gets_one_line(smollm):
+    from lmviz.forward.trace import encode
+
+    text = " cat" * (beam.MAX_PROMPT_TOKENS + 1)
+    assert len(encode(smollm, text)) > beam.MAX_PROMPT_TOKENS
+    for run in (lambda: beam.beam_search(smollm, text), lambda: beam.greedy(smollm, text),
+                lambda: beam.sample(smollm, text)):
+        with pytest.raises(LmvizError, match=f"beam search here takes at most {beam.MAX_PROMPT_TOKENS}"):
+            run()

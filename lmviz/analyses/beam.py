@@ -80,6 +80,7 @@ from lmviz.forward.trace import encode, max_tokens
 
 MAX_BEAMS = 16  # the tree stops being readable long before this; it also bounds the work per step
 MAX_NEW_TOKENS = 128  # longest continuation searched
+MAX_PROMPT_TOKENS = 1024  # longest prompt: K beams each read it (1,000 tokens: ~12 s for the page's three runs on a CPU)
 MAX_ALTERNATIVES = 10  # most pruned children recorded per beam and step
 EARLY_STOPPING = (False, True, "never")
 
@@ -251,6 +252,9 @@ def _prompt_ids(lm: LoadedModel, text: str, max_new_tokens: int) -> list[int]:
     if max_new_tokens > MAX_NEW_TOKENS:
         raise LmvizError(f"At most {MAX_NEW_TOKENS} new tokens here (asked for {max_new_tokens}).")
     ids = encode(lm, text)
+    if len(ids) > MAX_PROMPT_TOKENS:
+        raise LmvizError(f"The prompt is {len(ids)} tokens long; beam search here takes at most {MAX_PROMPT_TOKENS} "
+                         "(every beam reads the whole prompt, and a search of 5,000 tokens takes minutes). Shorten it.")
     limit = max_tokens(lm)
     if len(ids) + max_new_tokens > limit:
         room = limit - len(ids)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from typing import Callable
 
-from lmviz.analyses import attention, attribution, contexts, features, lens, loss, neurons, patching, sampling
+from lmviz.analyses import attention, attribution, contexts, features, flow, lens, loss, neurons, patching, sampling
 from lmviz.analyses import sae as sae_module
 from lmviz.forward import trace
 from lmviz.app import pages
@@ -186,6 +186,20 @@ def a_direct_path(lm: LoadedModel, text: str) -> Claim:
     ioi = patching.EXAMPLES[0]
     return _strongest(patching.direct_paths(lm, ioi.clean, ioi.corrupted, ioi.answer, ioi.wrong).values(),
                       "restores through its direct path", 0.3)
+
+
+def the_answer_is_read_late(lm: LoadedModel, text: str) -> Claim:
+    found = flow.flow(lm, text)
+    last, upper = len(found.tokens) - 1, found.n_layers // 2
+    reads = [e for e in found.edges if e.kind == "attn" and e.to_pos == last and e.from_pos != last and e.layer >= upper]
+    if not reads:
+        return Claim(False, f"no attention edge into the last token from another one in blocks {upper}+ reaches "
+                            f"τ = {found.threshold}")
+    edge = max(reads, key=lambda e: e.importance)
+    token = found.tokens[edge.from_pos]
+    return Claim(token.replace("·", "").strip() == patching.EXAMPLES[0].answer.strip(),
+                 f"the strongest edge into the last token from another one, in the upper half of the blocks, reads "
+                 f"{token} (block {edge.layer}, importance {edge.importance:.2f})")
 
 
 def neurons_share_the_work(lm: LoadedModel, text: str) -> Claim:
@@ -387,6 +401,12 @@ LESSONS: tuple[Lesson, ...] = (
                     "between recomputed — its direct effect. Click a head to make it the receiver, and trace which "
                     "earlier heads reach it through its query: the circuit, edge by edge.",
                     {**_IOI_PAIR, Experiments.TAB: Experiments.PATHS_TAB}, claim=a_direct_path),
+               Step("The route at a glance", pages.FLOW,
+                    "No second sentence this time: one pass of the clean sentence, each block's attention split "
+                    "into one term per token read, and an edge drawn where a term is a large share of its sum. "
+                    "Follow the thick blue edges into the last token: late in the model it reads the name the "
+                    "patching found, the route the heads above carry. Hover an edge for its heads.",
+                    {}, claim=the_answer_is_read_late),
            )),
     Lesson("features", "What does the model represent?",
            "Neurons, and the directions a sparse autoencoder finds in the residual stream: which are specific, "

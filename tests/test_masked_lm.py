@@ -214,6 +214,9 @@ def test_antiberty_conversion_matches_the_shipped_weights():
     classifier = classification.classify(models.load(folders["chain"]), sequence)
     assert classifier.labels == ("Heavy", "Light")
     bounds.assert_linear_close(classifier.logits, chain, pooled, state["cls.chain.weight"], state["cls.chain.bias"])
+    # what the lesson panel says of a model before loading it is what loading it finds
+    assert {name: models.known_kind(name) for name in antiberty.MODELS} == {
+        name: models.load(folders[folder]).kind for name, folder in antiberty.MODELS.items()}
 
 
 # ------------------------------------------------------------------- CLI

@@ -177,7 +177,7 @@ def model_for(step: lessons.Step) -> str:
     if step.model:
         return step.model
     name = model_name()
-    return name if models.loaded_kind(name) in (None, step.needs) else models.DEFAULT_MODEL
+    return name if models.known_kind(name) in (None, step.needs) else models.DEFAULT_MODEL
 
 
 def lesson_progress(lesson: lessons.Lesson, index: int) -> None:
@@ -216,7 +216,7 @@ def lesson_panel(lesson: lessons.Lesson, index: int):
         if index > 1:
             back.page_link(lesson.steps[index - 2].page.script, label="← Previous",
                            query_params=step_query(lesson, index - 1))
-        kind = models.loaded_kind(model_name())
+        kind = models.known_kind(model_name())
         if kind is not None and kind != step.needs:
             wanted = model_for(step)
             line, button = (st, st) if presenting() else st.columns([5, 1], vertical_alignment="center")

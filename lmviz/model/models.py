@@ -175,10 +175,17 @@ def offline_names() -> list[str]:
     return list(EMBEDDED) + (list(antiberty.MODELS) if antiberty.antiberty_available() else [])
 
 
-def loaded_kind(name: str) -> str | None:
-    """The kind of the model `name` if it is in memory (in any placement), else None: no load."""
+def known_kind(name: str) -> str | None:
+    """The kind of the model `name` without loading it: a model in memory (in any placement) or an embedded
+    one (SmolLM2 and Gemma-3 causal, AntiBERTy masked, its two heads classifiers); else None."""
+    name = name.strip()
     with _models_lock:
-        return next((lm.kind for key, lm in _models.items() if key[0] == name.strip()), None)
+        kind = next((lm.kind for key, lm in _models.items() if key[0] == name), None)
+    if kind is None and name in EMBEDDED:
+        kind = "causal"
+    if kind is None and name in antiberty.MODELS:
+        kind = "masked" if antiberty.MODELS[name] == "mlm" else "classifier"
+    return kind
 
 
 def loaded_names() -> list[str]:

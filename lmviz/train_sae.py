@@ -45,6 +45,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lmviz.analyses.contexts import NEURONS
+from lmviz.analyses.sae import SAES
 from lmviz.errors import LmvizError
 
 MODEL = "smollm2-135m"
@@ -67,7 +69,7 @@ BEFORE = 16
 CE_TOKENS = 40_000
 TRAIN_EVAL_TOKENS = 500_000  # the training split's own explained variance, on its first tokens  # held-out tokens (per set) on which CE recovered is measured: 3 full passes each
 NAME = "smollm2-135m-res8-topk"
-FOLDER = Path(__file__).parent / "data" / "saes" / NAME
+FOLDER = SAES / NAME
 
 
 # ---------------------------------------------------------------- corpus
@@ -438,7 +440,6 @@ def index_contexts(weights, corpus_rows: list[np.ndarray], corpus_acts: list[np.
 
 NEURON_SEQUENCES = 1600  # the bank: 1,600 sequences of CONTEXT tokens (204,800 tokens), from both splits
 NEURON_TOP = 8  # contexts kept per neuron (at most one per sequence)
-NEURONS = Path(__file__).parent / "data" / "neurons" / MODEL
 
 
 def neuron_index(lm, rows: np.ndarray, out: Path, batch: int = 16, log=print) -> None:
@@ -553,8 +554,8 @@ def run(work: Path, out: Path) -> dict:
         "train_seconds": round(train_seconds), "index_seconds": round(index_seconds), "quality": quality,
         "steps": entries, "log": log_lines}, indent=1))
     log(f"wrote {out}")
-    if not (NEURONS / "neurons.safetensors").exists():
-        neuron_index(lm, neuron_bank(rows), NEURONS, log=log)
+    if not (NEURONS / MODEL / "neurons.safetensors").exists():
+        neuron_index(lm, neuron_bank(rows), NEURONS / MODEL, log=log)
     return quality
 
 

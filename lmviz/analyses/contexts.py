@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from lmviz.analyses.sae import Sae
-from lmviz.model.interventions import Recording, Site, forward
-from pathlib import Path
 from lmviz.errors import LmvizError
 from lmviz.forward.cache import cached
+from lmviz.model.interventions import Recording, Site, forward
 from lmviz.tokens import display_tokens
 
 FILE = "contexts.safetensors"

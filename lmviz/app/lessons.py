@@ -232,8 +232,10 @@ def steering_feeds_the_text(lm: LoadedModel, text: str) -> Claim:
     sae = sae_module.load(sae_module.DEFAULT_SAE, lm)
     steered = features.steer_feature(lm, text, sae, _FEED_LATENT, _FEED_ALPHA, 20)
     words = set(_peak_words(contexts.latent_contexts(lm, sae, _FEED_LATENT)))
-    said = {w.strip(".,;:!?\"'").lower() for w in steered.steered.text.split()} & words
-    before = {w.strip(".,;:!?\"'").lower() for w in steered.unsteered.text.split()} & words
+    def said_in(continuation) -> set[str]:
+        return {w.strip(".,;:!?\"'").lower() for w in continuation.text.split()} & words
+
+    said, before = said_in(steered.steered), said_in(steered.unsteered)
     return Claim(bool(said) and not before,
                  f"steered with α = {_FEED_ALPHA:g}, the continuation says {', '.join(sorted(said)) or 'none'} of the "
                  f"latent's words ({', '.join(sorted(words))}); unsteered: {', '.join(sorted(before)) or 'none'}")

@@ -429,11 +429,11 @@ def drawn(drawing: Drawing, projector: bool) -> go.Figure:
         return for_projector(made) if projector else made
 
     name = f"{build.__module__}.{build.__qualname__}"
+    if "<" in name:  # a lambda or a local function: what it shows is not all in its arguments
+        return make()
     try:
-        if "<" in name:  # a lambda or a local function: what it shows is not in its arguments
-            raise TypeError(name)
         key = ("figure", name, projector, fingerprint((drawing.args, drawing.kwargs)))
-    except TypeError:
+    except TypeError:  # an argument without a fingerprint
         return make()
     return CACHE.get(key, make)
 
